@@ -1,0 +1,50 @@
+"""The ``engine`` command: maps command names to the functions of the packages that own them.
+
+Each package exposes a typer app or command in its own ``cli`` module; this file only registers them and turns
+``EngineError`` into one clear line on stderr with a non-zero exit (no traceback for user mistakes).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from engine.errors import EngineError
+
+app = typer.Typer(
+    name="engine",
+    help="Remote-sensing image-text retrieval: check data, train PIR encoders, index, search, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    """Attach sub-commands; each import stays inside its own package so startup only pays for what it uses."""
+    from engine.data.cli import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    try:
+        app(args=argv, prog_name="engine", standalone_mode=True)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 1
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
