@@ -1,0 +1,32 @@
+"""Test-wide settings: never touch the network, keep torch to the machine's cores, locate the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ucm_dir() -> Path:
+    """The real UCM-captions copy beside the checkout; tests that need it skip when it is absent."""
+    path = SHARED_DATA / "ucm_captions"
+    if not (path / "dataset.json").is_file():
+        pytest.skip("../shared/data/ucm_captions is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def aid_dir() -> Path:
+    path = SHARED_DATA / "aid"
+    if not path.is_dir():
+        pytest.skip("../shared/data/aid is not available")
+    return path
