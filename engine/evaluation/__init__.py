@@ -1,0 +1,1 @@
+"""Retrieval evaluation: exact Recall@K / mR under PIR's protocol."""

@@ -1,0 +1,90 @@
+"""Exact Recall@K for image-text retrieval, the protocol the RS retrieval papers report.
+
+image→text: an image's rank is the best rank among its own captions over all captions of the split.
+text→image: a caption's rank is the rank of its one image over all images of the split.
+R@K = % of queries whose 0-based rank < K; mR = mean of i2t R@1/5/10 and t2i R@1/5/10.
+
+Ties are broken *against* the query: every non-matching item whose score is greater than **or equal to** the
+best matching score ranks above it. UCM/RSICD hold many identical caption strings across images, whose
+embeddings are identical; an index-order tie-break (what ``np.argsort`` does in the PIR reference code) would
+let those duplicates flatter or hurt a model depending on file order. The pessimistic rule cannot flatter.
+
+The similarity matrix is never materialised whole: queries are processed in chunks, so RSICD-size test sets
+(1,093 × 5,465) and much larger ones fit in little memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class RetrievalRanks:
+    """0-based ranks of every query; -1 marks an image with no caption (it cannot be an i2t query)."""
+
+    image_to_text: np.ndarray  # (num_images,)
+    text_to_image: np.ndarray  # (num_texts,)
+
+
+def _as_float32_matrix(name: str, values) -> np.ndarray:
+    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (count, dim) array, got shape {array.shape}")
+    return array
+
+
+def retrieval_ranks(
+    image_emb, text_emb, text_to_image, chunk_size: int = 512
+) -> RetrievalRanks:
+    """Ranks of every image query (i2t) and text query (t2i) under exact dot-product similarity."""
+    images = _as_float32_matrix("image_emb", image_emb)
+    texts = _as_float32_matrix("text_emb", text_emb)
+    owner = np.asarray(text_to_image, dtype=np.int64)
+    if images.shape[1] != texts.shape[1]:
+        raise ValueError(f"embedding dims differ: images {images.shape[1]}, texts {texts.shape[1]}")
+    if owner.shape != (texts.shape[0],):
+        raise ValueError(f"text_to_image must have one entry per text ({texts.shape[0]}), got {owner.shape}")
+    if owner.size and (owner.min() < 0 or owner.max() >= images.shape[0]):
+        raise ValueError("text_to_image holds positions outside the image array")
+
+    image_ranks = np.full(images.shape[0], -1, dtype=np.int64)
+    for start in range(0, images.shape[0], chunk_size):
+        stop = min(start + chunk_size, images.shape[0])
+        scores = images[start:stop] @ texts.T  # (chunk, num_texts)
+        is_own = owner[None, :] == np.arange(start, stop)[:, None]
+        has_caption = is_own.any(axis=1)
+        best_own = np.where(is_own, scores, -np.inf).max(axis=1, initial=-np.inf)
+        beaten_by = ((scores >= best_own[:, None]) & ~is_own).sum(axis=1)
+        image_ranks[start:stop] = np.where(has_caption, beaten_by, -1)
+
+    text_ranks = np.empty(texts.shape[0], dtype=np.int64)
+    for start in range(0, texts.shape[0], chunk_size):
+        stop = min(start + chunk_size, texts.shape[0])
+        scores = texts[start:stop] @ images.T  # (chunk, num_images)
+        own_score = scores[np.arange(stop - start), owner[start:stop]]
+        # the true image itself satisfies >=, so subtract it once
+        text_ranks[start:stop] = (scores >= own_score[:, None]).sum(axis=1) - 1
+    return RetrievalRanks(image_to_text=image_ranks, text_to_image=text_ranks)
+
+
+def recalls_from_ranks(ranks: RetrievalRanks, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+    """Recall@K in percent for both directions, and mR = their mean; image queries without captions skipped."""
+    image_queries = ranks.image_to_text[ranks.image_to_text >= 0]
+    result: dict[str, float] = {}
+    for k in ks:
+        result[f"i2t_r{k}"] = float((image_queries < k).mean() * 100) if image_queries.size else 0.0
+    for k in ks:
+        result[f"t2i_r{k}"] = float((ranks.text_to_image < k).mean() * 100) if ranks.text_to_image.size else 0.0
+    result["mR"] = float(np.mean([result[f"i2t_r{k}"] for k in ks] + [result[f"t2i_r{k}"] for k in ks]))
+    return result
+
+
+def retrieval_recalls(
+    image_emb, text_emb, text_to_image, ks: tuple[int, ...] = DEFAULT_KS, chunk_size: int = 512
+) -> dict[str, float]:
+    """Exact i2t/t2i Recall@K and mR (percent). ``text_to_image[j]`` = row of caption j's image."""
+    return recalls_from_ranks(retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size), ks)

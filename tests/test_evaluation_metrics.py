@@ -1,0 +1,84 @@
+"""Recall@K against a naive per-query reference on seeded random data and on hand-made tie cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.evaluation.metrics import retrieval_ranks, retrieval_recalls
+
+
+def _naive_ranks(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tuple[list[int], list[int]]:
+    """One query at a time, sorting the full score list; non-matching ties rank above the match."""
+    image_ranks = []
+    for i in range(len(images)):
+        own = [j for j in range(len(texts)) if owner[j] == i]
+        if not own:
+            image_ranks.append(-1)
+            continue
+        scores = [float(images[i] @ texts[j]) for j in range(len(texts))]
+        best = max(scores[j] for j in own)
+        image_ranks.append(sum(1 for j, s in enumerate(scores) if j not in own and s >= best))
+    text_ranks = []
+    for j in range(len(texts)):
+        scores = [float(texts[j] @ images[i]) for i in range(len(images))]
+        # pessimistic: the true image goes after every other image with an equal score
+        order = sorted(range(len(images)), key=lambda i: (-scores[i], i == owner[j]))
+        text_ranks.append(order.index(owner[j]))
+    return image_ranks, text_ranks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_naive_reference_on_random_embeddings(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    num_images, dim = 37, 16
+    owner = np.concatenate([np.repeat(np.arange(num_images - 3), 5), [num_images - 3]])  # last 2 images: no text
+    images = rng.normal(size=(num_images, dim)).astype(np.float32)
+    texts = rng.normal(size=(len(owner), dim)).astype(np.float32)
+    ranks = retrieval_ranks(images, texts, owner, chunk_size=7)
+    expected_i2t, expected_t2i = _naive_ranks(images, texts, owner)
+    assert ranks.image_to_text.tolist() == expected_i2t
+    assert ranks.text_to_image.tolist() == expected_t2i
+
+
+def test_without_ties_equals_argsort_protocol() -> None:
+    """With continuous scores the result equals the argsort-based protocol of the PIR reference code."""
+    rng = np.random.default_rng(7)
+    images = rng.normal(size=(20, 8)).astype(np.float32)
+    owner = np.repeat(np.arange(20), 5)
+    texts = images[owner] + rng.normal(scale=1.5, size=(100, 8)).astype(np.float32)
+    scores = images @ texts.T
+    i2t = [min(np.where(np.argsort(-scores[i]) == j)[0][0] for j in range(5 * i, 5 * i + 5)) for i in range(20)]
+    t2i = [np.where(np.argsort(-scores[:, j]) == j // 5)[0][0] for j in range(100)]
+    ks = (1, 5, 10)
+    expected = {f"i2t_r{k}": 100 * np.mean(np.array(i2t) < k) for k in ks}
+    expected |= {f"t2i_r{k}": 100 * np.mean(np.array(t2i) < k) for k in ks}
+    result = retrieval_recalls(images, texts, owner)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value)
+    assert result["mR"] == pytest.approx(np.mean(list(expected.values())))
+
+
+def test_duplicate_caption_of_another_image_counts_against_the_query() -> None:
+    images = np.eye(3, dtype=np.float32)
+    # caption 0 belongs to image 0; caption 1 (image 1) is the identical string/embedding
+    texts = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
+    owner = np.array([0, 1, 2])
+    ranks = retrieval_ranks(images, texts, owner)
+    assert ranks.image_to_text.tolist() == [1, 2, 0]  # image 1: both identical captions score 0 ≥ own 0
+    assert ranks.text_to_image.tolist() == [0, 2, 0]  # caption 1 scores 0 on its own image: both others tie or beat it
+
+
+def test_one_vs_five_captions_and_perfect_retrieval() -> None:
+    images = np.eye(4, dtype=np.float32)
+    owner = np.array([0, 1, 1, 1, 1, 1, 2, 3])  # image 0 has one caption, image 1 five
+    texts = images[owner]
+    result = retrieval_recalls(images, texts, owner)
+    assert all(value == 100.0 for value in result.values())
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="dims differ"):
+        retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 4)), [0, 1])
+    with pytest.raises(ValueError, match="outside"):
+        retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 3)), [0, 2])
