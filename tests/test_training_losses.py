@@ -1,0 +1,121 @@
+"""The PIR losses against naive per-row loops, and the schedule's shape."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import training  # noqa: F401  (torchvision shim)
+from training.losses import LearnableTemperature, PIRLoss, affiliation, soft_infonce
+from training.schedule import warmup_linear_factor
+
+
+def _batch(seed: int, size: int = 12, dim: int = 8):
+    generator = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(size, dim, generator=generator, dtype=torch.float64), dim=-1)
+    texts = F.normalize(torch.randn(size, dim, generator=generator, dtype=torch.float64), dim=-1)
+    image_ids = torch.randint(0, 6, (size,), generator=generator)
+    class_of_image = torch.randint(0, 3, (6,), generator=generator)
+    return images, texts, image_ids, class_of_image[image_ids]
+
+
+def _naive_infonce(images, texts, ids, scale):
+    size = len(ids)
+    total_i2t = total_t2i = 0.0
+    for row in range(size):
+        positives = [col for col in range(size) if ids[col] == ids[row]]
+        i2t_logits = [scale * float(images[row] @ texts[col]) for col in range(size)]
+        t2i_logits = [scale * float(texts[row] @ images[col]) for col in range(size)]
+        i2t_norm = math.log(sum(math.exp(v) for v in i2t_logits))
+        t2i_norm = math.log(sum(math.exp(v) for v in t2i_logits))
+        total_i2t += -sum(i2t_logits[col] - i2t_norm for col in positives) / len(positives)
+        total_t2i += -sum(t2i_logits[col] - t2i_norm for col in positives) / len(positives)
+    return 0.5 * (total_i2t + total_t2i) / size
+
+
+def _naive_affiliation(images, texts, classes, scale):
+    present = sorted(set(classes.tolist()))
+    def centre(vectors, cls):
+        members = [vectors[i] for i in range(len(classes)) if classes[i] == cls]
+        mean = sum(members) / len(members)
+        return mean / mean.norm()
+    text_centres = [centre(texts, c) for c in present]
+    image_centres = [centre(images, c) for c in present]
+    def ce(vectors, centres):
+        total = 0.0
+        for i in range(len(classes)):
+            logits = [scale * float(vectors[i] @ c) for c in centres]
+            norm = math.log(sum(math.exp(v) for v in logits))
+            total += -(logits[present.index(int(classes[i]))] - norm)
+        return total / len(classes)
+    return 0.5 * (ce(images, text_centres) + ce(texts, image_centres))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_soft_infonce_matches_naive_loop(seed):
+    images, texts, ids, _ = _batch(seed)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    got = soft_infonce(images, texts, ids, scale).item()
+    assert got == pytest.approx(_naive_infonce(images, texts, ids, float(scale)), rel=1e-9)
+
+
+def test_soft_infonce_treats_all_captions_of_an_image_alike():
+    """Swapping two captions of the same image between its rows leaves the loss unchanged."""
+    images, texts, _, _ = _batch(7, size=4)
+    ids = torch.tensor([0, 0, 1, 2])
+    images = images[[0, 0, 2, 3]]  # rows 0 and 1 are the same image with two different captions
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    swapped = texts[[1, 0, 2, 3]]
+    assert soft_infonce(images, swapped, ids, scale).item() == pytest.approx(
+        soft_infonce(images, texts, ids, scale).item(), rel=1e-12)
+
+
+def test_soft_infonce_without_duplicates_is_the_clip_loss():
+    images, texts, _, _ = _batch(8, size=6)
+    scale = torch.tensor(14.0, dtype=torch.float64)
+    logits = scale * images @ texts.t()
+    clip = 0.5 * (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.t(), torch.arange(6)))
+    assert soft_infonce(images, texts, torch.arange(6), scale).item() == pytest.approx(clip.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_affiliation_matches_naive_loop(seed):
+    images, texts, _, classes = _batch(seed)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    got = affiliation(images, texts, classes, scale).item()
+    assert got == pytest.approx(_naive_affiliation(images, texts, classes, float(scale)), rel=1e-9)
+
+
+def test_pir_loss_combines_parts_and_has_gradients():
+    images, texts, ids, classes = _batch(5)
+    images = images.float().requires_grad_(True)
+    criterion = PIRLoss(use_affiliation=True, affiliation_weight=0.5)
+    parts = criterion(images, texts.float(), ids, classes)
+    assert parts.total.item() == pytest.approx(parts.contrastive.item() + 0.5 * parts.affiliation.item(), rel=1e-6)
+    parts.total.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert criterion.contrastive_temperature.log_inverse.grad is not None
+    assert criterion.affiliation_temperature.log_inverse.grad is not None
+    without = PIRLoss(use_affiliation=False)(images, texts.float(), ids)
+    assert without.affiliation is None and without.total.item() == pytest.approx(parts.contrastive.item(), rel=1e-6)
+
+
+def test_temperature_initial_value_and_clamp():
+    temperature = LearnableTemperature(0.07)
+    assert temperature.value() == pytest.approx(0.07, rel=1e-6)
+    with torch.no_grad():
+        temperature.log_inverse.fill_(20.0)  # 1/τ = e^20: must clamp to τ = 0.01
+    assert temperature.value() == pytest.approx(0.01, rel=1e-6)
+
+
+def test_schedule_warmup_then_linear_decay():
+    total = 100
+    factors = [warmup_linear_factor(step, total, 0.1) for step in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factors[:9], factors[1:10]))  # rising warm-up
+    assert all(a > b for a, b in zip(factors[10:-1], factors[11:]))  # strictly falling afterwards
+    assert factors[-1] == pytest.approx(1 / 90) and factors[-1] > 0
+    assert warmup_linear_factor(0, 10, 0.0) == pytest.approx(1.0)

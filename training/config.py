@@ -1,0 +1,102 @@
+"""The typed training configuration (what `engine train` flags map onto), saved next to every checkpoint.
+
+Why a dataclass and not the flags themselves: resume must check that the run it continues used the same
+settings, and the model card must state them; both read ``train_config.json`` written from this class.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+# Augmented views cached per training image: identity, horizontal flip, vertical flip, 90° rotation.
+DEFAULT_CACHED_VIEWS = 4
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a retrieval-training run (PIR paper values are the defaults)."""
+
+    model: str = "offline-default"  # named model config or path to a model config JSON
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 6e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_fraction: float = 0.1
+    grad_clip_norm: float = 1.0
+    seed: int = 42
+    use_vir: bool = True
+    use_lca: bool = True
+    use_affiliation: bool = True
+    affiliation_weight: float = 1.0
+    freeze_backbones: bool = True
+    unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
+    feature_cache: str | None = None  # folder for cached frozen-backbone outputs; None = run backbones each step
+    cached_views: int = DEFAULT_CACHED_VIEWS
+    device: str = "auto"
+    amp: bool = True  # autocast (bf16 if supported, else fp16 + GradScaler) on CUDA; ignored on CPU
+    num_workers: int = 0
+    eval_batch_size: int = 64
+    instruction_weights: str | None = None  # trained instruction-encoder weights (train-instruction output)
+    recall_ks: tuple[int, ...] = field(default=(1, 5, 10))
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.recall_ks = tuple(self.recall_ks)
+        self.validate()
+
+    def validate(self) -> None:
+        """One clear line per wrong value, naming the field."""
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (contrastive learning needs negatives)"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)"),
+            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
+            (self.grad_clip_norm > 0, "grad_clip_norm must be > 0"),
+            (self.affiliation_weight >= 0, "affiliation_weight (--lambda-aff) must be >= 0"),
+            (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
+            (self.cached_views >= 1, "cached_views must be >= 1"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (not (self.feature_cache and self.unfreeze_last > 0),
+             "--feature-cache needs frozen backbones: drop --unfreeze-last or the cache"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"training config: {message}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "train_config.json") -> "TrainConfig":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown training fields {unknown}; expected some of {sorted(known)}")
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        if not path.is_file():
+            raise ConfigError(f"{path}: training config not found")
+        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+    # fields that must match between a checkpoint and the run that resumes it
+    RESUME_FIXED = ("model", "use_vir", "use_lca", "use_affiliation", "batch_size", "seed", "cached_views",
+                    "freeze_backbones", "unfreeze_last")
+
+    def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
+        return [f"{name}: checkpoint {getattr(saved, name)!r} vs now {getattr(self, name)!r}"
+                for name in self.RESUME_FIXED if getattr(saved, name) != getattr(self, name)]

@@ -1,0 +1,111 @@
+"""PIR's training objective: soft-target symmetric InfoNCE plus the affiliation (class-centre) loss.
+
+Why soft targets: a batch holds (image, caption) pairs, so the same image can appear several times with
+different captions. Treating only the diagonal as positive would push apart captions that describe the same
+image; instead every pair sharing an image id is a positive and the target distribution of a row is uniform
+over its positives. Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
+loss is exactly the loss of one process that saw the whole global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.distributed import gather_labels, gather_with_gradient
+
+DEFAULT_TEMPERATURE = 0.07
+# CLIP-style bounds: a temperature below 1/100 makes logits explode, above 1 makes the loss flat.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 1.0
+
+
+class LearnableTemperature(nn.Module):
+    """A temperature stored as log(1/τ) so that it stays positive; clamped to [MIN, MAX] when used."""
+
+    def __init__(self, initial: float = DEFAULT_TEMPERATURE) -> None:
+        super().__init__()
+        if not MIN_TEMPERATURE <= initial <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature {initial} outside [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
+        self.log_inverse = nn.Parameter(torch.tensor(math.log(1.0 / initial)))
+
+    def scale(self) -> torch.Tensor:
+        """1/τ, clamped, as a 0-d tensor that carries gradient inside the bounds."""
+        return self.log_inverse.clamp(math.log(1.0 / MAX_TEMPERATURE), math.log(1.0 / MIN_TEMPERATURE)).exp()
+
+    def value(self) -> float:
+        return float(1.0 / self.scale().item())
+
+
+def soft_infonce(image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
+                 scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair (i, j) with the same image id is a positive (row-normalised targets)."""
+    logits = scale * image_emb @ text_emb.t()
+    positives = (image_ids[:, None] == image_ids[None, :]).to(logits.dtype)
+    image_to_text = -(positives / positives.sum(dim=1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1)
+    text_to_image = -(positives.t() / positives.t().sum(dim=1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1)
+    return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def affiliation(image_emb: torch.Tensor, text_emb: torch.Tensor, class_ids: torch.Tensor,
+                scale: torch.Tensor) -> torch.Tensor:
+    """Each image against the per-class text centres of the batch and each text against the image centres.
+
+    Centres are L2-normalised means over the batch samples of each class present; the cross-entropy runs over
+    the classes present in the batch only (absent classes have no centre).
+    """
+    present, class_index = torch.unique(class_ids, sorted=True, return_inverse=True)
+    membership = F.one_hot(class_index, num_classes=present.numel()).to(image_emb.dtype)  # (B, C)
+    counts = membership.sum(dim=0, keepdim=True).t()  # (C, 1)
+    text_centres = F.normalize(membership.t() @ text_emb / counts, dim=-1)
+    image_centres = F.normalize(membership.t() @ image_emb / counts, dim=-1)
+    image_loss = F.cross_entropy(scale * image_emb @ text_centres.t(), class_index)
+    text_loss = F.cross_entropy(scale * text_emb @ image_centres.t(), class_index)
+    return 0.5 * (image_loss + text_loss)
+
+
+@dataclass
+class LossParts:
+    """The total and its parts (detached floats for logging live in ``as_floats``)."""
+
+    total: torch.Tensor
+    contrastive: torch.Tensor
+    affiliation: torch.Tensor | None
+
+    def as_floats(self) -> dict[str, float]:
+        parts = {"loss": float(self.total.detach()), "contrastive": float(self.contrastive.detach())}
+        if self.affiliation is not None:
+            parts["affiliation"] = float(self.affiliation.detach())
+        return parts
+
+
+class PIRLoss(nn.Module):
+    """L = Lc + λ·La with two learnable temperatures; gathers across ranks when distributed."""
+
+    def __init__(self, use_affiliation: bool = True, affiliation_weight: float = 1.0,
+                 temperature: float = DEFAULT_TEMPERATURE, affiliation_temperature: float = DEFAULT_TEMPERATURE) -> None:
+        super().__init__()
+        self.use_affiliation = use_affiliation
+        self.affiliation_weight = affiliation_weight
+        self.contrastive_temperature = LearnableTemperature(temperature)
+        self.affiliation_temperature = LearnableTemperature(affiliation_temperature)
+        if not use_affiliation:
+            self.affiliation_temperature.requires_grad_(False)
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
+                class_ids: torch.Tensor | None = None) -> LossParts:
+        image_all = gather_with_gradient(image_emb.float())
+        text_all = gather_with_gradient(text_emb.float())
+        ids_all = gather_labels(image_ids)
+        contrastive = soft_infonce(image_all, text_all, ids_all, self.contrastive_temperature.scale())
+        if not self.use_affiliation:
+            return LossParts(contrastive, contrastive, None)
+        if class_ids is None:
+            raise ValueError("affiliation loss needs class ids")
+        classes_all = gather_labels(class_ids)
+        aff = affiliation(image_all, text_all, classes_all, self.affiliation_temperature.scale())
+        return LossParts(contrastive + self.affiliation_weight * aff, contrastive, aff)
