@@ -44,7 +44,8 @@ class Dataset:
     """Images and captions of one collection, with where it came from.
 
     ``kind`` names the detected format/manifest (e.g. "ucm_captions", "rsicd", "aid", "images").
-    ``unlabelled`` lists image file names whose scene class could not be derived (reported, not fatal).
+    ``unlabelled`` lists image paths (relative to ``root``) whose scene class could not be derived (reported,
+    not fatal).
     """
 
     name: str
@@ -54,6 +55,7 @@ class Dataset:
     captions: list[Caption]
     annotation_file: Path | None = None
     unlabelled: list[str] = field(default_factory=list)
+    format: str = ""  # the file format read: "karpathy", "pir", "scene_folders" or "images"
 
     def __post_init__(self) -> None:
         self._by_id = {image.image_id: image for image in self.images}
@@ -67,6 +69,7 @@ class Dataset:
         images = [image for image in self.images if image.split == name]
         keep = {image.image_id for image in images}
         captions = [caption for caption in self.captions if caption.image_id in keep]
+        kept_names = {image.relative_path(self.root) for image in images} | {image.path.name for image in images}
         return Dataset(
             name=f"{self.name}:{name}",
             kind=self.kind,
@@ -74,7 +77,8 @@ class Dataset:
             images=images,
             captions=captions,
             annotation_file=self.annotation_file,
-            unlabelled=[name_ for name_ in self.unlabelled if name_ in {i.path.name for i in images}],
+            unlabelled=[name_ for name_ in self.unlabelled if name_ in kept_names],
+            format=self.format,
         )
 
     def captions_by_image(self) -> dict[int, list[Caption]]:

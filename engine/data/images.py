@@ -1,0 +1,177 @@
+"""Reading images the way every stage needs them: always 8-bit RGB, or a ``DataError`` naming the file.
+
+Remote-sensing collections mix formats: UC Merced ships TIFFs, some GeoTIFF exports are 16-bit or float, scanned
+products are grayscale or palette, PNG exports carry alpha. Models want 3x8-bit RGB, so conversion happens here,
+once, with documented rules:
+
+* grayscale / bilevel / CMYK / YCbCr / LAB / HSV: PIL's standard conversion to RGB;
+* palette images: expanded through the palette (and its transparency, if any, handled as alpha below);
+* alpha (RGBA, LA, PA, premultiplied): composited on **black**, i.e. transparent pixels become 0 -- the usual
+  "no data" colour of remote-sensing products, and what a model trained on opaque tiles sees at image borders;
+* 16-bit / 32-bit integer and float images (PIL modes ``I;16*``, ``I``, ``F``, or multi-band TIFFs that PIL
+  cannot open, read with ``tifffile``): linearly stretched to 0..255 by **the image's own min..max** (over all
+  bands together, so colour balance is kept). Sensors rarely use the full dtype range (12-bit data in 16-bit
+  containers), so scaling by the dtype maximum would give nearly black images. A constant image maps to 0.
+  Multi-band arrays keep the first three bands (a single band is repeated to grey).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
+TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_MAX_8BIT = 255.0
+_RGB_BANDS = 3
+# PIL's reading errors: OSError (truncated/corrupt), SyntaxError (broken PNG chunks), ValueError/TypeError
+# (bad headers), EOFError (short GIF/TIFF), DecompressionBombError (absurd declared size).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What ``probe_image`` learned about one file: its size and original mode, or why it cannot be read."""
+
+    path: Path
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def needs_conversion(self) -> bool:
+        return self.ok and self.mode != "RGB"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: image file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: expected an image file, found a folder or special file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: image file is empty (0 bytes)")
+
+
+def _stretch_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Linear min..max stretch of a whole array to uint8 (see module docstring for why not the dtype max)."""
+    values = array.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(array.shape, dtype=np.uint8)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    values = np.where(finite, values, low)
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    scaled = (values - low) * (_MAX_8BIT / (high - low))
+    return np.clip(np.rint(scaled), 0, _MAX_8BIT).astype(np.uint8)
+
+
+def _array_to_rgb(array: np.ndarray) -> Image.Image:
+    """An (H, W) or (H, W, C) array of any numeric dtype as an RGB image."""
+    if array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:  # planar (C, H, W) TIFFs
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"unsupported array shape {array.shape}")
+    if array.shape[-1] >= _RGB_BANDS:
+        array = array[:, :, :_RGB_BANDS]
+    else:
+        array = np.repeat(array[:, :, :1], _RGB_BANDS, axis=2)
+    if array.dtype != np.uint8:
+        array = _stretch_to_uint8(array)
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    if mode in _HIGH_DEPTH_MODES:
+        return _array_to_rgb(np.asarray(image))
+    return image.convert("RGB")
+
+
+def _read_with_tifffile(path: Path) -> Image.Image:
+    import tifffile  # only needed for TIFFs PIL cannot open (multi-band 16-bit, float RGB)
+
+    return _array_to_rgb(np.asarray(tifffile.imread(path)))
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The fully decoded image as 8-bit RGB; ``DataError`` naming the path for missing/empty/corrupt files."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # force a full decode: a truncated file fails here, not later inside a batch
+            return _to_rgb(opened).copy()
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as error:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            try:
+                return _read_with_tifffile(path)
+            except Exception:  # noqa: BLE001 -- report PIL's reason, which names the real problem
+                pass
+        raise DataError(f"{path}: cannot decode image ({_describe(error)})") from None
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def probe_image(path: str | Path, full_decode: bool = True) -> ImageProbe:
+    """Size and mode of one image, or the reason it is unusable; never raises for a bad file.
+
+    ``full_decode=False`` reads only the header (fast, ~0.1 ms, misses truncated data); ``True`` decodes every
+    pixel, which is what ``engine data check`` does by default because truncated downloads are common.
+    """
+    path = Path(path)
+    try:
+        _check_file(path)
+    except DataError as error:
+        return ImageProbe(path=path, problem=str(error).split(": ", 1)[1])
+    try:
+        with Image.open(path) as opened:
+            width, height, mode = opened.width, opened.height, opened.mode
+            if full_decode:
+                opened.load()
+        return ImageProbe(path=path, width=width, height=height, mode=mode)
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as error:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            fallback = _probe_with_tifffile(path)
+            if fallback is not None:
+                return fallback
+        return ImageProbe(path=path, problem=f"cannot decode image ({_describe(error)})")
+
+
+def _probe_with_tifffile(path: Path) -> ImageProbe | None:
+    try:
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+    except Exception:  # noqa: BLE001 -- caller reports PIL's reason
+        return None
+    if array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:
+        array = np.moveaxis(array, 0, -1)
+    height, width = array.shape[:2]
+    bands = array.shape[2] if array.ndim == 3 else 1
+    return ImageProbe(path=path, width=width, height=height, mode=f"{array.dtype.name}x{bands}")
