@@ -1,0 +1,126 @@
+"""``engine eval``: exact Recall@K/mR of a model on a dataset split, and side-by-side comparison of results."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import ConfigError, DataError
+from engine.evaluation.report import (
+    RECALL_KEYS,
+    EvalResult,
+    git_commit,
+    plot_comparison,
+    read_result,
+    result_label,
+    write_result,
+)
+
+HEADERS = ("I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T→I R@10", "mR")
+
+
+def eval_command(
+    paths: list[Path] = typer.Argument(None, help="DATA_DIR to evaluate, or result JSON files with --compare"),
+    split: str = typer.Option("test", help="split to evaluate: train, val or test"),
+    checkpoint: Optional[str] = typer.Option(None, help="model folder (config.json + model.safetensors); default: the shipped model"),
+    batch_size: int = typer.Option(64, min=1, help="images per encoder batch"),
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes for image decoding"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    out: Optional[Path] = typer.Option(None, help="write the result JSON here"),
+    label: Optional[str] = typer.Option(None, help="name of this run in comparisons"),
+    json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    compare: bool = typer.Option(False, "--compare", help="compare result JSON files instead of evaluating"),
+    plot: Optional[Path] = typer.Option(None, help="with --compare: write a Recall@K bar plot (PNG) here"),
+) -> None:
+    """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
+    paths = list(paths or [])
+    if compare:
+        compare_results(paths, plot, json_output)
+        return
+    if len(paths) > 1:
+        raise ConfigError("engine eval takes one DATA_DIR (use --compare to compare result files)")
+    result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label)
+    if out is not None:
+        write_result(result, out)
+    if json_output:
+        typer.echo(result.to_json())
+    else:
+        _print_table([(label or "model", {"recalls": result.recalls})], title=_title(result))
+        if out is not None:
+            typer.echo(f"result written to {out}")
+
+
+def evaluate(
+    data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
+    label: str | None = None,
+) -> EvalResult:
+    """Load data and model, encode the split, score it exactly; returns a self-describing result."""
+    from engine.data import default_dataset_path, load_dataset
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    root = Path(data_dir) if data_dir is not None else default_dataset_path()
+    dataset = load_dataset(root)
+    subset = dataset.split(split)
+    if not subset.images:
+        raise DataError(f"{dataset.annotation_file or root}: no images in split {split!r}")
+
+    import encoders
+    from engine.evaluation.embed import embed_split
+    from engine.evaluation.metrics import retrieval_recalls
+
+    started = time.perf_counter()
+    model = encoders.load_model(checkpoint)
+    embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
+    recalls = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image)
+    return EvalResult(
+        dataset={
+            "name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split,
+            "images": len(subset.images), "captions": len(subset.captions),
+        },
+        model={"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
+        search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings"},
+        recalls=recalls,
+        settings={"batch_size": batch_size, "device": device, "label": label},
+        git_commit=git_commit(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> None:
+    if len(paths) < 1:
+        raise ConfigError("--compare needs at least one result JSON file")
+    rows = [(result_label(path, data), data) for path, data in ((p, read_result(p)) for p in paths)]
+    splits = {(data["dataset"].get("name"), data["dataset"].get("split")) for _, data in rows}
+    if json_output:
+        typer.echo(json.dumps({label: data["recalls"] for label, data in rows}, indent=2))
+    else:
+        _print_table(rows, title="comparison")
+        if len(splits) > 1:
+            typer.echo(f"warning: results come from different datasets/splits: {sorted(map(str, splits))}", err=True)
+    if plot is not None:
+        plot_comparison(rows, plot)
+        typer.echo(f"plot written to {plot}")
+
+
+def _title(result: EvalResult) -> str:
+    data = result.dataset
+    return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, exact search"
+
+
+def _print_table(rows: list[tuple[str, dict]], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("run")
+    for header in HEADERS:
+        table.add_column(header, justify="right")
+    for label, data in rows:
+        table.add_row(label, *(f"{data['recalls'][key]:.2f}" for key in RECALL_KEYS))
+    Console().print(table)

@@ -1,0 +1,113 @@
+"""Evaluation results as self-describing JSON files, and side-by-side comparison (table + Recall@K plot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.errors import DataError
+
+RESULT_FORMAT = "engine-eval/1"
+RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+
+
+@dataclass
+class EvalResult:
+    """Everything needed to trust and reproduce one evaluation run."""
+
+    dataset: dict
+    model: dict
+    search: dict
+    recalls: dict[str, float]
+    settings: dict = field(default_factory=dict)
+    git_commit: str = "unknown"
+    created: str = ""
+    seconds: float = 0.0
+    ties: str = "pessimistic: non-matching items with an equal score rank above the match"
+    format: str = RESULT_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def git_commit(start: Path | None = None) -> str:
+    """The source tree's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    where = str(start or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def write_result(result: EvalResult, path: Path) -> None:
+    """Write atomically: a half-written result file would poison later comparisons."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(result.to_json() + "\n")
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_result(path: Path) -> dict:
+    """Load a result file, refusing anything that is not an ``engine eval`` result."""
+    if not path.is_file():
+        raise DataError(f"{path}: result file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
+        raise DataError(f"{path}: not an engine eval result (expected \"format\": \"{RESULT_FORMAT}\")")
+    missing = [key for key in RECALL_KEYS if key not in data.get("recalls", {})]
+    if missing:
+        raise DataError(f"{path}: field recalls lacks {', '.join(missing)}")
+    return data
+
+
+def result_label(path: Path, data: dict) -> str:
+    return str(data.get("settings", {}).get("label") or path.stem)
+
+
+def plot_comparison(rows: list[tuple[str, dict]], out: Path) -> None:
+    """Grouped bars of the six recalls and mR per run: the figure retrieval papers show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = ["I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T→I R@10", "mR"]
+    positions = np.arange(len(RECALL_KEYS))
+    width = 0.8 / max(len(rows), 1)
+    figure, axes = plt.subplots(figsize=(max(7.0, 1.2 * len(RECALL_KEYS) + 0.4 * len(rows)), 4.2))
+    for offset, (label, data) in enumerate(rows):
+        values = [data["recalls"][key] for key in RECALL_KEYS]
+        bars = axes.bar(positions + (offset - (len(rows) - 1) / 2) * width, values, width, label=label)
+        axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    axes.set_xticks(positions, names)
+    axes.set_ylabel("Recall (%)")
+    axes.set_ylim(0, 105)
+    split = rows[0][1].get("dataset", {}).get("split", "?") if rows else "?"
+    dataset = rows[0][1].get("dataset", {}).get("name", "?") if rows else "?"
+    axes.set_title(f"Image-text retrieval, {dataset} ({split} split)")
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=130)
+    plt.close(figure)
