@@ -1,0 +1,84 @@
+"""`engine train` and `engine train-instruction`: flags → TrainConfig → the training functions.
+
+Plain functions registered by ``engine/cli.py``; ``python -m training`` (torchrun) reuses ``train_command``.
+"""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from engine.errors import ConfigError
+
+
+def train_command(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (Karpathy JSON, PIR JSON, ...) with train/val splits."),
+    out: Path = typer.Option(Path("runs/pir"), "--out", help="Run folder: best/, last/, history.json."),
+    config: str = typer.Option("offline-default", "--config",
+                               help="Model config: offline-default, pir-paper, tiny-test or a JSON path."),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Global batch (split across DDP processes)."),
+    lr: float = typer.Option(6e-5, "--lr"),
+    seed: int = typer.Option(42, "--seed"),
+    no_vir: bool = typer.Option(False, "--no-vir", help="Switch the VIR / Spatial-PAE image head off."),
+    no_lca: bool = typer.Option(False, "--no-lca", help="Switch the LCA text head off."),
+    no_affiliation: bool = typer.Option(False, "--no-affiliation", help="Train with the contrastive loss only."),
+    lambda_aff: float = typer.Option(1.0, "--lambda-aff", help="Weight λ of the affiliation loss."),
+    freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
+    unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone."),
+    feature_cache: Optional[Path] = typer.Option(None, "--feature-cache",
+                                                 help="Cache frozen backbone outputs here (heads-only epochs)."),
+    cached_views: int = typer.Option(4, "--cached-views", help="Augmented views cached per training image."),
+    instruction_weights: Optional[Path] = typer.Option(None, "--instruction-weights",
+                                                       help="Output of `engine train-instruction`."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder (or its last/) to continue."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train the PIR retrieval model; keeps the best checkpoint by val mR."""
+    from engine.data import load_dataset
+    from training.config import TrainConfig
+    from training.train import train
+
+    train_config = TrainConfig(
+        model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
+        use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
+        freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last,
+        feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, device=device,
+        amp=amp, num_workers=workers, instruction_weights=str(instruction_weights) if instruction_weights else None)
+    if resume is not None and not resume.exists():
+        raise ConfigError(f"--resume {resume}: no such run folder")
+    result = train(load_dataset(data_dir), train_config, out, resume=resume, show_progress=not quiet)
+    best = result.best_metrics
+    if best:
+        typer.echo(f"best val mR {best['mR']:.2f} at epoch {result.state.best_epoch}; checkpoint: {out / 'best'}")
+
+
+def train_instruction_command(
+    data_dir: Path = typer.Argument(..., help="Scene-class dataset folder (e.g. AID: one folder per class)."),
+    out: Path = typer.Option(Path("runs/instruction"), "--out"),
+    config: str = typer.Option("offline-default", "--config", help="Model config whose instruction encoder to train."),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs of the classifier head on cached features."),
+    train_fraction: float = typer.Option(0.8, "--train-fraction", help="Per-class share of images used to train."),
+    seed: int = typer.Option(42, "--seed"),
+    views: int = typer.Option(4, "--views", help="Augmented views (flips/rotations) cached per training image."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Train the instruction encoder's scene classifier; reports held-out top-1 and writes its weights."""
+    from engine.data import load_dataset
+    from training.instruction import InstructionTrainConfig, train_instruction
+
+    settings = InstructionTrainConfig(model=config, epochs=epochs, train_fraction=train_fraction, seed=seed,
+                                      views=views)
+    report = train_instruction(load_dataset(data_dir), settings, out, show_progress=not quiet)
+    typer.echo(f"held-out top-1 {report.test_top1 * 100:.2f}% on {report.test_images} images "
+               f"({report.classes} classes); weights: {report.weights_path}")
+    typer.echo(f"use them with: engine train DATA --instruction-weights {report.weights_path}")
+
+
+

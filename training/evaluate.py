@@ -1,0 +1,58 @@
+"""Validation during training: Recall@K / mR of the current model on the val split (never the test split)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.evaluation.metrics import retrieval_recalls
+from training import model_ops
+from training.feature_cache import SplitFeatures
+from training.pairs import PairSet
+
+FIRST_VIEW = 0
+
+
+@torch.no_grad()
+def evaluate_cached(model, pairs: PairSet, features: SplitFeatures, batch_size: int, device: torch.device,
+                    ks: tuple[int, ...]) -> dict[str, float]:
+    """Recalls from cached backbone outputs (identity view), running only the heads."""
+    was_training = model.training
+    model.eval()
+    try:
+        image_rows = []
+        for start in range(0, len(pairs.image_ids), batch_size):
+            chunk = {k: v[start:start + batch_size, FIRST_VIEW].to(device) for k, v in features.images.items()}
+            image_rows.append(model_ops.embed_images(model, chunk).float().cpu())
+        text_rows = []
+        for start in range(0, len(pairs.texts), batch_size):
+            chunk = {k: v[start:start + batch_size].to(device) for k, v in features.texts.items()}
+            text_rows.append(model_ops.embed_texts(model, chunk).float().cpu())
+    finally:
+        model.train(was_training)
+    return _recalls(torch.cat(image_rows), torch.cat(text_rows), pairs, ks)
+
+
+@torch.no_grad()
+def evaluate_files(model, pairs: PairSet, batch_size: int, device: torch.device,
+                   ks: tuple[int, ...]) -> dict[str, float]:
+    """Recalls computed end to end from image files and caption strings (backbones run)."""
+    from engine.data.images import load_rgb
+
+    was_training = model.training
+    model.eval()
+    transform = model.image_transform(train=False)
+    try:
+        image_rows = []
+        for start in range(0, len(pairs.image_paths), batch_size):
+            pixels = torch.stack([transform(load_rgb(p)) for p in pairs.image_paths[start:start + batch_size]])
+            image_rows.append(model.encode_image(pixels.to(device)).float().cpu())
+        text_rows = [model.encode_text(pairs.texts[start:start + batch_size]).float().cpu()
+                     for start in range(0, len(pairs.texts), batch_size)]
+    finally:
+        model.train(was_training)
+    return _recalls(torch.cat(image_rows), torch.cat(text_rows), pairs, ks)
+
+
+def _recalls(images: torch.Tensor, texts: torch.Tensor, pairs: PairSet, ks: tuple[int, ...]) -> dict[str, float]:
+    return retrieval_recalls(images.numpy(), texts.numpy(), np.asarray(pairs.text_to_image), ks=ks)

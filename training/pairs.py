@@ -1,0 +1,108 @@
+"""Training samples: one (image, caption) pair per caption of the train split, plus its image and class ids.
+
+Why pairs and not images: PIR trains on one entry per caption, so each epoch sees every caption once and an
+image appears up to five times. The loss builds its positive mask from the image ids, so a batch holding two
+captions of the same image is handled correctly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.data.model import Dataset
+from engine.errors import ConfigError, DataError
+
+NO_CLASS = -1
+
+
+@dataclass(frozen=True)
+class Pair:
+    image_id: int
+    image_row: int  # position of the image in ``PairSet.image_ids`` (row in feature caches)
+    caption_row: int  # position of the caption in ``PairSet.texts``
+    class_id: int  # index into ``PairSet.class_names``, or NO_CLASS
+
+
+@dataclass
+class PairSet:
+    """The pairs of one split, with the image and caption order used by caches and evaluation."""
+
+    pairs: list[Pair]
+    image_ids: list[int]
+    image_paths: list[str]
+    texts: list[str]
+    text_to_image: list[int]  # image row of each caption
+    class_names: list[str]
+
+    @property
+    def has_classes(self) -> bool:
+        return all(pair.class_id != NO_CLASS for pair in self.pairs)
+
+
+def build_pairs(dataset: Dataset, split: str, class_names: list[str] | None = None) -> PairSet:
+    """Pairs of one split of ``dataset``; raises ``DataError`` when the split has no captioned image."""
+    part = dataset.split(split)
+    names = class_names if class_names is not None else dataset.classes
+    class_index = {name: index for index, name in enumerate(names)}
+    by_image = part.captions_by_image()
+    image_ids, paths, texts, owners, pairs = [], [], [], [], []
+    for image in part.images:
+        captions = by_image.get(image.image_id, [])
+        if not captions:
+            continue
+        row = len(image_ids)
+        image_ids.append(image.image_id)
+        paths.append(str(image.path))
+        class_id = class_index.get(image.label, NO_CLASS) if image.label is not None else NO_CLASS
+        for caption in captions:
+            pairs.append(Pair(image.image_id, row, len(texts), class_id))
+            texts.append(caption.text)
+            owners.append(row)
+    if not pairs:
+        raise DataError(f"{dataset.root}: the {split!r} split has no captioned images "
+                        f"(splits present: {dataset.split_counts()})")
+    return PairSet(pairs, image_ids, paths, texts, owners, list(names))
+
+
+def check_affiliation_possible(pairs: PairSet, dataset: Dataset) -> None:
+    """The affiliation loss clusters on scene classes: refuse a dataset without them, naming the fix."""
+    if not pairs.has_classes:
+        missing = sum(pair.class_id == NO_CLASS for pair in pairs.pairs)
+        raise DataError(f"{dataset.root}: {missing} of {len(pairs.pairs)} training pairs have no scene class label, "
+                        "which the affiliation loss needs; train with --no-affiliation")
+
+
+def check_batch_size(batch_size: int, pairs: PairSet, world_size: int) -> None:
+    """A batch larger than the train set would silently shrink to one partial batch: refuse it instead."""
+    if batch_size > len(pairs.pairs):
+        raise ConfigError(f"--batch-size {batch_size} is larger than the training set ({len(pairs.pairs)} "
+                          f"image-caption pairs); use --batch-size {len(pairs.pairs)} or less")
+    if batch_size % world_size:
+        raise ConfigError(f"--batch-size {batch_size} (global) is not divisible by the {world_size} processes")
+
+
+class ImagePairs(torch.utils.data.Dataset):
+    """Pairs read from image files through the model's training transform (used when backbones train)."""
+
+    def __init__(self, pairs: PairSet, transform) -> None:
+        self.pairs = pairs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs.pairs)
+
+    def __getitem__(self, index: int):
+        from engine.data.images import load_rgb
+
+        pair = self.pairs.pairs[index]
+        pixels = self.transform(load_rgb(self.pairs.image_paths[pair.image_row]))
+        return pixels, self.pairs.texts[pair.caption_row], pair.image_id, pair.class_id
+
+
+def collate_image_pairs(items):
+    pixels, texts, image_ids, class_ids = zip(*items)
+    return {"pixels": torch.stack(pixels), "texts": list(texts),
+            "image_ids": torch.tensor(image_ids, dtype=torch.long),
+            "class_ids": torch.tensor(class_ids, dtype=torch.long)}
