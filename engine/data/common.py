@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.images import IMAGE_SUFFIXES
-from engine.data.model import ImageRecord
+from engine.data.model import Caption, ImageRecord
 from engine.data.problems import ProblemLog
 from engine.errors import DataError
 
@@ -78,3 +78,13 @@ def check_image_files(images: Iterable[ImageRecord], log: ProblemLog, source: st
             log.error("missing-image", str(image.path), f"image listed in {source} is not a file")
         elif size == 0:
             log.error("empty-image", str(image.path), "image file is empty (0 bytes)")
+
+
+def check_caption_coverage(
+    images: Iterable[ImageRecord], captions: Iterable[Caption], log: ProblemLog, source: str
+) -> None:
+    """Every image of a caption dataset needs at least one usable caption, or it cannot be trained or scored."""
+    captioned = {caption.image_id for caption in captions}
+    for image in images:
+        if image.image_id not in captioned:
+            log.error("no-captions", f"{source}: {image.path.name}", "image has no (non-empty) captions")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.data.common import check_image_files, resolve_image_dir
+from engine.data.common import check_caption_coverage, check_image_files, resolve_image_dir
 from engine.data.labels import label_from_filename
 from engine.data.model import SPLITS, Caption, Dataset, ImageRecord
 from engine.data.problems import ProblemLog
@@ -102,8 +102,6 @@ class _KarpathyParser:
         if not isinstance(sentences, list):
             self.log.error("schema", self.where(index, "sentences"), "expected a list of caption objects")
             return
-        if not sentences:
-            self.log.error("no-captions", self.where(index, "sentences"), f"{filename} has no captions")
         for position, sentence in enumerate(sentences):
             where = self.where(index, f"sentences[{position}]")
             if not isinstance(sentence, dict):
@@ -153,6 +151,7 @@ def read_karpathy(annotation: Path, document: Any, log: ProblemLog) -> Dataset:
         if label is None:
             unlabelled.append(path.relative_to(root).as_posix())
     check_image_files(images, log, annotation.name)
+    check_caption_coverage(images, parser.captions, log, annotation.name)
     name = document.get("dataset") if isinstance(document.get("dataset"), str) else annotation.stem
     return Dataset(
         name=name,

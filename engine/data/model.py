@@ -98,9 +98,15 @@ class Dataset:
 
     def split_counts(self) -> dict[str, int]:
         counts = Counter(image.split or "none" for image in self.images)
-        return dict(sorted(counts.items()))
+        return _in_split_order(counts)
 
     def caption_split_counts(self) -> dict[str, int]:
         split_of = {image.image_id: image.split or "none" for image in self.images}
         counts = Counter(split_of[caption.image_id] for caption in self.captions)
-        return dict(sorted(counts.items()))
+        return _in_split_order(counts)
+
+
+def _in_split_order(counts: Counter[str]) -> dict[str, int]:
+    """train, val, test first (the order people read them in), then anything else ("none") by name."""
+    order = {name: position for position, name in enumerate(SPLITS)}
+    return dict(sorted(counts.items(), key=lambda item: (order.get(item[0], len(SPLITS)), item[0])))

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from engine.data.common import check_image_files, read_json, resolve_image_dir
+from engine.data.common import check_caption_coverage, check_image_files, read_json, resolve_image_dir
 from engine.data.labels import label_from_filename
 from engine.data.model import SPLITS, Caption, Dataset, ImageRecord
 from engine.data.problems import ProblemLog
@@ -126,7 +126,9 @@ def read_pir(files: list[Path], log: ProblemLog) -> Dataset:
         images.append(ImageRecord(image_id, path, collector.splits[image], collector.labels[image]))
         if collector.labels[image] is None:
             unlabelled.append(path.relative_to(root).as_posix())
-    check_image_files(images, log, ", ".join(path.name for path in files))
+    sources = ", ".join(path.name for path in files)
+    check_image_files(images, log, sources)
+    check_caption_coverage(images, collector.captions, log, sources)
     return Dataset(
         name=dataset_prefix(files[0]) or root.name,
         kind="pir",
