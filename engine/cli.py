@@ -26,6 +26,10 @@ def _register_commands() -> None:
     from engine.data.cli import data_app
 
     app.add_typer(data_app, name="data")
+    from engine.evaluation.cli import eval_command
+
+    app.command("eval")(eval_command)
+    from indexing.cli import index_app; app.add_typer(index_app, name="index")  # noqa: E702
 
 
 _register_commands()

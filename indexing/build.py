@@ -1,0 +1,214 @@
+"""``engine index``: dataset → Parquet shards → FAISS index + index.json, resumable and appendable.
+
+Order of work, chosen so that a ``kill -9`` at any point is harmless: (1) validate flags and the output folder,
+(2) load the model, (3) plan the segment and store the plan + manifest, (4) encode pending shards, each
+written atomically (caption shard first, image shard last — the image shard's existence marks completion),
+(5) build faiss.index, (6) write index.json last. Rerunning the same command skips completed shards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engine.errors import ConfigError, DataError
+from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest, MaskOptions,
+                             ShardInfo, tool_version)
+from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files, shard_name
+
+DEFAULT_SHARD_SIZE = 10_000
+OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    data_dir: Path
+    out: Path
+    model_spec: str | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    shard_size: int | None = None
+    device: str = "auto"
+    factory: str | None = None
+    memory_budget: str = "16GB"
+    append: bool = False
+    overwrite: bool = False
+    mask: MaskOptions = field(default_factory=MaskOptions)
+    with_text: bool = True
+
+
+@dataclass
+class IndexSummary:
+    out: Path
+    images_total: int = 0
+    encoded: int = 0
+    skipped: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    renumbered: bool = False
+    shards_written: int = 0
+    shards_reused: int = 0
+    captions_encoded: int = 0
+    factory: str = ""
+    seconds: float = 0.0
+    up_to_date: bool = False
+
+    def lines(self) -> list[str]:
+        rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
+        result = [f"index {self.out}: {self.images_total} images, faiss {self.factory}",
+                  f"  encoded {self.encoded} images ({rate:.1f} images/s) and {self.captions_encoded} captions; "
+                  f"shards written {self.shards_written}, reused {self.shards_reused}",
+                  f"  skipped unreadable: {len(self.skipped)}; duplicate paths skipped: {self.duplicates}"]
+        if self.renumbered:
+            result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
+        if self.up_to_date:
+            result.append("  nothing to do: all shards were complete (use --append to add new images)")
+        return result
+
+
+def _validate(options: IndexOptions) -> None:
+    if options.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {options.batch_size}")
+    if options.shard_size is not None and options.shard_size <= 0:
+        raise ConfigError(f"--shard-size must be positive, got {options.shard_size}")
+    if options.workers is not None and options.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {options.workers}")
+    if options.append and options.overwrite:
+        raise ConfigError("--append and --overwrite contradict each other; pick one")
+    if options.out.exists() and not options.out.is_dir():
+        raise ConfigError(f"--out {options.out}: exists and is not a folder")
+
+
+def _prepare_out(options: IndexOptions, fingerprint: str) -> Manifest | None:
+    """Existing manifest to continue, or None for a fresh build; refuses foreign folders and other models."""
+    out = options.out
+    if not out.exists():
+        return None
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in OWN_ENTRIES)
+    if foreign:
+        raise ConfigError(f"--out {out}: folder holds files that are not part of an index ({', '.join(foreign[:3])}); "
+                          "choose an empty or new folder")
+    manifest = Manifest.load(out)
+    if manifest is not None and manifest.model_fingerprint != fingerprint and not options.overwrite:
+        raise ConfigError(f"--out {out}: holds an index of model {manifest.model_fingerprint[:16]} "
+                          f"({manifest.model_spec}), not of the requested model {fingerprint[:16]} "
+                          f"({options.model_spec or 'default'}); pass --overwrite to replace it")
+    if options.overwrite:
+        for name in OWN_ENTRIES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return None
+    if manifest is not None and manifest.mask != options.mask:
+        raise ConfigError(f"--out {out}: built with masking {manifest.mask.describe()}, requested "
+                          f"{options.mask.describe()}; use another --out or --overwrite")
+    if manifest is not None and manifest.with_text != options.with_text:
+        raise ConfigError(f"--out {out}: built {'with' if manifest.with_text else 'without'} caption embeddings; "
+                          "repeat the original --no-text choice or use --overwrite")
+    if manifest is not None and options.shard_size not in (None, manifest.shard_size):
+        raise ConfigError(f"--shard-size {options.shard_size}: this index uses {manifest.shard_size}; "
+                          "omit --shard-size to continue it")
+    return manifest
+
+
+def run_index(options: IndexOptions) -> IndexSummary:
+    """Build or continue the index described by ``options``; returns the end-of-run summary."""
+    from engine.data import load_dataset
+    from indexing import encode, plan as planning
+    from indexing.choose import parse_memory, validate_factory
+    from indexing.encode_loop import encode_segment
+    from indexing.faiss_build import build_faiss, check_unique_ids
+    from indexing.masking import check_masks_present
+
+    started = time.perf_counter()
+    _validate(options)
+    budget = parse_memory(options.memory_budget)
+    device = encode.resolve_device(options.device)
+    model = encode.load_encoder(options.model_spec, device)
+    fingerprint, dim = model.fingerprint(), int(model.config.embed_dim)
+    if options.factory:
+        validate_factory(options.factory, dim)
+    manifest = _prepare_out(options, fingerprint)
+    out = options.out
+    for folder in (out, out / SHARDS_DIR, out / TEXT_SHARDS_DIR, out / PLAN_DIR):
+        remove_stale_temps(folder)
+    summary = IndexSummary(out=out)
+    if manifest is None:
+        manifest = Manifest(model_fingerprint=fingerprint, model_spec=options.model_spec or "default",
+                            embed_dim=dim, shard_size=options.shard_size or DEFAULT_SHARD_SIZE,
+                            with_text=options.with_text, mask=options.mask, tool_version=tool_version())
+    dataset = load_dataset(options.data_dir)
+    data_root = str(dataset.root.resolve())
+    last = manifest.segments[-1] if manifest.segments else None
+    if last is not None and planning.pending_shards(last, out):
+        if last.data_root != data_root:
+            raise ConfigError(f"--out {out}: an interrupted build of {last.data_root} must finish first; "
+                              f"rerun the same command with DATA_DIR {last.data_root}")
+        segment_plan = planning.load_segment_plan(last, out)
+    elif last is not None and not options.append:
+        if data_root not in {segment.data_root for segment in manifest.segments}:
+            raise ConfigError(f"--out {out}: already indexes {manifest.segments[0].data_root}; pass --append to "
+                              f"add {data_root} or --overwrite to rebuild")
+        segment_plan = None
+        summary.up_to_date = True
+    else:
+        segment_plan = planning.new_segment_plan(dataset, out, manifest, manifest.shard_size)
+        if not segment_plan.images and last is None:
+            raise DataError(f"{options.data_dir}: no images to index")
+        summary.duplicates, summary.renumbered = segment_plan.duplicates, segment_plan.renumbered
+        if segment_plan.images:
+            manifest.segments.append(segment_plan.segment)
+            out.mkdir(parents=True, exist_ok=True)
+            manifest.save(out)
+    if segment_plan is not None and segment_plan.images:
+        pending = planning.pending_shards(segment_plan.segment, out)
+        summary.shards_reused = segment_plan.segment.shard_count - len(pending)
+        if options.mask.masks_dir:
+            todo = [image.path for local in pending for image in segment_plan.shard_images(local, manifest.shard_size)]
+            check_masks_present(Path(options.mask.masks_dir), todo)
+        workers = encode.default_workers() if options.workers is None else options.workers
+        encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
+                       workers, summary)
+    check_unique_ids(out)
+    built = build_faiss(out, dim, budget, options.factory, options.device)
+    summary.factory, summary.images_total = built.spec.factory, built.count
+    _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_index_json(out: Path, manifest: Manifest, built, summary: IndexSummary, seconds: float) -> None:
+    import pyarrow.parquet as pq
+
+    from indexing.shards import read_columns
+
+    shards, captions = [], 0
+    for file in shard_files(out):
+        ids = read_columns(file, ["image_id"]).column("image_id").to_numpy()
+        text_file = out / TEXT_SHARDS_DIR / file.name
+        text_rows = pq.ParquetFile(text_file).metadata.num_rows if text_file.exists() else 0
+        captions += text_rows
+        shards.append(ShardInfo(file=f"{SHARDS_DIR}/{file.name}",
+                                text_file=f"{TEXT_SHARDS_DIR}/{file.name}" if text_file.exists() else None,
+                                rows=len(ids), text_rows=text_rows,
+                                first_id=int(ids.min()) if len(ids) else None,
+                                last_id=int(ids.max()) if len(ids) else None))
+    planned = sum(segment.planned_images for segment in manifest.segments)
+    config = IndexConfig(
+        model_fingerprint=manifest.model_fingerprint, model_spec=manifest.model_spec, embed_dim=manifest.embed_dim,
+        metric=built.spec.metric, factory=built.spec.factory, index_params=dict(built.spec.params),
+        image_count=built.count, caption_count=captions, skipped_images=planned - built.count, shards=shards,
+        mask=manifest.mask, data_roots=[segment.data_root for segment in manifest.segments],
+        build_seconds=round(seconds, 3), built_on=built.device, tool_version=tool_version(),
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    config.save(out)
+
+
+def print_summary(summary: IndexSummary) -> None:
+    for line in summary.lines():
+        print(line, file=sys.stderr)

@@ -1,0 +1,82 @@
+"""``engine index ...``: build (default sub-command) and ``stats``. Argument handling only; work is elsewhere."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from indexing.choose import DEFAULT_MEMORY_BUDGET
+
+DEFAULT_SIGMA = 0.2
+
+
+class BuildByDefault(TyperGroup):
+    """``engine index DATA_DIR ...`` means ``engine index build DATA_DIR ...``; ``stats`` stays a sub-command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+index_app = typer.Typer(cls=BuildByDefault, help="Build a searchable index (Parquet shards + FAISS + DuckDB).",
+                        no_args_is_help=True, add_completion=False)
+
+
+@index_app.command("build")
+def build_command(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (any format `engine data check` reads) or image folder."),
+    out: Path = typer.Option(..., "--out", help="Index folder to create or continue."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder or named config (default model)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default: cores - 1)."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Images per Parquet shard (default 10000)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    index: Optional[str] = typer.Option(None, "--index", help="FAISS factory string (default: chosen by size)."),
+    memory_budget: str = typer.Option(DEFAULT_MEMORY_BUDGET, "--memory-budget", help="Index RAM budget, e.g. 4GB."),
+    append: bool = typer.Option(False, "--append", help="Add images not yet in the index."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index (e.g. of another model)."),
+    mask: str = typer.Option("none", "--mask", help="Background masking: none | hard | soft."),
+    sigma: float = typer.Option(DEFAULT_SIGMA, "--sigma", help="Soft-mask background factor, 0 < sigma < 1."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of foreground PNG masks (same stem)."),
+    no_text: bool = typer.Option(False, "--no-text", help="Do not embed captions."),
+) -> None:
+    """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
+    from indexing.build import IndexOptions, print_summary, run_index
+    from indexing.masking import mask_options
+
+    options = IndexOptions(data_dir=data_dir, out=out, model_spec=model, batch_size=batch_size, workers=workers,
+                           shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,
+                           append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
+                           with_text=not no_text)
+    print_summary(run_index(options))
+
+
+@index_app.command("stats")
+def stats_command(
+    index_dir: Path = typer.Argument(..., help="Index folder built by `engine index`."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Counts of indexed images per split and per class, and of caption embeddings."""
+    from indexing.catalog import Catalog
+
+    catalog = Catalog(index_dir)
+    try:
+        stats = catalog.stats()
+    finally:
+        catalog.close()
+    if as_json:
+        print(stats.to_json())
+        return
+    print(f"{index_dir}: {stats.images} images, {stats.captions} captions")
+    for title, counts in (("split", stats.per_split), ("class", stats.per_class)):
+        width = max(len(name) for name in counts) if counts else 0
+        print(f"per {title}:")
+        for name, count in counts.items():
+            print(f"  {name:<{width}}  {count}")
+    sys.stdout.flush()

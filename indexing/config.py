@@ -1,0 +1,161 @@
+"""Typed records of an index folder: the build manifest (progress) and ``index.json`` (what a loader needs).
+
+``manifest.json`` describes *what is being built*: model, shard size, masking, and the build segments (the
+first build and each ``--append``), each with a plan file listing its images in order. Progress itself is
+never recorded separately: a shard is done exactly when its Parquet file exists (it is renamed into place
+complete), so a ``kill -9`` can never leave progress and data disagreeing.
+``index.json`` is written last, after ``faiss.index``; its presence means the folder is a complete index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+from indexing.shards import write_text_atomically
+
+MANIFEST_FILE = "manifest.json"
+INDEX_JSON = "index.json"
+FAISS_FILE = "faiss.index"
+PLAN_DIR = "plan"
+FORMAT_VERSION = 1
+MASK_MODES = ("none", "hard", "soft")
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Background masking applied before encoding; ``masks_dir`` None means the built-in foreground estimate."""
+
+    mode: str = "none"
+    sigma: float | None = None
+    masks_dir: str | None = None
+
+    @property
+    def source(self) -> str:
+        if self.mode == "none":
+            return "none"
+        return "mask-files" if self.masks_dir else "builtin-spectral-residual"
+
+    def describe(self) -> dict[str, str]:
+        return {"mask_mode": self.mode, "mask_sigma": "" if self.sigma is None else repr(self.sigma),
+                "mask_source": self.source}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One build run over one data root: shards ``first_shard .. first_shard + shard_count - 1``."""
+
+    plan_file: str
+    data_root: str
+    first_shard: int
+    shard_count: int
+    planned_images: int
+
+
+@dataclass
+class Manifest:
+    model_fingerprint: str
+    model_spec: str
+    embed_dim: int
+    shard_size: int
+    with_text: bool
+    mask: MaskOptions
+    segments: list[Segment] = field(default_factory=list)
+    tool_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def shard_total(self) -> int:
+        return sum(segment.shard_count for segment in self.segments)
+
+    def save(self, index_dir: Path) -> None:
+        write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / MANIFEST_FILE)
+
+    @classmethod
+    def load(cls, index_dir: Path) -> "Manifest | None":
+        raw = _read_json(index_dir / MANIFEST_FILE)
+        if raw is None:
+            return None
+        try:
+            raw["mask"] = MaskOptions(**raw["mask"])
+            raw["segments"] = [Segment(**segment) for segment in raw["segments"]]
+            return cls(**raw)
+        except (KeyError, TypeError) as error:
+            raise ConfigError(f"{index_dir / MANIFEST_FILE}: malformed build manifest ({error}); "
+                              "rebuild with --overwrite") from None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    text_file: str | None
+    rows: int
+    text_rows: int
+    first_id: int | None
+    last_id: int | None
+
+
+@dataclass
+class IndexConfig:
+    """Everything the query engine needs to load and trust the index (``INDEX_DIR/index.json``)."""
+
+    model_fingerprint: str
+    model_spec: str
+    embed_dim: int
+    metric: str
+    factory: str
+    index_params: dict[str, int]
+    image_count: int
+    caption_count: int
+    skipped_images: int
+    shards: list[ShardInfo]
+    mask: MaskOptions
+    data_roots: list[str]
+    build_seconds: float
+    built_on: str  # "cpu" or "cuda"
+    tool_version: str
+    created_utc: str
+    faiss_file: str = FAISS_FILE
+    format_version: int = FORMAT_VERSION
+
+    def save(self, index_dir: Path) -> None:
+        write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / INDEX_JSON)
+
+    @classmethod
+    def load(cls, index_dir: Path) -> "IndexConfig":
+        raw = _read_json(index_dir / INDEX_JSON)
+        if raw is None:
+            raise ConfigError(f"{index_dir}: not an index folder (no {INDEX_JSON}); build it with `engine index`")
+        try:
+            if raw.get("format_version") != FORMAT_VERSION:
+                raise ConfigError(f"{index_dir / INDEX_JSON}: format_version {raw.get('format_version')!r}, "
+                                  f"this tool reads {FORMAT_VERSION}")
+            raw["mask"] = MaskOptions(**raw["mask"])
+            raw["shards"] = [ShardInfo(**shard) for shard in raw["shards"]]
+            return cls(**raw)
+        except (KeyError, TypeError) as error:
+            raise ConfigError(f"{index_dir / INDEX_JSON}: malformed ({error}); rebuild the index") from None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return raw
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rs-retrieval-engine")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,143 @@
+"""Image loading (in DataLoader workers) and batched encoding: the torch side of indexing.
+
+A worker must never crash on a bad file: ``ImageItems`` returns a sentinel item (``ok=False`` with the reason)
+that the main process logs and counts, so indexing continues. Masking happens here, on the 8-bit RGB image,
+before the model's own transform.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ConfigError, EngineError
+from engine.torch_shim import ensure_torchvision_importable
+
+ensure_torchvision_importable()
+
+import torch  # noqa: E402  (the shim must run before anything imports torchvision)
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from indexing.config import MaskOptions  # noqa: E402
+from indexing.masking import apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
+
+PROBE_SIDE = 32  # size of the blank image used to learn the transform's output shape
+MAX_DEFAULT_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One image scheduled for a shard: its index id, the dataset's id, files and labels."""
+
+    image_id: int
+    source_id: int
+    path: Path
+    rel_path: str
+    split: str | None
+    label: str | None
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu or cuda, got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch on this machine")
+    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def default_workers() -> int:
+    return max(0, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) - 1))
+
+
+def load_encoder(spec: str | None, device: torch.device) -> Any:
+    """The encoder named by ``--model`` (None = the shipped default), in eval mode on ``device``."""
+    import encoders
+
+    model = encoders.load_model(spec)
+    model.to(device)
+    model.eval()
+    return model
+
+
+class ImageItems(Dataset):
+    """Planned images → (pixels, metadata) items; unreadable files become sentinels, never exceptions."""
+
+    def __init__(self, images: list[PlannedImage], transform: Any, mask: MaskOptions) -> None:
+        self.images = images
+        self.transform = transform
+        self.mask = mask
+        self.masks_dir = Path(mask.masks_dir) if mask.masks_dir else None
+        probe = transform(Image.new("RGB", (PROBE_SIDE, PROBE_SIDE)))
+        self.blank = torch.zeros_like(probe)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        from engine.data.images import load_rgb
+
+        planned = self.images[position]
+        item: dict[str, Any] = {"position": position, "ok": False, "error": "", "width": 0, "height": 0,
+                                "mask_resized": "", "pixels": self.blank}
+        try:
+            image = load_rgb(planned.path)
+            item["width"], item["height"] = image.size
+            if self.mask.mode != "none":
+                image = self._masked(image, planned, item)
+            item["pixels"] = self.transform(image)
+            item["ok"] = True
+        except EngineError as error:
+            item["error"] = str(error)
+        except (OSError, ValueError) as error:
+            item["error"] = f"{planned.path}: {error}"
+        return item
+
+    def _masked(self, image: Image.Image, planned: PlannedImage, item: dict[str, Any]) -> Image.Image:
+        rgb = np.asarray(image)
+        if self.masks_dir is None:
+            foreground = estimate_foreground(rgb)
+        else:
+            mask_file = mask_path_for(self.masks_dir, planned.path)
+            foreground, resized = load_mask(mask_file, image.width, image.height)
+            if resized:
+                item["mask_resized"] = str(mask_file)
+        return Image.fromarray(apply_mask(rgb, foreground, self.mask))
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack pixels; keep per-item metadata as plain lists (strings do not collate into tensors)."""
+    batch = {key: [item[key] for item in items] for key in items[0] if key != "pixels"}
+    batch["pixels"] = torch.stack([item["pixels"] for item in items])
+    return batch
+
+
+def image_loader(items: ImageItems, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", collate_fn=collate_items,
+                      persistent_workers=False)
+
+
+def _normalised(embeddings: torch.Tensor) -> np.ndarray:
+    matrix = embeddings.detach().float().cpu().numpy()
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+@torch.inference_mode()
+def encode_pixels(model: Any, pixels: torch.Tensor, device: torch.device) -> np.ndarray:
+    return _normalised(model.encode_image(pixels.to(device, non_blocking=True)))
+
+
+@torch.inference_mode()
+def encode_texts(model: Any, texts: list[str], batch_size: int, dim: int) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    parts = [_normalised(model.encode_text(texts[start:start + batch_size]))
+             for start in range(0, len(texts), batch_size)]
+    return np.concatenate(parts)

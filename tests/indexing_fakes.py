@@ -1,0 +1,73 @@
+"""A tiny random-weight encoder with the ``encoders`` model interface, for indexing tests.
+
+Used until/unless ``encoders.create_model("tiny-test")`` is fast enough here. ``fake_load_model(spec)`` accepts
+``"fake-<seed>"`` and ``"fake-<seed>:slow"`` (sleeps per image batch, so a test can kill a run mid-way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+IMAGE_SIDE = 16
+EMBED_DIM = 8
+SLOW_SECONDS_PER_BATCH = 0.15
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    embed_dim: int = EMBED_DIM
+
+
+class FakeEncoder(nn.Module):
+    def __init__(self, seed: int, slow: bool = False) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.config = FakeConfig()
+        self.seed, self.slow = seed, slow
+        self.image_head = nn.Parameter(torch.randn(3 * 4 * 4, EMBED_DIM, generator=generator))
+        self.text_head = nn.Parameter(torch.randn(64, EMBED_DIM, generator=generator))
+
+    def image_transform(self, train: bool = False):
+        def transform(image: Image.Image) -> torch.Tensor:
+            resized = image.convert("RGB").resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR)
+            return torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(
+                IMAGE_SIDE, IMAGE_SIDE, 3).permute(2, 0, 1).float() / 255.0
+
+        return transform
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.slow:
+            time.sleep(SLOW_SECONDS_PER_BATCH)
+        pooled = nn.functional.adaptive_avg_pool2d(pixels, 4).flatten(1)
+        return nn.functional.normalize(pooled @ self.image_head, dim=1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        features = torch.zeros(len(texts), 64)
+        for row, text in enumerate(texts):
+            for char in text.encode():
+                features[row, char % 64] += 1.0
+        return nn.functional.normalize(features @ self.text_head, dim=1)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(f"fake-encoder:{self.seed}".encode())
+        for parameter in self.parameters():
+            digest.update(parameter.detach().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def fake_load_model(spec: str | None) -> FakeEncoder:
+    name, _, option = (spec or "fake-0").partition(":")
+    return FakeEncoder(seed=int(name.removeprefix("fake-")), slow=option == "slow")
+
+
+def install() -> None:
+    """Route ``encoders.load_model`` to the fake (for subprocesses started by tests)."""
+    import encoders
+
+    encoders.load_model = fake_load_model
