@@ -1,0 +1,200 @@
+"""Model folders (``config.json`` + ``model.safetensors``), strict loading, fingerprints, named configs.
+
+A folder can hold every weight, or only the weights that no dependency provides (projections, VIR/LCA, the
+instruction encoder): the backbones are then rebuilt from their pretrained sources (the EfficientNet-Lite0 and
+MiniLM packages), which keeps the shipped default model a few MB. Saving that way refuses if the backbones were
+changed by training, since those changes would be lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from encoders.config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
+from encoders.model import PIRModel
+from engine.errors import ConfigError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
+BACKBONE_PREFIXES = ("vision.", "text.")
+FULL, HEADS_ONLY = "full", "heads-only"
+
+
+def create_model(name_or_config: str | Path | ModelConfig) -> PIRModel:
+    """A freshly initialised model from a ModelConfig, a config JSON path, or a shipped config name."""
+    config = name_or_config if isinstance(name_or_config, ModelConfig) else load_config(name_or_config)
+    return PIRModel(config)
+
+
+def load_model(spec: str | Path | None = None) -> PIRModel:
+    """Load a checkpoint folder (``None`` = the default model shipped in ``encoders/weights/``), in eval mode."""
+    if spec is None:
+        if not (DEFAULT_MODEL_DIR / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"no default model is shipped yet ({DEFAULT_MODEL_DIR} is empty); train one with `engine train` "
+                "and pass its folder"
+            )
+        spec = DEFAULT_MODEL_DIR
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: model checkpoint folder not found (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+    meta = read_checkpoint_meta(folder)
+    model = PIRModel(config_from_dict(meta["model"], source=str(folder / CONFIG_FILE)))
+    load_weights(model, folder)
+    return model.eval()
+
+
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; not a model checkpoint folder")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable checkpoint config ({error})") from error
+    if not isinstance(meta, dict) or "model" not in meta or "format_version" not in meta:
+        raise ConfigError(f"{path}: not a checkpoint config (needs 'format_version' and 'model')")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ConfigError(f"{path}: format_version {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
+    if meta.get("weights") not in (FULL, HEADS_ONLY):
+        raise ConfigError(f"{path}: field 'weights' must be {FULL!r} or {HEADS_ONLY!r}")
+    return meta
+
+
+def save_model(model: PIRModel, folder: Path, include_backbones: bool = True) -> Path:
+    """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights."""
+    folder = Path(folder)
+    state = _portable_state(model)
+    if not include_backbones:
+        _check_backbones_untouched(model)
+        state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIXES)}
+    config = model.config
+    if config.instruction.weights is not None:  # the weights now live in model.safetensors
+        config = config.replace(instruction=_replace(config.instruction, weights=None))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "weights": FULL if include_backbones else HEADS_ONLY,
+        "model": config.to_dict(),
+        "vision_identity": {
+            "timm_name": config.vision.timm_name,
+            "pretrained": config.vision.pretrained,
+            "width": model.vision.width,
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.vision.data_config.items()},
+        },
+        "text_identity": model.text.identity(),
+        "embed_dim": config.embed_dim,
+        "fingerprint": model.fingerprint(),
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if folder.exists():
+            backup = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            folder.rename(backup)
+            staging.rename(folder)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_weights(model: PIRModel, folder: Path) -> None:
+    """Strictly load ``folder``'s weights into ``model``; any mismatch names both configs."""
+    meta = read_checkpoint_meta(folder)
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing checkpoint weights")
+    try:
+        saved = load_file(str(path))
+    except Exception as error:  # safetensors has its own exception types for corrupt files
+        raise ConfigError(f"{path}: unreadable safetensors file ({error})") from error
+    checkpoint_config = meta["model"]
+    _check_dims(checkpoint_config, model.config, folder)
+    expected = _portable_state(model)
+    if meta["weights"] == HEADS_ONLY:
+        expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIXES)}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        what = f"missing key {missing[0]}" if missing else f"unexpected key {unexpected[0]}"
+        raise ConfigError(f"{path}: does not fit config {model.config.name!r} ({what}; {len(missing)} missing, "
+                          f"{len(unexpected)} unexpected)")
+    for key, tensor in saved.items():
+        if tensor.shape != expected[key].shape:
+            raise ConfigError(
+                f"{path}: {key} has shape {tuple(tensor.shape)} in the checkpoint but {tuple(expected[key].shape)} in "
+                f"config {model.config.name!r}"
+            )
+    # Heads-only checkpoints leave the backbone keys to their pretrained sources (already in the model).
+    full_state = dict(model.state_dict())
+    full_state.update(saved)
+    model.load_state_dict(full_state, strict=True)
+
+
+def compute_fingerprint(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the canonical config JSON, then every tensor's name, dtype, shape and bytes in key order."""
+    digest = hashlib.sha256(config.to_json().encode("utf-8"))
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _portable_state(model: PIRModel) -> dict[str, torch.Tensor]:
+    """State dict as contiguous CPU tensors without shared storage (safetensors refuses aliases)."""
+    return {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+
+
+def _check_backbones_untouched(model: PIRModel) -> None:
+    config = model.config
+    if config.vision.pretrained == NO_PRETRAINED or not config.text.pretrained:
+        raise ConfigError(
+            "include_backbones=False needs backbones that a dependency provides; this config has a randomly "
+            "initialised backbone"
+        )
+    reference = PIRModel(config.replace(head=_replace(config.head, use_vir=False, use_lca=False))).state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith(BACKBONE_PREFIXES) and not torch.equal(value.cpu(), reference[key]):
+            raise ConfigError(f"backbone weight {key} was changed by training; save with include_backbones=True")
+
+
+def _check_dims(checkpoint_config: dict[str, Any], config: ModelConfig, folder: Path) -> None:
+    head = checkpoint_config.get("head", {}) if isinstance(checkpoint_config, dict) else {}
+    for field in ("embed_dim", "heads", "n_v", "n_t", "r_k", "use_vir", "use_lca"):
+        ours = getattr(config.head, field)
+        if field in head and head[field] != ours:
+            raise ConfigError(
+                f"{folder}: checkpoint {field} {head[field]} does not match config {field} {ours} "
+                f"(config {config.name!r})"
+            )
+    for part in ("vision", "text", "instruction"):
+        theirs = checkpoint_config.get(part, {}) if isinstance(checkpoint_config, dict) else {}
+        for field in ("timm_name", "model"):
+            ours = getattr(getattr(config, part), field, None)
+            if ours is not None and field in theirs and theirs[field] != ours:
+                raise ConfigError(
+                    f"{folder}: checkpoint {part}.{field} {theirs[field]!r} does not match config {part}.{field} {ours!r}"
+                )
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,92 @@
+"""PIR's progressive attention heads: VIR (Spatial-PAE on instruction-filtered image tokens) and LCA (text).
+
+Both return a *local* correction in embed_dim; the model adds it to the projected global token and normalises:
+v = normalise(v_cls + head(first output token)), t = normalise(t_cls + head(first output token)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from encoders.attention import AttentionBlock
+from encoders.config import PIRHeadConfig
+
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """Kept tokens sorted by belief (B, r_k, D), their positions in the 1 + N input (B, r_k), all beliefs (B, 1+N)."""
+
+    tokens: torch.Tensor
+    indices: torch.Tensor
+    belief: torch.Tensor
+
+
+def select_tokens(tokens: torch.Tensor, instruction: torch.Tensor, keep: int) -> TokenSelection:
+    """Belief = softmax over tokens of <instruction, token>; keep the ``keep`` most believed, most believed first.
+
+    Position 0 (the global token) competes like any other token, as in PIR.
+    """
+    if keep > tokens.shape[1]:
+        raise ValueError(f"cannot keep {keep} of {tokens.shape[1]} tokens")
+    belief = torch.einsum("bnd,bd->bn", tokens, instruction).softmax(dim=-1)
+    indices = belief.argsort(dim=-1, descending=True, stable=True)[:, :keep]
+    kept = tokens.gather(1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return TokenSelection(kept, indices, belief)
+
+
+class VisualInstructionRefiner(nn.Module):
+    """VIR: filter tokens by the scene instruction, then n_v blocks of self-attention + instruction cross-attention."""
+
+    def __init__(self, config: PIRHeadConfig, instruction_width: int) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.keep = config.r_k
+        self.instruction_proj = nn.Linear(instruction_width, dim)
+        self.self_blocks = nn.ModuleList(
+            AttentionBlock(dim, config.heads, config.attn_dropout) for _ in range(config.n_v)
+        )
+        self.cross_blocks = nn.ModuleList(
+            AttentionBlock(dim, config.heads, config.attn_dropout) for _ in range(config.n_v)
+        )
+        self.query_maps = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.n_v))
+        self.head = nn.Linear(dim, dim)
+        self.last_selection: TokenSelection | None = None
+
+    def forward(self, tokens: torch.Tensor, instruction_feature: torch.Tensor) -> torch.Tensor:
+        """tokens: projected [global, patches] (B, 1+N, D); instruction_feature (B, F) -> local term (B, D)."""
+        instruction = self.instruction_proj(instruction_feature)
+        selection = select_tokens(tokens, instruction, self.keep)
+        self.last_selection = selection
+        x = selection.tokens
+        for self_block, cross_block, query_map in zip(self.self_blocks, self.cross_blocks, self.query_maps):
+            x = self_block(x)
+            queries = query_map(instruction).unsqueeze(1).expand(-1, x.shape[1], -1)
+            x = cross_block(x, queries=queries)
+        return self.head(x[:, 0])
+
+
+class LanguageCycleAttention(nn.Module):
+    """LCA: n_t cycles of self-attention, then cross-attention queried by a linear map of the previous cycle."""
+
+    def __init__(self, config: PIRHeadConfig) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.self_blocks = nn.ModuleList(
+            AttentionBlock(dim, config.heads, config.attn_dropout) for _ in range(config.n_t)
+        )
+        self.cross_blocks = nn.ModuleList(
+            AttentionBlock(dim, config.heads, config.attn_dropout) for _ in range(config.n_t)
+        )
+        self.query_maps = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.n_t))
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens: projected hidden states (B, L, D), mask (B, L) with 1 = real token -> local term (B, D)."""
+        x = tokens
+        for self_block, cross_block, query_map in zip(self.self_blocks, self.cross_blocks, self.query_maps):
+            attended = self_block(x, key_mask=mask)
+            x = cross_block(attended, queries=query_map(x), key_mask=mask)
+        return self.head(x[:, 0])
