@@ -31,6 +31,8 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _MAX_8BIT = 255.0
 _RGB_BANDS = 3
+_BITS_8 = 8
+_TIFF_BITS_PER_SAMPLE = 258  # TIFF tag number
 # PIL's reading errors: OSError (truncated/corrupt), SyntaxError (broken PNG chunks), ValueError/TypeError
 # (bad headers), EOFError (short GIF/TIFF), DecompressionBombError (absurd declared size).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, Image.DecompressionBombError)
@@ -110,6 +112,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _pil_drops_bits(image: Image.Image) -> bool:
+    """True for multi-band TIFFs with more than 8 bits per sample: PIL keeps only the high byte of those."""
+    if image.format != "TIFF" or image.mode in _HIGH_DEPTH_MODES:
+        return False
+    bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE, (_BITS_8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return any(int(value) > _BITS_8 for value in bits)
+
+
 def _read_with_tifffile(path: Path) -> Image.Image:
     import tifffile  # only needed for TIFFs PIL cannot open (multi-band 16-bit, float RGB)
 
@@ -122,6 +133,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     _check_file(path)
     try:
         with Image.open(path) as opened:
+            if _pil_drops_bits(opened):
+                return _read_with_tifffile(path)
             opened.load()  # force a full decode: a truncated file fails here, not later inside a batch
             return _to_rgb(opened).copy()
     except (UnidentifiedImageError, *_DECODE_ERRORS) as error:
@@ -151,6 +164,8 @@ def probe_image(path: str | Path, full_decode: bool = True) -> ImageProbe:
         return ImageProbe(path=path, problem=str(error).split(": ", 1)[1])
     try:
         with Image.open(path) as opened:
+            if _pil_drops_bits(opened):
+                return _probe_with_tifffile(path) or ImageProbe(path=path, problem="cannot decode high bit-depth TIFF")
             width, height, mode = opened.width, opened.height, opened.mode
             if full_decode:
                 opened.load()
