@@ -71,3 +71,36 @@ def install() -> None:
     import encoders
 
     encoders.load_model = fake_load_model
+
+
+# -- generated data sets -------------------------------------------------------------------------------------
+def write_images(folder, count: int, side: int = 20, seed: int = 0, prefix: str = "img", start: int = 0) -> list:
+    """``count`` random RGB PNGs named ``<prefix>_<n>.png``; returns their paths."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for number in range(start, start + count):
+        path = folder / f"{prefix}_{number:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_karpathy(root, count: int, captions_per_image: int = 2, first_id: int = 100) -> None:
+    """A small Karpathy-style dataset (``dataset.json`` + ``images/``) with explicit, non-zero-based ids."""
+    import json
+
+    write_images(root / "images", count, prefix="tile")
+    splits = ("train", "val", "test")
+    entries = []
+    for position in range(count):
+        image_id = first_id + position
+        sentences = [{"raw": f"tile {position} caption {k} {'river' if position % 2 else 'farm'}",
+                      "tokens": [], "imgid": image_id, "sentid": image_id * 10 + k}
+                     for k in range(captions_per_image)]
+        entries.append({"filename": f"tile_{position:04d}.png", "imgid": image_id, "split": splits[position % 3],
+                        "sentids": [s["sentid"] for s in sentences], "sentences": sentences,
+                        "class": "river" if position % 2 else "farm"})
+    (root / "dataset.json").write_text(json.dumps({"images": entries}))
