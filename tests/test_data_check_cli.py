@@ -103,7 +103,8 @@ def test_zero_byte_image(tmp_path: Path, capsys) -> None:
     small_ucm(tmp_path)
     (tmp_path / "images" / "102.jpg").write_bytes(b"")
     code, _, err = run(capsys, str(tmp_path))
-    assert code == 1 and error_lines(err) == [f"error: {(tmp_path / 'images' / '102.jpg').resolve()}: image file is empty (0 bytes)"]
+    empty = (tmp_path / "images" / "102.jpg").resolve()
+    assert code == 1 and error_lines(err) == [f"error: {empty}: image file is empty (0 bytes)"]
 
 
 def test_non_rgb_images_are_converted_not_rejected(tmp_path: Path, capsys) -> None:
@@ -150,7 +151,8 @@ def test_bad_split_name(tmp_path: Path, capsys) -> None:
     save_json(tmp_path / "dataset.json", document)
     code, _, err = run(capsys, str(tmp_path))
     assert code == 1
-    assert error_lines(err) == ["error: dataset.json: images[0].split: 'training' for 1.jpg is not one of train/val/test"]
+    expected = "error: dataset.json: images[0].split: 'training' for 1.jpg is not one of train/val/test"
+    assert error_lines(err) == [expected]
 
 
 def test_many_problems_are_capped(tmp_path: Path, capsys) -> None:

@@ -134,7 +134,9 @@ def _check_extra_files(dataset: Dataset, log: ProblemLog) -> None:
     folders = {path.parent for path in listed if path.parent.is_dir()}
     extra = sorted(p.name for folder in folders for p in folder.iterdir() if is_image_file(p) and p not in listed)
     if extra:
-        log.warning("extra-images", "images", f"{len(extra)} image files are not in the annotations: {_examples(extra)}")
+        log.warning(
+            "extra-images", "images", f"{len(extra)} image files are not in the annotations: {_examples(extra)}"
+        )
 
 
 def _check_against_manifest(report: CheckReport, log: ProblemLog) -> None:
@@ -148,7 +150,8 @@ def _check_against_manifest(report: CheckReport, log: ProblemLog) -> None:
         if len(dataset.captions) != manifest.caption_count:
             log.warning("caption-count", "captions", f"{len(dataset.captions)}; {name} has {manifest.caption_count}")
         grouped = dataset.captions_by_image()
-        odd = [dataset.image(i).path.name for i, caps in grouped.items() if caps and len(caps) != manifest.captions_per_image]
+        expected = manifest.captions_per_image
+        odd = [dataset.image(i).path.name for i, caps in grouped.items() if caps and len(caps) != expected]
         if odd:
             log.warning(
                 "captions-per-image",
