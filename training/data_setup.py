@@ -83,9 +83,14 @@ def _cached_features(folder: Path, model, pairs: PairSet, views: int, config: Tr
                 chunk = pairs.image_paths[start:start + config.eval_batch_size]
                 yield torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
 
-        features = compute_features(pairs, views, batches,
-                                    lambda pixels: model_ops.image_inputs(model, pixels),
-                                    lambda texts: model_ops.text_inputs(model, texts), config.eval_batch_size)
+        was_training = model.training
+        model.eval()  # backbones as at inference: BatchNorm statistics untouched, dropout off
+        try:
+            features = compute_features(pairs, views, batches,
+                                        lambda pixels: model_ops.image_inputs(model, pixels),
+                                        lambda texts: model_ops.text_inputs(model, texts), config.eval_batch_size)
+        finally:
+            model.train(was_training)
         save_features(features, path)
     distributed.barrier()
     return load_features(path)

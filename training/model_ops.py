@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def model_config_for(config: TrainConfig):
 
 
 def build_model(config: TrainConfig):
-    from encoders import create_model
+    from encoders.checkpoint import create_model
 
     model = create_model(model_config_for(config))
     set_trainable(model, config)
@@ -37,70 +38,109 @@ def build_model(config: TrainConfig):
 
 
 def set_trainable(model, config: TrainConfig) -> None:
-    """Freeze the backbones (and always the instruction encoder); optionally unfreeze the last N blocks."""
+    """Freeze the backbones (the instruction encoder always); optionally train their last N blocks."""
     model.requires_grad_(True)
     for frozen in _backbones(model):
         frozen.requires_grad_(False)
-    if config.unfreeze_last > 0 or not config.freeze_backbones:
-        model.unfreeze_backbone_blocks(None if not config.freeze_backbones else config.unfreeze_last)
-    model.instruction_encoder.requires_grad_(False)
+    if not config.freeze_backbones:
+        model.vision.requires_grad_(True)
+        model.text.requires_grad_(True)
+    elif config.unfreeze_last > 0:
+        for block in _last_blocks(model.vision.model, ("blocks", "layers", "stages"), config.unfreeze_last):
+            block.requires_grad_(True)
+        text_layers = getattr(getattr(model.text.model, "encoder", None), "layer", None)
+        for block in list(text_layers or [])[-config.unfreeze_last:]:
+            block.requires_grad_(True)
+    if model.instruction is not None:
+        model.instruction.freeze()
+
+
+def keep_frozen_in_eval(model, config: TrainConfig) -> None:
+    """Frozen backbones run in eval mode: BatchNorm statistics stay fixed and dropout stays off, so live
+    training sees the same backbone function as the feature cache (and as inference)."""
+    if config.freeze_backbones:
+        model.vision.eval()
+        model.text.eval()
+    if model.instruction is not None:
+        model.instruction.eval()
+
+
+def _last_blocks(network: torch.nn.Module, names: tuple[str, ...], count: int) -> list[torch.nn.Module]:
+    """The last ``count`` blocks of a timm network (EfficientNet ``blocks``, Swin ``layers``, ConvNeXt ``stages``)."""
+    for name in names:
+        container = getattr(network, name, None)
+        if isinstance(container, (torch.nn.Sequential, torch.nn.ModuleList)) and len(container):
+            return list(container)[-count:]
+    raise ConfigError(f"--unfreeze-last: cannot find the blocks of {type(network).__name__} "
+                      f"(looked for {', '.join(names)})")
 
 
 def _backbones(model) -> list[torch.nn.Module]:
-    return [model.vision_backbone, model.text_backbone, model.instruction_encoder]
+    parts = [model.vision, model.text]
+    if model.instruction is not None:
+        parts.append(model.instruction)
+    return parts
 
 
 def backbone_identity(model) -> str:
-    """A hash of the frozen parts' weights and config: the key of the feature cache."""
+    """A hash of the frozen parts' weights and their config: the key of the feature cache."""
     digest = hashlib.sha256()
-    digest.update(model.config.to_json().encode())
+    config = model.config
+    digest.update(json.dumps([dataclasses.asdict(config.vision), dataclasses.asdict(config.text),
+                              dataclasses.asdict(config.instruction), config.head.use_vir]).encode())
     for module in _backbones(model):
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def _as_dict(value) -> dict[str, torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return {"tokens": value}
-    if isinstance(value, dict):
-        return dict(value)
-    if dataclasses.is_dataclass(value):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    raise TypeError(f"unexpected backbone output type {type(value).__name__}")
-
-
 def image_inputs(model, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    return _as_dict(model.forward_image_tokens(pixels))
+    """Backbone outputs as a dict (the instruction feature is absent when VIR is off)."""
+    tokens = model.forward_image_tokens(pixels)
+    inputs = {"global_token": tokens.global_token, "patch_tokens": tokens.patch_tokens}
+    if tokens.instruction_feature is not None:
+        inputs["instruction_feature"] = tokens.instruction_feature
+    return inputs
 
 
 def text_inputs(model, texts: list[str]) -> dict[str, torch.Tensor]:
-    return _as_dict(model.forward_text_tokens(texts))
+    tokens = model.forward_text_tokens(texts)
+    return {"hidden": tokens.hidden, "mask": tokens.mask}
 
 
 def embed_images(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model.encode_image_from_tokens(**{k: _upcast(v) for k, v in inputs.items()})
+    return model.encode_image_from_tokens(_upcast(inputs["global_token"]), _upcast(inputs["patch_tokens"]),
+                                          _upcast(inputs["instruction_feature"]) if "instruction_feature" in inputs
+                                          else None)
 
 
 def embed_texts(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model.encode_text_from_tokens(**{k: _upcast(v) for k, v in inputs.items()})
+    return model.encode_text_from_tokens(_upcast(inputs["hidden"]), inputs["mask"])
 
 
 def _upcast(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.dtype == torch.float16 else tensor
 
 
-def save_model(model, folder: Path) -> None:
-    from encoders.checkpoint import save_checkpoint
+def _backbones_come_from_dependencies(model, config: TrainConfig) -> bool:
+    from encoders.config import NO_PRETRAINED
 
-    save_checkpoint(model, folder)
+    untouched = config.freeze_backbones and config.unfreeze_last == 0
+    return untouched and model.config.vision.pretrained != NO_PRETRAINED and model.config.text.pretrained
+
+
+def save_model(model, folder: Path, config: TrainConfig) -> None:
+    """Checkpoint folder via the encoders' format; heads only when the backbones are unchanged pretrained ones."""
+    from encoders.checkpoint import save_model as save_checkpoint
+
+    save_checkpoint(model, folder, include_backbones=not _backbones_come_from_dependencies(model, config))
 
 
 def load_weights(model, folder: Path) -> None:
-    """Load a checkpoint's weights into ``model``; a config/dimension mismatch names both sides."""
-    from encoders.checkpoint import load_checkpoint_into
+    """Strictly load a checkpoint's weights into ``model``; a config/dimension mismatch names both sides."""
+    from encoders.checkpoint import load_weights as load_checkpoint
 
     if not folder.is_dir():
         raise ConfigError(f"--resume {folder}: not a checkpoint folder")
-    load_checkpoint_into(model, folder)
+    load_checkpoint(model, folder)

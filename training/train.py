@@ -76,8 +76,11 @@ def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 
 def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None = None,
-          show_progress: bool = True) -> TrainResult:
-    """Train, evaluate on val after every epoch, keep ``out/best`` (by val mR) and ``out/last``."""
+          show_progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train, evaluate on val after every epoch, keep ``out/best`` (by val mR) and ``out/last``.
+
+    ``stop_after`` ends the process after that many epochs as an interruption would (schedule unchanged).
+    """
     device = resolve_device(config.device)
     info = distributed.init_from_environment(device.type)
     if info.enabled and device.type == "cuda":
@@ -106,9 +109,11 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / CONFIG_FILE, config.to_json())
     best_metrics: dict[str, float] = {}
-    for epoch in range(run.epoch, config.epochs):
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    for epoch in range(run.epoch, last_epoch):
         data.set_epoch(epoch)
         wrapped.train()
+        model_ops.keep_frozen_in_eval(model, config)
         started = time.perf_counter()
         losses: list[float] = []
         with EpochProgress(epoch, config.epochs, steps_per_epoch, enabled=show_progress and info.is_main) as bar:
@@ -141,7 +146,7 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
             run.best_score, run.best_epoch = metrics[SELECTION_METRIC], run.epoch
             best_metrics = metrics
         if info.is_main:
-            _save_epoch(out, model, run, improved, metrics, criterion, optimizer, scheduler, scaler)
+            _save_epoch(out, model, config, run, improved, metrics, criterion, optimizer, scheduler, scaler)
             EpochProgress.report(run.history[-1], improved)
         distributed.barrier()
     if not best_metrics and run.history:
@@ -173,17 +178,17 @@ def _trainer_state(criterion, optimizer, scheduler, scaler) -> dict:
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng_state()}
 
 
-def _save_epoch(out: Path, model, run: RunState, improved: bool, metrics: dict, criterion, optimizer, scheduler,
+def _save_epoch(out: Path, model, config: TrainConfig, run: RunState, improved: bool, metrics: dict, criterion, optimizer, scheduler,
                 scaler) -> None:
     if improved:
         def fill_best(folder: Path) -> None:
-            model_ops.save_model(model, folder)
+            model_ops.save_model(model, folder, config)
             (folder / METRICS_FILE).write_text(
                 json.dumps({"epoch": run.epoch, "split": "val", **metrics}, indent=2))
         replace_folder(out / BEST_DIR, fill_best)
 
     def fill_last(folder: Path) -> None:
-        model_ops.save_model(model, folder)
+        model_ops.save_model(model, folder, config)
         save_trainer(folder, _trainer_state(criterion, optimizer, scheduler, scaler), run)
     replace_folder(out / LAST_DIR, fill_last)
     write_json_atomic(out / HISTORY_FILE, json.dumps(run.history, indent=2))

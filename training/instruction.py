@@ -1,0 +1,165 @@
+"""`engine train-instruction`: train the instruction encoder's scene classifier on a scene-class dataset (AID).
+
+How: a deterministic stratified split (per class, a seeded shuffle of the files in natural order; the first
+``train_fraction`` train, the rest held out), then the frozen backbone's pooled feature is computed once per
+image (and per augmented view for training images) and only the linear classifier is trained on those cached
+features. On 2 CPU cores the backbone pass costs minutes while classifier epochs cost milliseconds, so this is
+what makes AID training feasible here. PIR used a 20 % train / 80 % test split; we default to 80 / 20 because
+the classifier is a tool here, not the object of study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from engine.data.model import Dataset
+from engine.errors import ConfigError, DataError
+from training.feature_cache import apply_view
+from training.schedule import build_scheduler
+from training.seeding import seed_everything
+from training.state import write_json_atomic
+
+WEIGHTS_FILE = "instruction.safetensors"
+REPORT_FILE = "instruction_report.json"
+MIN_IMAGES_PER_CLASS = 2
+
+
+@dataclass(frozen=True)
+class InstructionTrainConfig:
+    model: str = "offline-default"
+    epochs: int = 30
+    train_fraction: float = 0.8
+    seed: int = 42
+    views: int = 4
+    batch_size: int = 256
+    feature_batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError(f"--train-fraction must be in (0, 1), got {self.train_fraction}")
+        if self.epochs < 1 or self.views < 1:
+            raise ConfigError("--epochs and --views must be >= 1")
+
+
+@dataclass(frozen=True)
+class InstructionReport:
+    weights_path: Path
+    classes: int
+    train_images: int
+    test_images: int
+    test_top1: float
+
+
+def stratified_split(dataset: Dataset, train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Image positions of the train and held-out parts; the same inputs always give the same split."""
+    if not dataset.has_labels:
+        raise DataError(f"{dataset.root}: every image needs a scene class (e.g. <root>/<Class>/<image>) "
+                        "to train the instruction encoder")
+    by_class: dict[str, list[int]] = {}
+    for position, image in enumerate(dataset.images):
+        by_class.setdefault(image.label, []).append(position)
+    train, test = [], []
+    for label in sorted(by_class):
+        members = by_class[label]
+        if len(members) < MIN_IMAGES_PER_CLASS:
+            raise DataError(f"{dataset.root}: class {label!r} has {len(members)} image; "
+                            f"at least {MIN_IMAGES_PER_CLASS} are needed to hold one out")
+        shuffled = list(members)
+        random.Random(f"{seed}:{label}").shuffle(shuffled)
+        cut = min(len(shuffled) - 1, max(1, round(len(shuffled) * train_fraction)))
+        train += shuffled[:cut]
+        test += shuffled[cut:]
+    return sorted(train), sorted(test)
+
+
+def _pooled_features(encoder, dataset: Dataset, positions: list[int], views: int, batch_size: int,
+                     transform) -> torch.Tensor:
+    """(len(positions), views, width) pooled features of the frozen backbone."""
+    from engine.data.images import load_rgb
+
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(positions), batch_size):
+            pixels = torch.stack([transform(load_rgb(dataset.images[p].path))
+                                  for p in positions[start:start + batch_size]])
+            chunks.append(torch.stack([encoder.features(apply_view(pixels, v)) for v in range(views)], dim=1))
+    return torch.cat(chunks)
+
+
+def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: Path,
+                      show_progress: bool = True) -> InstructionReport:
+    from encoders.config import load_config
+    from encoders.instruction import InstructionEncoder
+    from encoders.vision import VisionBackbone
+
+    seed_everything(settings.seed)
+    train_positions, test_positions = stratified_split(dataset, settings.train_fraction, settings.seed)
+    classes = dataset.classes
+    base = load_config(settings.model).instruction
+    if base.share_vision_backbone:
+        raise ConfigError(f"model config {settings.model!r}: the instruction encoder shares the vision backbone; "
+                          "train-instruction needs a config with its own instruction backbone")
+    config = dataclasses.replace(base, num_classes=len(classes), class_names=tuple(classes), weights=None)
+    encoder = InstructionEncoder(config)
+    image_config = dataclasses.replace(load_config(settings.model).vision, timm_name=config.timm_name,
+                                       pretrained=config.pretrained)
+    transform = VisionBackbone(image_config).image_transform(train=False)
+    label_index = {name: index for index, name in enumerate(classes)}
+    labels = torch.tensor([label_index[image.label] for image in dataset.images])
+    if show_progress:
+        print(f"caching pooled features: {len(train_positions)} train images x {settings.views} views, "
+              f"{len(test_positions)} held-out images", flush=True)
+    train_features = _pooled_features(encoder, dataset, train_positions, settings.views,
+                                      settings.feature_batch_size, transform)
+    test_features = _pooled_features(encoder, dataset, test_positions, 1, settings.feature_batch_size, transform)
+    train_labels, test_labels = labels[train_positions], labels[test_positions]
+    _fit_classifier(encoder, train_features, train_labels, settings)
+    with torch.no_grad():
+        predictions = encoder.classifier(test_features[:, 0]).argmax(dim=1)
+    top1 = float((predictions == test_labels).float().mean())
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path = out / WEIGHTS_FILE
+    encoder.save_weights(weights_path)
+    report = InstructionReport(weights_path, len(classes), len(train_positions), len(test_positions), top1)
+    write_json_atomic(out / REPORT_FILE, json.dumps({
+        "dataset": str(dataset.root), "classes": classes, "split": {"train_fraction": settings.train_fraction,
+        "seed": settings.seed, "train_images": len(train_positions), "test_images": len(test_positions)},
+        "held_out_top1": top1, "settings": dataclasses.asdict(settings),
+        "instruction_config": dataclasses.asdict(config)}, indent=2))
+    return report
+
+
+def _fit_classifier(encoder, features: torch.Tensor, labels: torch.Tensor, settings: InstructionTrainConfig) -> None:
+    """Mini-batch AdamW on (image, view) samples, drawn in a seeded order."""
+    samples = features.flatten(0, 1)
+    sample_labels = labels.repeat_interleave(features.shape[1])
+    classifier = encoder.classifier
+    classifier.requires_grad_(True)
+    classifier.train()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    steps_per_epoch = max(1, -(-len(samples) // settings.batch_size))
+    scheduler = build_scheduler(optimizer, steps_per_epoch * settings.epochs, warmup_fraction=0.1)
+    generator = torch.Generator().manual_seed(settings.seed)
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(samples), generator=generator)
+        for start in range(0, len(samples), settings.batch_size):
+            batch = order[start:start + settings.batch_size]
+            loss = F.cross_entropy(classifier(samples[batch]), sample_labels[batch],
+                                   label_smoothing=settings.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    classifier.requires_grad_(False)
+    classifier.eval()
