@@ -16,6 +16,7 @@ import torch
 from engine.errors import ConfigError
 
 TIMM_NAME = "tf_efficientnet_lite0"
+IMAGENET_CLASSES = 1000
 
 
 def package_weights_path() -> Path:

@@ -41,7 +41,8 @@ def create_timm_model(
         if pretrained == PACKAGE_EFFICIENTNET:
             model = timm.create_model(timm_name, pretrained=False, **extra)
             efficientnet_weights.load_into_timm(model)
-            model.reset_classifier(num_classes)
+            if num_classes != efficientnet_weights.IMAGENET_CLASSES:  # keep the trained ImageNet head otherwise
+                model.reset_classifier(num_classes)
             return model
         if pretrained not in (TIMM_HUB, NO_PRETRAINED):
             raise ConfigError(f"{field}: unknown pretrained source {pretrained!r}")

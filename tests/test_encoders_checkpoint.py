@@ -1,0 +1,94 @@
+"""Checkpoint folders: roundtrip, strict loading with clear errors, fingerprints, default model lookup."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import encoders
+from encoders import checkpoint
+from encoders.config import load_config
+from engine.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[encoders.PIRModel, Path]:
+    torch.manual_seed(3)
+    model = encoders.create_model("tiny-test").eval()
+    folder = encoders.save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny")
+    return model, folder
+
+
+def test_roundtrip_gives_identical_embeddings_and_fingerprint(saved: tuple[encoders.PIRModel, Path]) -> None:
+    model, folder = saved
+    loaded = encoders.load_model(folder)
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.encode_image(pixels), model.encode_image(pixels), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.encode_text(["a road"]), model.encode_text(["a road"]), rtol=0, atol=0)
+    assert loaded.fingerprint() == model.fingerprint()
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["fingerprint"] == model.fingerprint() and meta["text_identity"]["vocab_size"] == 30522
+    assert not list(folder.parent.glob(".*"))  # no staging leftovers
+
+
+def test_fingerprint_follows_weights_and_config() -> None:
+    torch.manual_seed(4)
+    model = encoders.create_model("tiny-test")
+    before = model.fingerprint()
+    assert model.fingerprint() == before
+    with torch.no_grad():
+        model.text_proj.bias[0] += 1e-3
+    assert model.fingerprint() != before
+    other = encoders.create_model(model.config.replace(name="renamed"))
+    other.load_state_dict(model.state_dict())
+    assert other.fingerprint() != model.fingerprint()
+
+
+def test_embed_dim_mismatch_names_both(saved: tuple[encoders.PIRModel, Path], tmp_path: Path) -> None:
+    _, folder = saved
+    config = load_config("tiny-test")
+    wider = encoders.create_model(config.replace(head=dataclasses.replace(config.head, embed_dim=64)))
+    with pytest.raises(ConfigError, match="checkpoint embed_dim 32 does not match config embed_dim 64"):
+        checkpoint.load_weights(wider, folder)
+
+
+def test_missing_unexpected_and_reshaped_keys_are_errors(saved: tuple[encoders.PIRModel, Path], tmp_path: Path) -> None:
+    _, folder = saved
+    state = load_file(str(folder / "model.safetensors"))
+    cases = {
+        "missing key vision_proj.bias": {k: v for k, v in state.items() if k != "vision_proj.bias"},
+        "unexpected key extra.weight": {**state, "extra.weight": torch.zeros(1)},
+        "has shape \\(3,\\)": {**state, "vision_proj.bias": torch.zeros(3)},
+    }
+    for needle, broken in cases.items():
+        target = tmp_path / needle[:7].replace(" ", "_")
+        target.mkdir()
+        (target / "config.json").write_text((folder / "config.json").read_text())
+        save_file(broken, str(target / "model.safetensors"))
+        with pytest.raises(ConfigError, match=needle):
+            encoders.load_model(target)
+
+
+def test_not_a_checkpoint_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        encoders.load_model(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="config.json"):
+        encoders.load_model(tmp_path)
+
+
+def test_heads_only_requires_dependency_backbones(saved: tuple[encoders.PIRModel, Path], tmp_path: Path) -> None:
+    model, _ = saved
+    with pytest.raises(ConfigError, match="randomly initialised backbone"):
+        encoders.save_model(model, tmp_path / "heads", include_backbones=False)
+
+
+def test_default_model_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_DIR", tmp_path / "weights")
+    with pytest.raises(ConfigError, match="no default model is shipped yet"):
+        encoders.load_model(None)
