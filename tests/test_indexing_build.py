@@ -196,7 +196,7 @@ def test_permission_error_is_clean(karpathy: Path, tmp_path: Path, capsys) -> No
     assert not [p for p in (out / "shards").iterdir()]
 
 
-@pytest.mark.parametrize(("code", "message"), [(28, "no space left on device"), (13, "permission denied")])
+@pytest.mark.parametrize(("code", "message"), [(28, "no space left on device"), (13, "permission denied (is the folder writable?)")])
 def test_disk_full_or_permission_during_shard_write_leaves_nothing(karpathy: Path, tmp_path: Path, capsys,
                                                                    monkeypatch: pytest.MonkeyPatch, code: int,
                                                                    message: str) -> None:
@@ -207,13 +207,13 @@ def test_disk_full_or_permission_during_shard_write_leaves_nothing(karpathy: Pat
 
     def failing_write(table, where, **kwargs):
         real_write(table, where, **kwargs)  # leave a real partial file behind, then fail
-        raise OSError(code, os.strerror(code))
+        if "/shards/.part-00001.parquet" in str(where):
+            raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(shards.pq, "write_table", failing_write)
     out = tmp_path / "index"
     assert build(karpathy, out) == 2
     err = capsys.readouterr().err
-    assert f"cannot write {out / 'text_shards' / 'part-00000.parquet'}: {message}" in err
-    leftovers = [p.name for folder in ("shards", "text_shards") for p in (out / folder).glob("*")
-                 if (out / folder).is_dir()]
-    assert leftovers == []
+    assert err.endswith(f"error: cannot write {out / 'shards' / 'part-00001.parquet'}: {message}\n")
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["part-00000.parquet"]  # no temp, no part-1
+    assert not (out / "index.json").exists()
