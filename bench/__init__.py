@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as ``python -m bench.<name>``); their results are rendered into docs/benchmarks.md."""

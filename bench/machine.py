@@ -1,0 +1,72 @@
+"""Where and with what a benchmark ran: machine, library versions, load; plus atomic result writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+VERSIONED_PACKAGES = ("numpy", "faiss-cpu", "duckdb", "pyarrow", "torch")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict:
+    """nproc (usable cores), CPU model, RAM, OS and Python: enough to judge whether numbers compare."""
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": _cpu_model(), "ram_bytes": _ram_bytes(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages: a load well above the benchmark's threads means noisy latencies."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as temp:
+            temp.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
