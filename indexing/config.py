@@ -37,7 +37,7 @@ class MaskOptions:
     def source(self) -> str:
         if self.mode == "none":
             return "none"
-        return "mask-files" if self.masks_dir else "builtin-spectral-residual"
+        return "mask-files" if self.masks_dir else "builtin-colour-contrast"
 
     def describe(self) -> dict[str, str]:
         return {"mask_mode": self.mode, "mask_sigma": "" if self.sigma is None else repr(self.sigma),
