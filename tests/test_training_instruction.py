@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -37,3 +38,27 @@ def test_cli_trains_classifier_and_reports_top1(tmp_path, capsys):
     assert 0.0 <= report["held_out_top1"] <= 1.0
     assert (tmp_path / "out" / "instruction.safetensors").is_file()
     assert "held-out top-1" in captured.out
+
+
+def test_shared_backbone_config_saves_only_the_classifier(tmp_path, capsys):
+    """The offline default shares the vision backbone: its weights file must hold the classifier alone and load."""
+    from safetensors.torch import load_file
+
+    from encoders.config import load_config
+    from encoders.instruction import InstructionEncoder
+
+    config = json.loads(json.dumps(dataclasses.asdict(load_config("tiny-test"))))
+    config["name"] = "tiny-shared"
+    config["instruction"].update(feature="logits", share_vision_backbone=True)
+    config_path = tmp_path / "tiny-shared.json"
+    config_path.write_text(json.dumps(config))
+    folder = write_scene_folders(tmp_path / "aid", per_class=5)
+    code = engine_main(["train-instruction", str(folder), "--config", str(config_path), "--out",
+                        str(tmp_path / "out"), "--epochs", "5", "--views", "1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    weights = tmp_path / "out" / "instruction.safetensors"
+    assert sorted(load_file(str(weights))) == ["classifier.bias", "classifier.weight"]
+    shared = dataclasses.replace(
+        load_config(config_path).instruction, num_classes=len(CLASSES), weights=str(weights))
+    encoder = InstructionEncoder(shared, shared_width=int(load_file(str(weights))["classifier.weight"].shape[1]))
+    assert encoder.feature_dim == len(CLASSES)

@@ -106,10 +106,10 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
     train_positions, test_positions = stratified_split(dataset, settings.train_fraction, settings.seed)
     classes = dataset.classes
     base = load_config(settings.model).instruction
-    if base.share_vision_backbone:
-        raise ConfigError(f"model config {settings.model!r}: the instruction encoder shares the vision backbone; "
-                          "train-instruction needs a config with its own instruction backbone")
-    config = dataclasses.replace(base, num_classes=len(classes), class_names=tuple(classes), weights=None)
+    target_config = dataclasses.replace(base, num_classes=len(classes), class_names=tuple(classes), weights=None)
+    # Features always come from a backbone of our own; with a shared backbone (the offline default) that is the
+    # very network the vision side runs, so only the classifier is trained and saved (see _save_for).
+    config = dataclasses.replace(target_config, share_vision_backbone=False)
     encoder = InstructionEncoder(config)
     image_config = dataclasses.replace(load_config(settings.model).vision, timm_name=config.timm_name,
                                        pretrained=config.pretrained)
@@ -129,7 +129,7 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
     top1 = float((predictions == test_labels).float().mean())
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / WEIGHTS_FILE
-    encoder.save_weights(weights_path)
+    _save_for(target_config, encoder, weights_path)
     report = InstructionReport(weights_path, len(classes), len(train_positions), len(test_positions), top1)
     write_json_atomic(out / REPORT_FILE, json.dumps({
         "dataset": str(dataset.root), "classes": classes, "split": {"train_fraction": settings.train_fraction,
@@ -137,6 +137,18 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
         "held_out_top1": top1, "settings": dataclasses.asdict(settings),
         "instruction_config": dataclasses.asdict(config)}, indent=2))
     return report
+
+
+def _save_for(target_config, trained, path: Path) -> None:
+    """Save weights in the layout the model config loads: classifier only when it shares the vision backbone."""
+    from encoders.instruction import InstructionEncoder
+
+    if not target_config.share_vision_backbone:
+        trained.save_weights(path)
+        return
+    target = InstructionEncoder(target_config, shared_width=trained.pooled_width)
+    target.classifier.load_state_dict(trained.classifier.state_dict())
+    target.save_weights(path)
 
 
 def _fit_classifier(encoder, features: torch.Tensor, labels: torch.Tensor, settings: InstructionTrainConfig) -> None:
