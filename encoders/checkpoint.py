@@ -73,19 +73,29 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def save_model(model: PIRModel, folder: Path, include_backbones: bool = True) -> Path:
-    """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights."""
+def save_model(
+    model: PIRModel, folder: Path, include_backbones: bool = True, half_precision: bool = False
+) -> Path:
+    """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights.
+
+    ``half_precision`` stores floating-point weights as float16 (half the size; used for the model shipped
+    inside the package). They are cast back to the model's dtype on load, so the fingerprint is that of the
+    loaded model, not of the training-time float32 weights.
+    """
     folder = Path(folder)
     state = _portable_state(model)
     if not include_backbones:
         _check_backbones_untouched(model)
         state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIXES)}
+    if half_precision:
+        state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
     config = model.config
     if config.instruction.weights is not None:  # the weights now live in model.safetensors
         config = config.replace(instruction=_replace(config.instruction, weights=None))
     meta = {
         "format_version": FORMAT_VERSION,
         "weights": FULL if include_backbones else HEADS_ONLY,
+        "storage_dtype": "float16" if half_precision else "native",
         "model": config.to_dict(),
         "vision_identity": {
             "timm_name": config.vision.timm_name,
@@ -95,7 +105,7 @@ def save_model(model: PIRModel, folder: Path, include_backbones: bool = True) ->
         },
         "text_identity": model.text.identity(),
         "embed_dim": config.embed_dim,
-        "fingerprint": model.fingerprint(),
+        "fingerprint": _loaded_fingerprint(model, config, state),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -157,6 +167,13 @@ def compute_fingerprint(config: ModelConfig, state: Mapping[str, torch.Tensor]) 
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _loaded_fingerprint(model: PIRModel, saved_config: ModelConfig, saved: Mapping[str, torch.Tensor]) -> str:
+    """The fingerprint the model will report once loaded from this folder (saved config, stored precision)."""
+    state = dict(model.state_dict())
+    state.update({key: value.to(state[key].dtype) for key, value in saved.items()})
+    return compute_fingerprint(saved_config, state)
 
 
 def _portable_state(model: PIRModel) -> dict[str, torch.Tensor]:

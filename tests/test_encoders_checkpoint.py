@@ -92,3 +92,22 @@ def test_default_model_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_DIR", tmp_path / "weights")
     with pytest.raises(ConfigError, match="no default model is shipped yet"):
         encoders.load_model(None)
+
+
+def test_half_precision_storage_halves_size_and_predicts_loaded_fingerprint(tmp_path: Path) -> None:
+    import json
+
+    model = encoders.create_model("tiny-test")
+    full = encoders.checkpoint.save_model(model, tmp_path / "full")
+    half = encoders.checkpoint.save_model(model, tmp_path / "half", half_precision=True)
+    full_bytes = (full / "model.safetensors").stat().st_size
+    half_bytes = (half / "model.safetensors").stat().st_size
+    assert half_bytes < 0.6 * full_bytes
+    loaded = encoders.load_model(half)
+    meta = json.loads((half / "config.json").read_text())
+    assert meta["storage_dtype"] == "float16"
+    assert meta["fingerprint"] == loaded.fingerprint()
+    assert json.loads((full / "config.json").read_text())["fingerprint"] == encoders.load_model(full).fingerprint()
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == model.state_dict()[key].dtype
+        assert torch.allclose(value, model.state_dict()[key], atol=1e-2, rtol=1e-2)
