@@ -26,6 +26,7 @@ NO_PRETRAINED = "none"
 VISION_SOURCES = (PACKAGE_EFFICIENTNET, TIMM_HUB, NO_PRETRAINED)
 PACKAGE_MINILM = "package:minilm"
 TEXT_BACKENDS = ("hf",)
+TEXT_POOLINGS = ("cls", "mean")
 INSTRUCTION_FEATURES = ("pooled", "logits")
 
 TimmKwarg = typing.Union[int, float, str, bool]
@@ -81,9 +82,13 @@ class TextConfig:
     architecture: TextArchitecture | None = None  # required when pretrained is False
     max_tokens: int = 47
     max_words: int = 30
+    # The global text token t_cls: "cls" = the [CLS] hidden state (BERT, as in PIR); "mean" = the masked mean of
+    # the hidden states, the pooling sentence-embedding models such as MiniLM were trained with.
+    pooling: str = "cls"
 
     def validate(self) -> None:
         _check_choice("text.backend", self.backend, TEXT_BACKENDS)
+        _check_choice("text.pooling", self.pooling, TEXT_POOLINGS)
         _check_positive("text.max_tokens", self.max_tokens)
         _check_positive("text.max_words", self.max_words)
         if not self.pretrained and self.architecture is None:

@@ -112,7 +112,11 @@ class PIRModel(nn.Module):
     def encode_text_from_tokens(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, H) hidden states + (B, L) mask -> (B, D) float32, L2-normalised; padding never matters."""
         tokens = self.text_proj(hidden)
-        embedding = tokens[:, 0]
+        if self.config.text.pooling == "mean":
+            weights = mask.to(tokens.dtype).unsqueeze(-1)
+            embedding = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        else:
+            embedding = tokens[:, 0]
         if self.lca is not None:
             embedding = embedding + self.lca(tokens, mask)
         return F.normalize(embedding.float(), dim=-1)

@@ -156,3 +156,26 @@ def test_vit_backbone_attention_matches_recomputed_softmax() -> None:
     scale = result.query.shape[-1] ** -0.5
     recomputed = (result.query * scale @ result.key.transpose(-2, -1)).softmax(dim=-1)
     torch.testing.assert_close(recomputed, result.attention)
+
+
+def test_mean_pooled_text_ignores_padding_and_differs_from_cls() -> None:
+    """``text.pooling = "mean"`` (the offline MiniLM default) averages real tokens only."""
+    torch.manual_seed(0)
+    config = load_config("tiny-test")
+    mean_model = encoders.create_model(config.replace(text=dataclasses.replace(config.text, pooling="mean"))).eval()
+    with torch.inference_mode():
+        alone = mean_model.encode_text([CAPTIONS[0]])
+        padded = mean_model.encode_text(CAPTIONS)
+        batch = mean_model.tokenize([CAPTIONS[0]])
+        hidden = mean_model.forward_text_tokens(batch).hidden
+        mean_model.lca = None  # compare the global token alone against a hand-computed masked mean
+        expected = torch.nn.functional.normalize(mean_model.text_proj(hidden).mean(dim=1), dim=-1)
+        got = mean_model.encode_text_from_tokens(hidden, batch.attention_mask)
+    assert (alone[0] - padded[0]).abs().max() < 1e-5
+    torch.testing.assert_close(got, expected)
+
+
+def test_unknown_text_pooling_is_a_config_error() -> None:
+    config = load_config("tiny-test")
+    with pytest.raises(ConfigError, match="text.pooling"):
+        dataclasses.replace(config.text, pooling="max").validate()
