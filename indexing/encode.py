@@ -28,6 +28,7 @@ from indexing.masking import apply_mask, estimate_foreground, load_mask, mask_pa
 
 PROBE_SIDE = 32  # size of the blank image used to learn the transform's output shape
 MAX_DEFAULT_WORKERS = 8
+NAMED_CONFIG_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,21 @@ def default_workers() -> int:
 
 
 def load_encoder(spec: str | None, device: torch.device) -> Any:
-    """The encoder named by ``--model`` (None = the shipped default), in eval mode on ``device``."""
+    """``--model``: a checkpoint folder, a shipped config name (fresh weights, e.g. ``tiny-test``), or None for the
+    shipped default model; returned in eval mode on ``device``."""
     import encoders
 
-    model = encoders.load_model(spec)
+    named = getattr(encoders, "create_model", None) is not None and spec is not None and not Path(spec).exists()
+    if named:
+        from encoders.config import named_configs
+
+        named = spec in named_configs()
+    if named:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(NAMED_CONFIG_SEED)  # same weights every run, so a resumed build sees the same model
+            model = encoders.create_model(spec)
+    else:
+        model = encoders.load_model(spec)
     model.to(device)
     model.eval()
     return model
