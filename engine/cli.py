@@ -31,6 +31,7 @@ def _register_commands() -> None:
     app.command("eval")(eval_command)
     from indexing.cli import index_app; app.add_typer(index_app, name="index")  # noqa: E702
     from training.cli import train_command, train_instruction_command; app.command("train")(train_command); app.command("train-instruction")(train_instruction_command)  # noqa: E501,E702
+    from engine.query.cli import query_command, serve_command; app.command("query")(query_command); app.command("serve")(serve_command)  # noqa: E501,E702
 
 
 _register_commands()

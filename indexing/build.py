@@ -21,7 +21,7 @@ from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, In
 from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files, shard_name
 
 DEFAULT_SHARD_SIZE = 10_000
-OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE)
+OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention")  # attention: query cache
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ def _prepare_out(options: IndexOptions, fingerprint: str) -> Manifest | None:
 def run_index(options: IndexOptions) -> IndexSummary:
     """Build or continue the index described by ``options``; returns the end-of-run summary."""
     from engine.data import load_dataset
+    from engine.query.state import record_last_index
     from indexing import encode, plan as planning
     from indexing.choose import parse_memory, validate_factory
     from indexing.encode_loop import encode_segment
@@ -179,6 +180,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
     summary.factory, summary.images_total = built.spec.factory, built.count
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
+    record_last_index(out)  # the default index of `engine query`
     return summary
 
 

@@ -1,0 +1,193 @@
+"""QueryEngine: a loaded model + index answering QueryRequests (used by ``engine query`` and ``engine serve``).
+
+Thread safety: the torch model is guarded by one lock (encoding is the only part that touches it); faiss
+searches are read-only and run concurrently; DuckDB is used through one cursor per thread (MetadataStore).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import ConfigError, DataError
+from engine.query.config import MAX_QUERY_CHARS, Hit, QueryRequest, QueryResult, validate_request
+from engine.query.search import Neighbours, search_index, search_subset, top_k
+
+DEFAULT_MODEL_SPEC = "default"
+QUERY_THUMB_SIDE = 256
+
+
+class QueryEngine:
+    """Open ``index_dir`` with the model it was built with (or ``checkpoint``, which must be the same model)."""
+
+    def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto") -> None:
+        import encoders
+        from engine.evaluation.embed import resolve_device
+        from engine.query.metadata import MetadataStore
+        from indexing.loader import load_index
+
+        self.loaded = load_index(index_dir)
+        self.root = Path(index_dir)
+        spec = checkpoint if checkpoint is not None else self.loaded.config.model_spec
+        self.device = resolve_device(device)
+        self.model = encoders.load_model(None if spec == DEFAULT_MODEL_SPEC else spec)
+        self.model.to(self.device).eval()
+        self.loaded.check_model(self.model)
+        self.fingerprint = self.model.fingerprint()
+        self.transform = self.model.image_transform(train=False)
+        self.model_lock = threading.Lock()
+        self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
+        self._captions = None
+        self._captions_lock = threading.Lock()
+        self._caches: dict[int, object] = {}
+        self._caches_lock = threading.Lock()
+
+    @property
+    def image_count(self) -> int:
+        return int(self.loaded.index.ntotal)
+
+    def close(self) -> None:
+        self.loaded.catalog.close()
+
+    # ---- encoding ------------------------------------------------------------------------------------------
+    def encode_text(self, text: str, notes: list[str]) -> np.ndarray:
+        import torch
+
+        if len(text) > MAX_QUERY_CHARS:
+            text = text[:MAX_QUERY_CHARS]
+        limits = self.model.config.text
+        words = text.split()
+        with self.model_lock, torch.inference_mode():
+            tokens = int(self.model.tokenize([text]).attention_mask.sum())
+            vector = self.model.encode_text([text])[0].float().cpu().numpy()
+        if len(words) > limits.max_words or tokens >= limits.max_tokens:
+            notes.append(f"warning: the query was truncated to the model's limit ({limits.max_words} words, "
+                         f"{limits.max_tokens} tokens); the rest was ignored")
+        return vector
+
+    def load_query_image(self, request: QueryRequest):
+        from engine.data.images import load_rgb
+
+        if request.image_path is not None:
+            return load_rgb(request.image_path)
+        with tempfile.NamedTemporaryFile(suffix=".tif") as handle:
+            handle.write(request.image_bytes or b"")
+            handle.flush()
+            try:
+                return load_rgb(handle.name)
+            except DataError as error:
+                raise DataError("uploaded image: " + str(error).replace(handle.name, "").lstrip(": ")) from None
+
+    def encode_pixels(self, pixels) -> np.ndarray:
+        import torch
+
+        with self.model_lock, torch.inference_mode():
+            return self.model.encode_image(pixels.to(self.device)).float().cpu().numpy()
+
+    # ---- search --------------------------------------------------------------------------------------------
+    def search(self, request: QueryRequest) -> QueryResult:
+        validate_request(request)
+        started = time.perf_counter()
+        result = QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
+                             rerank=request.rerank)
+        pixels = None
+        if request.is_image:
+            image = self.load_query_image(request)
+            result.query_image_jpeg = _thumbnail_jpeg(image)
+            pixels = self.transform(image).unsqueeze(0)
+            vector = self.encode_pixels(pixels)[0]
+        else:
+            vector = self.encode_text(request.text or "", result.notes)
+        encoded = time.perf_counter()
+        result.timings_ms["encode"] = (encoded - started) * 1000
+        allowed = None
+        if request.where is not None:
+            allowed = self.store.filter_ids(request.where)
+            if len(allowed) == 0:
+                result.notes.append(f"no image matches --where {request.where!r}: nothing to search")
+                return result
+        if request.target == "captions":
+            self._search_captions(vector, request, allowed, result)
+        else:
+            self._search_images(vector, pixels, request, allowed, result)
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return result
+
+    def _clamped_k(self, request: QueryRequest, available: int, what: str, result: QueryResult) -> int:
+        if request.k > available:
+            result.notes.append(f"-k {request.k} is more than the {available} {what} searchable; "
+                                f"returning all {available}")
+            return available
+        return request.k
+
+    def _search_images(self, vector: np.ndarray, pixels, request: QueryRequest, allowed, result: QueryResult) -> None:
+        available = self.image_count if allowed is None else len(allowed)
+        what = "indexed images" if allowed is None else "images matching --where"
+        k = self._clamped_k(request, available, what, result)
+        depth = max(k, request.rerank_depth) if request.rerank != "none" else k
+        began = time.perf_counter()
+        if allowed is None:
+            first = search_index(self.loaded.index, vector, depth)
+        else:
+            first = search_subset(self.loaded.index, vector, depth, allowed, self.store)
+        result.timings_ms["search"] = (time.perf_counter() - began) * 1000
+        scores = first.scores.astype(np.float64)
+        if request.rerank != "none" and len(first.ids):
+            from engine.query.reranking import rerank
+
+            began = time.perf_counter()
+            scores = rerank(self, request, first, vector, pixels, result.notes)
+            result.timings_ms["rerank"] = (time.perf_counter() - began) * 1000
+        order = np.lexsort((first.ids, -scores))[:k]
+        rows = self.store.rows_for([int(first.ids[i]) for i in order])
+        for rank, position in enumerate(order, start=1):
+            image_id = int(first.ids[position])
+            row = rows.get(image_id)
+            if row is None:
+                raise ConfigError(f"{self.root}: image id {image_id} is in faiss.index but not in the shards; "
+                                  "rebuild the index")
+            result.hits.append(Hit(rank, float(scores[position]), float(first.scores[position]), image_id,
+                                   row.path, row.split, row.label, row.captions))
+
+    def _search_captions(self, vector: np.ndarray, request: QueryRequest, allowed, result: QueryResult) -> None:
+        caption_ids, image_ids, texts, matrix = self.caption_matrix()
+        rows = np.arange(len(caption_ids))
+        if allowed is not None:
+            rows = rows[np.isin(image_ids, allowed)]
+        what = "captions" if allowed is None else "captions of images matching --where"
+        k = self._clamped_k(request, len(rows), what, result)
+        began = time.perf_counter()
+        best: Neighbours = top_k(rows, matrix[rows] @ vector, k, "exact-captions")
+        result.timings_ms["search"] = (time.perf_counter() - began) * 1000
+        metadata = self.store.rows_for(sorted({int(image_ids[row]) for row in best.ids}))
+        for rank, (row, score) in enumerate(zip(best.ids, best.scores), start=1):
+            meta = metadata[int(image_ids[row])]
+            result.hits.append(Hit(rank, float(score), float(score), meta.image_id, meta.path, meta.split,
+                                   meta.label, meta.captions, caption_id=int(caption_ids[row]), text=texts[row]))
+
+    def caption_matrix(self):
+        with self._captions_lock:
+            if self._captions is None:
+                self._captions = self.store.caption_matrix()
+            return self._captions
+
+    def attention_cache(self, layer: int):
+        from engine.query.features import AttentionCache
+
+        with self._caches_lock:
+            if layer not in self._caches:
+                self._caches[layer] = AttentionCache(self.root, layer, self.fingerprint)
+            return self._caches[layer]
+
+
+def _thumbnail_jpeg(image) -> bytes:
+    copy = image.copy()
+    copy.thumbnail((QUERY_THUMB_SIDE, QUERY_THUMB_SIDE))
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

@@ -1,0 +1,115 @@
+"""Per-thread SQL access to an index folder's catalog, with ``class`` accepted as an alias of ``label``.
+
+DuckDB connections must not be shared between threads, so every thread gets its own ``cursor()`` of the
+catalog's in-memory database (cursors see the same views). The ``hits`` view adds the ``class`` column so that
+``--where "class = 'airport'"`` and ``--where "label = 'airport'"`` both work.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import EngineError
+
+FILTER_VIEW = "query_images"
+IMAGE_COLUMNS = "image_id, path, split, label, captions"
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    image_id: int
+    path: str  # absolute when the data root is known, else as stored (relative to the data root)
+    split: str | None
+    label: str | None
+    captions: list[str]
+
+
+class MetadataStore:
+    """Filters, metadata and stored embeddings of one index; safe to call from many threads."""
+
+    def __init__(self, catalog, index_config) -> None:
+        self.catalog = catalog
+        self.connection = catalog.connection
+        self.connection.execute(f'CREATE OR REPLACE VIEW {FILTER_VIEW} AS SELECT *, label AS "class" FROM images')
+        self.local = threading.local()
+        self.data_root_of = _data_root_ranges(Path(catalog.index_dir), index_config)
+
+    def cursor(self):
+        cursor = getattr(self.local, "cursor", None)
+        if cursor is None:
+            cursor = self.local.cursor = self.connection.cursor()
+        return cursor
+
+    def filter_ids(self, where: str) -> np.ndarray:
+        """Image ids matching a user SQL condition (DuckDB's own message on an error, in one line)."""
+        if ";" in where:
+            raise EngineError(f"--where {where!r}: a single SQL condition is expected (no ';')")
+        rows = self._run(f"SELECT image_id FROM {FILTER_VIEW} WHERE ({where}) ORDER BY image_id", where=where)
+        return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+    def embeddings_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (ids, (n, D) float32 embeddings) of the given image ids, in id order."""
+        if len(ids) == 0:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        table = self.cursor().sql(
+            "SELECT image_id, embedding FROM images WHERE image_id IN (SELECT unnest($ids)) ORDER BY image_id",
+            params={"ids": [int(value) for value in ids]}).to_arrow_table()
+        found = table.column("image_id").to_numpy()
+        vectors = table.column("embedding").combine_chunks()
+        matrix = np.asarray(vectors.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        return found.astype(np.int64), matrix.reshape(len(found), -1)
+
+    def rows_for(self, ids: list[int]) -> dict[int, ImageRow]:
+        if not ids:
+            return {}
+        rows = self.cursor().execute(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE image_id IN (SELECT unnest($ids))",
+            {"ids": [int(value) for value in ids]}).fetchall()
+        return {row[0]: ImageRow(row[0], self.absolute_path(row[0], row[1]), row[2], row[3], list(row[4] or []))
+                for row in rows}
+
+    def absolute_path(self, image_id: int, stored: str) -> str:
+        for first, last, root in self.data_root_of:
+            if first <= image_id <= last:
+                return str(Path(root) / stored)
+        return stored
+
+    def caption_matrix(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """All caption embeddings: (caption ids, image ids, texts, (n, D) float32); loaded once by the engine."""
+        if not self.catalog.has_captions:
+            raise EngineError(f"{self.catalog.index_dir}: this index has no caption embeddings (built with "
+                              "--no-text); use --target images")
+        table = self.cursor().sql(
+            "SELECT caption_id, image_id, text, embedding FROM captions ORDER BY caption_id").to_arrow_table()
+        matrix = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                            dtype=np.float32).reshape(table.num_rows, -1)
+        return (table.column("caption_id").to_numpy().astype(np.int64),
+                table.column("image_id").to_numpy().astype(np.int64),
+                table.column("text").to_pylist(), matrix)
+
+    def _run(self, sql: str, where: str) -> list[tuple]:
+        import duckdb
+
+        try:
+            return self.cursor().execute(sql).fetchall()
+        except duckdb.Error as error:
+            message = " ".join(str(error).split())
+            raise EngineError(f"--where {where!r}: invalid SQL condition: {message}") from None
+
+
+def _data_root_ranges(index_dir: Path, index_config) -> list[tuple[int, int, str]]:
+    """(first id, last id, data root) per shard, read from each shard's own metadata."""
+    from indexing.shards import read_metadata
+
+    ranges = []
+    for shard in index_config.shards:
+        if shard.first_id is None or shard.last_id is None:
+            continue
+        root = read_metadata(index_dir / shard.file).get("data_root", "")
+        if root:
+            ranges.append((shard.first_id, shard.last_id, root))
+    return ranges

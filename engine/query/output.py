@@ -1,0 +1,43 @@
+"""Printing results: a rich table for people, JSON for machines (notes go to stderr with the table)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from engine.query.config import QueryResult
+
+CAPTION_WIDTH = 60
+
+
+def first_caption(captions: list[str]) -> str:
+    return captions[0] if captions else ""
+
+
+def print_table(result: QueryResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    errors = Console(stderr=True)
+    for note in result.notes:
+        errors.print(note if note.startswith("warning:") else f"note: {note}", markup=False, highlight=False)
+    if not result.hits:
+        errors.print("no results", markup=False)
+        return
+    captions = result.target == "captions"
+    title = f"{result.query!r} → {result.target}" + (f" where {result.where}" if result.where else "")
+    if result.rerank != "none":
+        title += f" (rerank {result.rerank})"
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("rank", "right"), ("score", "right"), ("id", "right"), ("path", "left"),
+                          ("class", "left"), ("caption", "left")):
+        table.add_column(name, justify=justify, overflow="fold" if name == "path" else "ellipsis",
+                         max_width=CAPTION_WIDTH if name == "caption" else None)
+    for hit in result.hits:
+        text = hit.text if captions and hit.text is not None else first_caption(hit.captions)
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, hit.label or "", text)
+    Console().print(table)
+
+
+def print_json(result: QueryResult) -> None:
+    sys.stdout.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
