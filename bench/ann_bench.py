@@ -132,8 +132,9 @@ def run_size(config: BenchConfig, count: int, log=print) -> dict:
     hnsw_note = "" if hnsw_count == count else f"built and measured on the first {hnsw_count} vectors only"
     ivf = Family("ivf_flat", f"IVF{nlist},Flat", "nprobe", _sweep_values(NPROBE_SWEEP, nlist,
                  spec.params.get("nprobe") if _core(spec.factory) == f"IVF{nlist},Flat" else None))
-    pq = Family("ivf_pq", f"IVF{nlist},PQ{config.pq_code_bytes}", "nprobe", ivf.sweep_values,
-                note="coarse centroids reused from the IVF-Flat row (train_s = PQ training only)")
+    pq = Family("ivf_pq", f"IVF{nlist},PQ{config.pq_code_bytes}np", "nprobe", ivf.sweep_values,
+                note="no polysemous training (np: it costs minutes and only serves Hamming filtering); "
+                     "coarse centroids reused from the IVF-Flat row (train_s = PQ training only)")
     hnsw = Family("hnsw", f"HNSW{config.hnsw_m}", "efSearch",
                   _sweep_values(EF_SEARCH_SWEEP, max(EF_SEARCH_SWEEP), spec.params.get("efSearch")),
                   construction=(("efConstruction", config.hnsw_ef_construction),), note=hnsw_note)
