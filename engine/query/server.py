@@ -1,0 +1,195 @@
+"""``engine serve``: a warm HTTP server over one QueryEngine (stdlib ThreadingHTTPServer, no extra dependency).
+
+Routes: ``GET /healthz``; ``GET /query?q=&k=&where=&rerank=&target=&rerank_depth=`` → JSON; ``POST /query`` with
+a JSON body ``{"q": ..., "k": ...}``, or the raw bytes of an image (``Content-Type: image/*`` or
+``application/octet-stream``, parameters in the query string), or ``multipart/form-data`` with an ``image``
+field → JSON; ``GET /`` → the HTML gallery (with a search form; ``/?q=...`` shows results).
+Bodies over ``MAX_BODY_BYTES`` get 413, k over ``MAX_K`` and every other bad request get 400, all as JSON
+``{"error": "..."}``; engine errors never become 500s.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+import threading
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+from engine.errors import EngineError
+from engine.query.config import DEFAULT_K, DEFAULT_RERANK_DEPTH, QueryRequest
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_K = 1000
+JSON_FIELDS = ("q", "k", "where", "rerank", "target", "rerank_depth")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _integer(value, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(400, f"{name} must be an integer, got {value!r}") from None
+    if name == "k" and not 1 <= number <= MAX_K:
+        raise BadRequest(400, f"k must be within 1..{MAX_K}, got {number}")
+    return number
+
+
+def request_from_fields(fields: dict, image_bytes: bytes | None = None) -> QueryRequest:
+    """A QueryRequest from query-string or JSON fields (values already single)."""
+    unknown = sorted(set(fields) - set(JSON_FIELDS))
+    if unknown:
+        raise BadRequest(400, f"unknown field(s) {', '.join(unknown)}; expected {', '.join(JSON_FIELDS)}")
+    text = fields.get("q")
+    if text is not None and not isinstance(text, str):
+        raise BadRequest(400, "q must be a string")
+    if image_bytes is None and text is None:
+        raise BadRequest(400, "missing q (text query) or an image body")
+    return QueryRequest(text=None if image_bytes is not None else text, image_bytes=image_bytes,
+                        k=_integer(fields.get("k"), "k", DEFAULT_K), where=fields.get("where") or None,
+                        rerank=fields.get("rerank") or "none", target=fields.get("target") or "images",
+                        rerank_depth=_integer(fields.get("rerank_depth"), "rerank_depth", DEFAULT_RERANK_DEPTH))
+
+
+class QueryHandler(BaseHTTPRequestHandler):
+    engine = None  # set by make_server
+    server_version = "rs-engine"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 -- the stdlib's signature
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:  # noqa: N802 -- the stdlib's name
+        url = urlparse(self.path)
+        fields = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        self._answer(lambda: self._route_get(url.path, fields))
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlparse(self.path)
+        fields = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        self._answer(lambda: self._route_post(url.path, fields))
+
+    def _route_get(self, path: str, fields: dict):
+        if path == "/healthz":
+            return 200, "application/json", {"status": "ok", "images": self.engine.image_count,
+                                             "model_fingerprint": self.engine.fingerprint}
+        if path == "/query":
+            return 200, "application/json", self.engine.search(request_from_fields(fields)).to_json()
+        if path == "/":
+            return 200, "text/html; charset=utf-8", self._page(fields)
+        raise BadRequest(404, f"no route {path}; try /, /query or /healthz")
+
+    def _route_post(self, path: str, fields: dict):
+        if path != "/query":
+            raise BadRequest(404, f"POST goes to /query, not {path}")
+        body = self._body()
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            try:
+                payload = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise BadRequest(400, f"malformed JSON body: {error}") from None
+            if not isinstance(payload, dict):
+                raise BadRequest(400, "the JSON body must be an object such as {\"q\": \"airport\", \"k\": 10}")
+            request = request_from_fields(payload)
+        elif kind == "multipart/form-data":
+            request = request_from_fields(fields, self._multipart_image(body))
+        elif kind.startswith("image/") or kind == "application/octet-stream":
+            if not body:
+                raise BadRequest(400, "empty image body")
+            request = request_from_fields(fields, body)
+        else:
+            raise BadRequest(415, f"unsupported Content-Type {kind or '(none)'}: send application/json, image/*, "
+                                  "application/octet-stream or multipart/form-data")
+        return 200, "application/json", self.engine.search(request).to_json()
+
+    def _body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise BadRequest(411, "Content-Length is required")
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadRequest(400, f"bad Content-Length {length!r}") from None
+        if size < 0 or size > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            raise BadRequest(413, f"body of {size} bytes is over the {MAX_BODY_BYTES} byte limit")
+        return self.rfile.read(size)
+
+    def _multipart_image(self, body: bytes) -> bytes:
+        header = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode("latin-1")
+        message = BytesParser(policy=HTTP).parsebytes(header + body)
+        for part in message.iter_parts() if message.is_multipart() else []:
+            if part.get_param("name", header="content-disposition") == "image":
+                return part.get_payload(decode=True) or b""
+        raise BadRequest(400, "multipart body has no field named 'image'")
+
+    def _page(self, fields: dict) -> str:
+        from engine.query.config import QueryResult
+        from engine.query.gallery import render_gallery
+
+        value = html.escape(fields.get("q", ""), quote=True)
+        form = (f"<form action='/' method='get'><input type='text' name='q' value='{value}' "
+                "placeholder='e.g. airport with runways'> k <input name='k' size='3' value='"
+                f"{html.escape(fields.get('k', str(DEFAULT_K)), quote=True)}'> <button>search</button></form>")
+        if not fields.get("q"):
+            empty = QueryResult(query="(type a query)", target="images", k=DEFAULT_K, where=None, rerank="none")
+            return render_gallery(empty, form)
+        return render_gallery(self.engine.search(request_from_fields(fields)), form)
+
+    def _answer(self, route) -> None:
+        try:
+            status, kind, payload = route()
+        except BadRequest as error:
+            status, kind, payload = error.status, "application/json", {"error": str(error)}
+        except EngineError as error:
+            status, kind, payload = 400, "application/json", {"error": str(error)}
+        except Exception as error:  # noqa: BLE001 -- a server answers, logs and keeps serving
+            self.log_message("internal error: %r", error)
+            status, kind, payload = 500, "application/json", {"error": f"internal error: {type(error).__name__}"}
+        data = payload.encode("utf-8") if isinstance(payload, str) else json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def make_server(engine, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("BoundQueryHandler", (QueryHandler,), {"engine": engine})
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as error:
+        raise EngineError(f"--host {host} --port {port}: cannot listen ({error.strerror or error})") from None
+    server.daemon_threads = True
+    return server
+
+
+def serve_forever(engine, host: str, port: int) -> None:
+    server = make_server(engine, host, port)
+    bound_host, bound_port = server.server_address[:2]
+    print(f"serving {engine.root} ({engine.image_count} images) on http://{bound_host}:{bound_port}/ "
+          "— Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        engine.close()
+
+
+def serve_in_thread(engine, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """Start a server on a background thread (tests, benchmarks); stop with ``server.shutdown()``."""
+    server = make_server(engine, host, port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
