@@ -158,6 +158,23 @@ def crossover(runs: list[dict], method: str, target: float) -> str:
     return f"{ANN_METHODS[method]} does not beat Flat at recall ≥ {target} up to {size_label(runs[-1]['size'])}."
 
 
+def auto_versus_brute_force(run: dict, target: float) -> str:
+    """One line for the automatically chosen index at this size: latency ratio to the exact scans, recall."""
+    results = run["results"]
+    auto = next((row for row in results if row["method"] == "auto"), None)
+    if auto is None:
+        return f"{size_label(run['size'])}: no automatically chosen index was measured."
+    ratios = []
+    for method in ("numpy", "duckdb"):
+        reference = cheapest(results, method, 0.0)
+        if reference:
+            ratios.append(f"{EXACT_METHODS[method]} {_ms(p50(reference))} ms ({p50(reference) / p50(auto):.1f}× slower)")
+    verdict = "meets" if auto["recall"] >= target else "misses"
+    return (f"{size_label(run['size'])}: `{auto['label']}` ({_setting({**auto, 'size': run['size']})}) answers in "
+            f"{_ms(p50(auto))} ms p50 / {_ms(latency(auto, 1)['p95_ms'])} ms p95 (1 thread) at recall "
+            f"{auto['recall']:.4f} ({verdict} ≥ {target}); " + ("; ".join(ratios) or "no exact scan measured") + ".")
+
+
 def render(runs: list[dict], target: float = DEFAULT_TARGET) -> str:
     """The whole ``ann`` section as markdown."""
     first = runs[0]
@@ -170,7 +187,9 @@ def render(runs: list[dict], target: float = DEFAULT_TARGET) -> str:
              "search. Regenerate this section with `python -m bench.report_ann`.",
              f"### Cheapest setting reaching recall ≥ {target}", _summary_table(runs, target),
              "### Scaling", _scaling_table(runs, target),
-             "\n".join(f"- {crossover(runs, method, target)}" for method in ANN_METHODS)]
+             "\n".join(f"- {crossover(runs, method, target)}" for method in ANN_METHODS),
+             "### Automatically chosen index (`indexing.choose_index`) vs brute force",
+             "\n".join(f"- {auto_versus_brute_force(run, target)}" for run in runs)]
     for run in runs:
         parts += [f"### {size_label(run['size'])} vectors: every setting", _run_header(run), _size_table(run)]
     return "\n\n".join(parts)

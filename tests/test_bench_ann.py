@@ -62,6 +62,20 @@ def test_generator_is_seeded_normalised_and_clustered():
     assert (base @ centres.T).max(axis=1).mean() > (uniform @ centres.T).max(axis=1).mean() + 0.2
 
 
+@pytest.fixture
+def single_thread():
+    """faiss and BLAS on one thread: two spinning OpenMP/BLAS threads on a busy 2-core CI box cost seconds."""
+    from threadpoolctl import threadpool_limits
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny_run() -> dict:
     config = BenchConfig(sizes=(2_000,), queries=60, threads=(1,), latency_queries=12, latency_budget_s=0.05,
@@ -105,6 +119,7 @@ def test_report_renders_and_replaces_only_its_block(tiny_run, tmp_path):
     assert text.count("<!-- BEGIN ann -->") == 1 and "kept" in text
     assert "### 2k vectors: every setting" in text and tiny_run["command"] in text
     assert text.count("| IVF-Flat | `IVF32,Flat` |") == sum(row["method"] == "ivf_flat" for row in tiny_run["results"])
+    assert "- 2k: `IDMap,Flat` (—) answers in" in text and "DuckDB scan" in text and "× slower" in text
     for name in ("IVF-Flat", "HNSW", "IVF-PQ", "IVF-PQ + refine"):
         assert f"- {name} beats Flat" in text or f"- {name} does not beat Flat" in text
 
@@ -137,3 +152,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --memory-budget")
     with pytest.raises(DataError, match="BEGIN or END"):
         docs_blocks.replace_block("<!-- BEGIN ann -->\nno end", "ann", "x")
+
+
+def test_million_scale_path_hnsw_subset_is_reused_for_the_auto_choice(monkeypatch, single_thread):
+    """At 1 M vectors choose_index picks HNSW and HNSW is built on a subset; the auto row must be that index
+    (same construction, its efSearch), marked as measured on the subset -- here at toy scale."""
+    import bench.ann_bench as ann_bench
+    from indexing.choose import IndexSpec
+
+    spec = IndexSpec("IDMap,HNSW32", params={"efSearch": 48, "efConstruction": 80}, reason="graph index fits")
+    monkeypatch.setattr(ann_bench, "choose_index", lambda *args: spec)
+    config = BenchConfig(sizes=(1_500,), queries=30, threads=(1,), latency_queries=10, latency_budget_s=0.05,
+                         hnsw_max_count=600, skip_duckdb=True, synthetic=TINY)
+    result = run_size(config, 1_500, log=lambda _: None)
+    auto = next(row for row in result["results"] if row["method"] == "auto")
+    hnsw = [row for row in result["results"] if row["method"] == "hnsw"]
+    assert 48 in [row["params"]["efSearch"] for row in hnsw]  # the auto setting joins the sweep
+    assert auto["label"] == "IDMap,HNSW32" and auto["base_count"] == 600 and auto["params"]["efSearch"] == 48
+    assert "same index and setting" in auto["note"]
+    assert "duckdb" not in {row["method"] for row in result["results"]}
