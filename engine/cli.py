@@ -22,16 +22,21 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    """Attach sub-commands; each import stays inside its own package so startup only pays for what it uses."""
+    """Attach sub-commands. Every ``cli`` module imported here is torch-free at import time, so ``engine --help``
+    and ``engine data check`` start fast; the heavy imports happen inside the command functions."""
     from engine.data.cli import data_app
+    from engine.evaluation.cli import eval_command
+    from engine.query.cli import query_command, serve_command
+    from indexing.cli import index_app
+    from training.cli import train_command, train_instruction_command
 
     app.add_typer(data_app, name="data")
-    from engine.evaluation.cli import eval_command
-
+    app.command("train-instruction")(train_instruction_command)
+    app.command("train")(train_command)
+    app.add_typer(index_app, name="index")
+    app.command("query")(query_command)
+    app.command("serve")(serve_command)
     app.command("eval")(eval_command)
-    from indexing.cli import index_app; app.add_typer(index_app, name="index")  # noqa: E702
-    from training.cli import train_command, train_instruction_command; app.command("train")(train_command); app.command("train-instruction")(train_instruction_command)  # noqa: E501,E702
-    from engine.query.cli import query_command, serve_command; app.command("query")(query_command); app.command("serve")(serve_command)  # noqa: E501,E702
 
 
 _register_commands()

@@ -44,3 +44,10 @@ def test_without_shim_plain_import_fails_or_works_natively() -> None:
     if result.returncode == 0:
         pytest.skip("this machine's torchvision loads natively; the shim is a no-op here")
     assert "torchvision::nms" in result.stderr
+
+
+def test_cli_registration_does_not_import_torch() -> None:
+    """`engine --help` and `engine data check` must not pay torch's multi-second import."""
+    result = _run("import sys, engine.cli\nprint('torch' in sys.modules, 'timm' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False False"

@@ -1,5 +1,5 @@
-"""Training of the PIR retrieval model and of its instruction (scene) encoder, single-process or DDP."""
+"""Training of the PIR retrieval model and of its instruction (scene) encoder, single-process or DDP.
 
-from engine.torch_shim import ensure_torchvision_importable
-
-ensure_torchvision_importable()
+This ``__init__`` stays torch-free so that registering ``engine train`` costs the CLI nothing; the modules that
+build models import ``encoders``, which runs the torchvision shim before timm/transformers load.
+"""
