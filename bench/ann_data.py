@@ -8,7 +8,10 @@ models). The generator below reproduces both properties and is fully determined 
    ``u_j`` uniform on the unit sphere;
 2. cluster weights ``w ~ Dirichlet(1, ..., 1)`` (unequal cluster sizes, as classes in real collections are);
 3. a per-cluster spread ``s_j = spread * U(0.5, 1.5)``;
-4. a point of cluster ``j`` is ``normalise(c_j + s_j * e / sqrt(dim))`` with ``e ~ N(0, I)``, so its cosine
+4. a point of cluster ``j`` is ``normalise(c_j + s_j * R (a ⊙ e))`` with ``e ~ N(0, I)``, ``R`` a fixed random
+   rotation and ``a_i ∝ i**(-spectrum_decay / 2)`` scaled to unit norm: the within-cluster variance decays as a
+   power law over directions (spectrum_decay 1.0 gives an effective dimension near 30 at dim 512, like real
+   embedding spectra; 0 gives isotropic noise, the worst case for ANN). ``|noise| ≈ s_j``, so a point's cosine
    to its centre is about ``1 / sqrt(1 + s_j**2)`` (≈ 0.64 for the default spread 1.2).
 
 Base vectors and queries use independent random streams (``seed`` and ``seed + 1``) over the same mixture, so
@@ -36,15 +39,16 @@ class SyntheticConfig:
     n_clusters: int = 2_000
     anisotropy: float = 0.3
     spread: float = 1.2
+    spectrum_decay: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.n_clusters <= 0:
             raise ConfigError(f"synthetic data: dim and n_clusters must be positive, got {self.dim}, "
                               f"{self.n_clusters}")
-        if self.spread <= 0 or self.anisotropy < 0:
-            raise ConfigError(f"synthetic data: spread must be > 0 and anisotropy >= 0, got {self.spread}, "
-                              f"{self.anisotropy}")
+        if self.spread <= 0 or self.anisotropy < 0 or self.spectrum_decay < 0:
+            raise ConfigError(f"synthetic data: spread must be > 0, anisotropy and spectrum_decay >= 0, got "
+                              f"{self.spread}, {self.anisotropy}, {self.spectrum_decay}")
 
 
 def normalise_rows(matrix: np.ndarray) -> np.ndarray:
@@ -64,17 +68,20 @@ class ClusterMixture:
         self.centres = normalise_rows(config.anisotropy * mean_direction + offsets)
         self.weights = rng.dirichlet(np.ones(config.n_clusters))
         self.spreads = (config.spread * rng.uniform(SPREAD_LOW, SPREAD_HIGH, config.n_clusters)).astype(np.float32)
+        axis_scales = np.arange(1, config.dim + 1, dtype=np.float64) ** (-config.spectrum_decay / 2)
+        rotation, _ = np.linalg.qr(rng.standard_normal((config.dim, config.dim)))
+        # rows of noise_basis are the scaled principal directions: noise = e @ noise_basis
+        self.noise_basis = (axis_scales[:, None] / np.linalg.norm(axis_scales) * rotation.T).astype(np.float32)
 
     def sample(self, count: int, stream: int) -> np.ndarray:
         """``count`` unit vectors (float32, C-contiguous) from random stream ``stream``; generated in chunks."""
         rng = np.random.default_rng([self.config.seed, 1 + stream])
         out = np.empty((count, self.config.dim), dtype=np.float32)
-        scale = np.float32(1.0 / np.sqrt(self.config.dim))
         for start in range(0, count, GENERATION_CHUNK_ROWS):
             stop = min(count, start + GENERATION_CHUNK_ROWS)
             members = rng.choice(self.config.n_clusters, size=stop - start, p=self.weights)
-            noise = rng.standard_normal((stop - start, self.config.dim), dtype=np.float32)
-            noise *= (self.spreads[members] * scale)[:, None]
+            noise = rng.standard_normal((stop - start, self.config.dim), dtype=np.float32) @ self.noise_basis
+            noise *= self.spreads[members][:, None]
             noise += self.centres[members]
             out[start:stop] = normalise_rows(noise)
         return out

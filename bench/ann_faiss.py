@@ -3,6 +3,9 @@
 Training samples follow the indexing package's rule of thumb (a deterministic uniform sample, a fixed number
 of points per IVF centroid). IVF-PQ can reuse the coarse centroids trained for IVF-Flat with the same
 ``nlist``: k-means is by far the most expensive part of both, and the report states the reuse.
+
+Builds run with faiss's OpenMP threads but single-threaded BLAS: faiss already parallelises around its BLAS
+calls, and nested OpenBLAS threads that spin-wait made PQ training ~6x slower on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -60,10 +63,12 @@ def build(family: Family, workload: Workload, centroids: np.ndarray | None = Non
     """Construct, train (unless given trained ``centroids``) and fill the index; returns (index, result stub)."""
     import faiss
 
+    from threadpoolctl import threadpool_limits
+
     base = workload.base
     result = MethodResult(method=family.method, label=family.factory, note=family.note,
                           params={name: value for name, value in family.construction})
-    with memory_delta() as memory:
+    with memory_delta() as memory, threadpool_limits(limits=1, user_api="blas"):
         index = faiss.index_factory(base.shape[1], family.factory, faiss.METRIC_INNER_PRODUCT)
         for name, value in family.construction:
             set_parameter(index, name, value)

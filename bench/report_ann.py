@@ -182,7 +182,8 @@ def render(runs: list[dict], target: float = DEFAULT_TARGET) -> str:
     parts = ["## Vector search: exact scans vs ANN indexes (`bench/ann_bench.py`)",
              f"Synthetic L2-normalised float32 vectors, dim {first['dim']}: a mixture of "
              f"{synthetic['n_clusters']} Gaussian clusters (Dirichlet weights, per-cluster spread "
-             f"{synthetic['spread']}×U(0.5, 1.5), common direction weight {synthetic['anisotropy']}), seed "
+             f"{synthetic['spread']}×U(0.5, 1.5), within-cluster variance decaying as i^-{synthetic['spectrum_decay']} over "
+             f"a random basis, common direction weight {synthetic['anisotropy']}; see bench/ann_data.py), seed "
              f"{synthetic['seed']}; queries are fresh draws from the same mixture. Recall is against exact float64 "
              "search. Regenerate this section with `python -m bench.report_ann`.",
              f"### Cheapest setting reaching recall ≥ {target}", _summary_table(runs, target),
