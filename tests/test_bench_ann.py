@@ -62,6 +62,16 @@ def test_generator_is_seeded_normalised_and_clustered():
     assert (base @ centres.T).max(axis=1).mean() > (uniform @ centres.T).max(axis=1).mean() + 0.2
 
 
+def test_noise_spectrum_decay_lowers_the_effective_dimension():
+    def effective_dimension(decay: float) -> float:
+        basis = ClusterMixture(replace(TINY, spectrum_decay=decay)).noise_basis.astype(np.float64)
+        variances = np.linalg.eigvalsh(basis.T @ basis)
+        return variances.sum() ** 2 / (variances ** 2).sum()  # participation ratio
+
+    assert effective_dimension(0.0) == pytest.approx(TINY.dim, rel=1e-3)  # isotropic
+    assert effective_dimension(1.0) < TINY.dim / 2
+
+
 @pytest.fixture
 def single_thread():
     """faiss and BLAS on one thread: two spinning OpenMP/BLAS threads on a busy 2-core CI box cost seconds."""
