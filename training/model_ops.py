@@ -82,13 +82,26 @@ def _backbones(model) -> list[torch.nn.Module]:
     return parts
 
 
+def _owns_instruction_backbone(model) -> bool:
+    return model.instruction is not None and model.instruction.backbone is not None
+
+
 def backbone_identity(model) -> str:
-    """A hash of the frozen parts' weights and their config: the key of the feature cache."""
+    """A hash of the frozen parts' weights and their config: the key of the feature cache.
+
+    An instruction encoder that shares the vision pass is *not* part of the key: its (cheap) classifier runs on
+    the cached global token at training time, so one cache serves every VIR/LCA/affiliation ablation and every
+    instruction checkpoint.
+    """
     digest = hashlib.sha256()
     config = model.config
-    digest.update(json.dumps([dataclasses.asdict(config.vision), dataclasses.asdict(config.text),
-                              dataclasses.asdict(config.instruction), config.head.use_vir]).encode())
-    for module in _backbones(model):
+    described = [dataclasses.asdict(config.vision), dataclasses.asdict(config.text)]
+    modules = [model.vision, model.text]
+    if _owns_instruction_backbone(model):
+        described.append(dataclasses.asdict(config.instruction))
+        modules.append(model.instruction)
+    digest.update(json.dumps(described).encode())
+    for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -96,10 +109,10 @@ def backbone_identity(model) -> str:
 
 
 def image_inputs(model, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Backbone outputs as a dict (the instruction feature is absent when VIR is off)."""
+    """Backbone outputs as a dict; the instruction feature only when it needs a backbone pass of its own."""
     tokens = model.forward_image_tokens(pixels)
     inputs = {"global_token": tokens.global_token, "patch_tokens": tokens.patch_tokens}
-    if tokens.instruction_feature is not None:
+    if tokens.instruction_feature is not None and _owns_instruction_backbone(model):
         inputs["instruction_feature"] = tokens.instruction_feature
     return inputs
 
@@ -110,9 +123,14 @@ def text_inputs(model, texts: list[str]) -> dict[str, torch.Tensor]:
 
 
 def embed_images(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model.encode_image_from_tokens(_upcast(inputs["global_token"]), _upcast(inputs["patch_tokens"]),
-                                          _upcast(inputs["instruction_feature"]) if "instruction_feature" in inputs
-                                          else None)
+    global_token = _upcast(inputs["global_token"])
+    if "instruction_feature" in inputs:
+        instruction_feature = _upcast(inputs["instruction_feature"])
+    elif model.instruction is not None:  # shares the vision pass: its classifier runs on the global token
+        instruction_feature = model.instruction.instruction_from_pooled(global_token)
+    else:
+        instruction_feature = None
+    return model.encode_image_from_tokens(global_token, _upcast(inputs["patch_tokens"]), instruction_feature)
 
 
 def embed_texts(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
