@@ -32,6 +32,8 @@ def train_command(
     feature_cache: Optional[Path] = typer.Option(None, "--feature-cache",
                                                  help="Cache frozen backbone outputs here (heads-only epochs)."),
     cached_views: int = typer.Option(4, "--cached-views", help="Augmented views cached per training image."),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="Random flips/rotations (a random cached view) per training pair."),
     instruction_weights: Optional[Path] = typer.Option(None, "--instruction-weights",
                                                        help="Output of `engine train-instruction`."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -49,7 +51,8 @@ def train_command(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last,
-        feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, device=device,
+        feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
+        device=device,
         amp=amp, num_workers=workers, instruction_weights=str(instruction_weights) if instruction_weights else None)
     if resume is not None and not resume.exists():
         raise ConfigError(f"--resume {resume}: no such run folder")

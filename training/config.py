@@ -38,6 +38,7 @@ class TrainConfig:
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
     feature_cache: str | None = None  # folder for cached frozen-backbone outputs; None = run backbones each step
     cached_views: int = DEFAULT_CACHED_VIEWS
+    augment: bool = True  # random view (cached) or random flips/rotations (live) per training pair
     device: str = "auto"
     amp: bool = True  # autocast (bf16 if supported, else fp16 + GradScaler) on CUDA; ignored on CPU
     num_workers: int = 0

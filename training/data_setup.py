@@ -54,10 +54,10 @@ def prepare_data(dataset: Dataset, config: TrainConfig, model, device: torch.dev
         folder = Path(config.feature_cache)
         train_features = _cached_features(folder, model, train_pairs, config.cached_views, config, device, info)
         val_features = _cached_features(folder, model, val_pairs, 1, config, device, info)
-        train_dataset: torch.utils.data.Dataset = CachedPairs(train_pairs, train_features, config.seed, augment=True)
+        train_dataset: torch.utils.data.Dataset = CachedPairs(train_pairs, train_features, config.seed, augment=config.augment)
         collate = collate_cached
     else:
-        train_dataset = ImagePairs(train_pairs, model.image_transform(train=True))
+        train_dataset = ImagePairs(train_pairs, model.image_transform(train=config.augment))
         collate = collate_image_pairs
     sampler = DistributedSampler(train_dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
