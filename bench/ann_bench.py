@@ -47,7 +47,7 @@ class BenchConfig:
     hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION
     hnsw_max_count: int = 200_000
     pq_bytes: int | None = None
-    refine_k_factor: int = 4
+    refine_k_factor: int = 16
     memory_budget: str = DEFAULT_MEMORY_BUDGET
     skip_duckdb: bool = False
     note: str = ""

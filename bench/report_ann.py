@@ -168,9 +168,12 @@ def auto_versus_brute_force(run: dict, target: float) -> str:
     for method in ("numpy", "duckdb"):
         reference = cheapest(results, method, 0.0)
         if reference:
-            ratios.append(f"{EXACT_METHODS[method]} {_ms(p50(reference))} ms ({p50(reference) / p50(auto):.1f}× slower)")
+            slower = p50(reference) / p50(auto)
+            ratios.append(f"{EXACT_METHODS[method]} {_ms(p50(reference))} ms ({slower:.1f}× slower)")
     verdict = "meets" if auto["recall"] >= target else "misses"
-    return (f"{size_label(run['size'])}: `{auto['label']}` ({_setting({**auto, 'size': run['size']})}) answers in "
+    setting = _setting({**auto, "size": run["size"]})
+    described = f"`{auto['label']}`" + (f" ({setting})" if setting != "—" else "")
+    return (f"{size_label(run['size'])}: {described} answers in "
             f"{_ms(p50(auto))} ms p50 / {_ms(latency(auto, 1)['p95_ms'])} ms p95 (1 thread) at recall "
             f"{auto['recall']:.4f} ({verdict} ≥ {target}); " + ("; ".join(ratios) or "no exact scan measured") + ".")
 
@@ -182,10 +185,13 @@ def render(runs: list[dict], target: float = DEFAULT_TARGET) -> str:
     parts = ["## Vector search: exact scans vs ANN indexes (`bench/ann_bench.py`)",
              f"Synthetic L2-normalised float32 vectors, dim {first['dim']}: a mixture of "
              f"{synthetic['n_clusters']} Gaussian clusters (Dirichlet weights, per-cluster spread "
-             f"{synthetic['spread']}×U(0.5, 1.5), within-cluster variance decaying as i^-{synthetic['spectrum_decay']} over "
-             f"a random basis, common direction weight {synthetic['anisotropy']}; see bench/ann_data.py), seed "
-             f"{synthetic['seed']}; queries are fresh draws from the same mixture. Recall is against exact float64 "
-             "search. Regenerate this section with `python -m bench.report_ann`.",
+             f"{synthetic['spread']}×U(0.5, 1.5), within-cluster variance decaying as "
+             f"i^-{synthetic['spectrum_decay']} over a random basis, common direction weight "
+             f"{synthetic['anisotropy']}; see bench/ann_data.py), seed {synthetic['seed']}; queries are fresh draws "
+             "from the same mixture. Recall is against exact float64 search. Latency is one query per call (as a "
+             "server answers); \"cheapest\" = lowest 1-thread p50 among an index type's settings reaching the "
+             "recall target; \"× faster\" = the reference's 1-thread p50 divided by this row's. Regenerate this "
+             "section with `python -m bench.report_ann`.",
              f"### Cheapest setting reaching recall ≥ {target}", _summary_table(runs, target),
              "### Scaling", _scaling_table(runs, target),
              "\n".join(f"- {crossover(runs, method, target)}" for method in ANN_METHODS),
