@@ -3,11 +3,15 @@
 The rules (documented in docs/indexing.md, unit-tested in tests/test_indexing_choose.py):
 
 1. ``count <= FLAT_MAX_COUNT`` and the raw vectors fit the budget → ``IDMap,Flat`` (exact inner product).
-   Exact search over 200k × 512 floats is ~0.4 GB and a few ms per query on a CPU: no reason to approximate.
+   Measured on 2 cores (docs/benchmarks.md, ann block): one Flat query over 100k × 512 takes ~22 ms, over 10k
+   ~1 ms; the 50k bound keeps exact search near 11 ms, inside the 15 ms p50 latency goal of the query server.
 2. ``count <= HNSW_MAX_COUNT`` and vectors + HNSW graph fit → ``IDMap,HNSW32`` (best recall/latency when the
-   data fits in RAM; its build time grows super-linearly, hence the upper bound).
+   data fits in RAM; its build time grows super-linearly, hence the upper bound). efSearch 512: on clustered
+   512-d data efSearch 128 gave recall@10 0.91 at 100k, 512 gave 0.958 at ~2 ms per query.
 3. raw vectors + inverted-list ids fit → ``IVF{nlist},Flat`` (exact distances inside probed lists).
-4. otherwise → ``IVF{nlist},PQ{m}`` with the largest ``m`` (bytes per code) dividing ``dim`` that fits.
+4. otherwise → ``IVF{nlist},PQ{m}np`` with the largest ``m`` (bytes per code) dividing ``dim`` that fits
+   (``np``: no polysemous training, a slow extra step a pure IVF-PQ search never uses). Its recall is limited
+   (~0.7 at 100k for PQ64); it is the fallback when nothing uncompressed fits.
    Nothing fits → ``ConfigError`` naming the smallest budget that would.
 
 ``nlist`` ≈ 4·√n rounded to a power of two (the autofaiss heuristic), capped so that every centroid gets at
@@ -24,10 +28,10 @@ from dataclasses import dataclass, field
 from engine.errors import ConfigError
 
 METRIC = "inner_product"  # embeddings are L2-normalised, so inner product = cosine similarity
-FLAT_MAX_COUNT = 200_000
+FLAT_MAX_COUNT = 50_000
 HNSW_MAX_COUNT = 5_000_000
 HNSW_M = 32
-HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH = 512
 HNSW_EF_CONSTRUCTION = 80
 MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per k-means centroid
 NLIST_PER_SQRT_N = 4
@@ -127,7 +131,7 @@ def choose_index(count: int, dim: int, memory_budget_bytes: int, override: str |
             continue
         needed = ivf_pq_bytes(count, dim, nlist, code_size)
         if needed <= memory_budget_bytes:
-            return IndexSpec(f"IVF{nlist},PQ{code_size}", params={"nlist": nlist, "nprobe": ivf_nprobe(nlist),
+            return IndexSpec(f"IVF{nlist},PQ{code_size}np", params={"nlist": nlist, "nprobe": ivf_nprobe(nlist),
                              "pq_m": code_size}, estimated_bytes=needed,
                              reason=f"compressed to {code_size} bytes/vector to fit the memory budget")
     smallest = min((c for c in PQ_CODE_SIZES if dim % c == 0), default=None)

@@ -21,10 +21,10 @@ DIM = 512
         (FLAT_MAX_COUNT + 1, 16 * GB, "IDMap,HNSW32"),
         (HNSW_MAX_COUNT, 16 * GB, "IDMap,HNSW32"),
         (HNSW_MAX_COUNT + 1, 16 * GB, "IVF8192,Flat"),  # 4·√5M ≈ 8944 → 8192
-        (100_000_000, 16 * GB, "IVF32768,PQ64"),  # raw floats (~200 GB) do not fit: compress
-        (100_000_000, 6 * GB, "IVF32768,PQ32"),  # 48 does not divide 512
-        (100_000_000, 3 * GB // 2, "IVF32768,PQ4"),
-        (100_000_000, 2 * GB, "IVF32768,PQ8"),
+        (100_000_000, 16 * GB, "IVF32768,PQ64np"),  # raw floats (~200 GB) do not fit: compress
+        (100_000_000, 6 * GB, "IVF32768,PQ32np"),  # 48 does not divide 512
+        (100_000_000, 3 * GB // 2, "IVF32768,PQ4np"),
+        (100_000_000, 2 * GB, "IVF32768,PQ8np"),
     ],
 )
 def test_decision_table(count: int, budget: int, expected: str) -> None:
