@@ -123,3 +123,24 @@ def test_resume_with_other_config_names_both_dimensions(tiny_data, tmp_path):
     with pytest.raises(EngineError, match="embed_dim 32.*embed_dim 48|48.*32"):
         train(dataset, _config(tmp_path / "cache", model=str(tmp_path / "wide.json")), tmp_path / "run",
               resume=tmp_path / "run", show_progress=False)
+
+
+def test_live_training_with_last_blocks_unfrozen(tiny_data, tmp_path):
+    """No feature cache: backbones run every step; --unfreeze-last 1 trains only their last block."""
+    from training import model_ops
+    from training.seeding import seed_everything
+
+    dataset = load_dataset(tiny_data)
+    config = _config(tmp_path / "unused", feature_cache=None, unfreeze_last=1, epochs=1)
+    seed_everything(config.seed)
+    reference = model_ops.build_model(config).state_dict()  # the initial weights training starts from
+    train(dataset, config, tmp_path / "live", show_progress=False)
+    saved = _weights(tmp_path / "live" / "last")
+    blocks = sorted({k.split(".")[3] for k in saved if k.startswith("vision.model.blocks.")}, key=int)
+    first, last = blocks[0], blocks[-1]
+    changed = lambda prefix: any(  # noqa: E731
+        not torch.equal(saved[k], reference[k]) for k in saved if k.startswith(prefix) and saved[k].is_floating_point()
+        and "running" not in k)
+    assert changed(f"vision.model.blocks.{last}.")
+    assert not changed(f"vision.model.blocks.{first}.")
+    assert any(k.startswith("vision.model.") for k in saved)  # backbones changed, so they are saved too

@@ -1,0 +1,75 @@
+"""Render the numbers of docs/MODEL_CARD.md from the files the shipped model's training and evaluation wrote.
+
+    python bench/model_card.py --run runs/shipped --val runs/shipped/eval-val.json \
+        --test runs/shipped/eval-test.json --instruction runs/instruction-aid/instruction_report.json
+
+Fills the ``card`` block (settings, val/test Recall@K both ways, mR, per-epoch val history, weight size) of
+docs/MODEL_CARD.md; the prose around the block is written by hand and left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.docs_blocks import update_page  # noqa: E402
+from engine.evaluation.report import RECALL_KEYS, read_result  # noqa: E402
+
+HEADERS = "| split | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mR |\n|---|---|---|---|---|---|---|---|"
+
+
+def _row(name: str, result: dict) -> str:
+    return f"| {name} | " + " | ".join(f"{result['recalls'][key]:.2f}" for key in RECALL_KEYS) + " |"
+
+
+def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -> str:
+    config = json.loads((run / "train_config.json").read_text())
+    history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
+    lines = [
+        f"Evaluated with `engine eval` (exact search, pessimistic ties), commit `{test.get('git_commit', '?')}`, "
+        f"{test.get('created', '?')}; model fingerprint `{test['model']['fingerprint'][:16]}…`.",
+        "",
+        HEADERS,
+        _row(f"val ({val['dataset']['images']} images / {val['dataset']['captions']} captions)", val),
+        _row(f"test ({test['dataset']['images']} images / {test['dataset']['captions']} captions)", test),
+        "",
+        "Training settings (`train_config.json` of the run):",
+        "",
+        "```json",
+        json.dumps({key: config[key] for key in sorted(config)}, indent=1),
+        "```",
+        "",
+        f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
+        f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for training, "
+        f"split seed {instruction['split']['seed']}).",
+        "",
+        f"Shipped weights: `{weights.relative_to(REPO)}`, {weights.stat().st_size / 2**20:.2f} MiB.",
+    ]
+    if history:
+        lines += ["", "| epoch | train loss | val mR | seconds |", "|---|---|---|---|"]
+        lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['val']['mR']:.2f} | {h['seconds']:.0f} |" for h in history]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="the engine train --out folder")
+    parser.add_argument("--val", type=Path, required=True, help="engine eval --split val --out JSON")
+    parser.add_argument("--test", type=Path, required=True, help="engine eval --split test --out JSON")
+    parser.add_argument("--instruction", type=Path, required=True, help="instruction_report.json")
+    parser.add_argument("--weights", type=Path, default=REPO / "encoders" / "weights" / "model.safetensors")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "MODEL_CARD.md")
+    args = parser.parse_args()
+    content = render(args.run, read_result(args.val), read_result(args.test),
+                     json.loads(args.instruction.read_text()), args.weights.resolve())
+    update_page(args.docs, "card", content)
+    print(content)
+
+
+if __name__ == "__main__":
+    main()

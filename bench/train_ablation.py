@@ -1,0 +1,158 @@
+"""Model ablation on UCM-captions: floor, CL-only, +VIR, +LCA, full PIR (and CL+affiliation), several seeds.
+
+Every variant trains on the same cached frozen-backbone features with the same budget; the best epoch is chosen
+on the **val** split, and only that checkpoint is scored once on the test split. Results go to a JSON file and
+to the ``model`` block of docs/ablations.md, rendered from that JSON (never typed in).
+
+    python bench/train_ablation.py --data ../shared/data/ucm_captions \
+        --instruction-weights runs/instruction-aid/instruction.safetensors --cache runs/cache-ucm \
+        --seeds 1 2 3 --epochs 15 --out runs/ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.docs_blocks import update_page  # noqa: E402
+
+# name -> (description, TrainConfig overrides)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "a-floor": ("frozen backbones + 2 linear projections, InfoNCE, no augmentation",
+                {"use_vir": False, "use_lca": False, "use_affiliation": False, "augment": False}),
+    "b-cl-only": ("CL-only: projections, InfoNCE, same recipe as full PIR",
+                  {"use_vir": False, "use_lca": False, "use_affiliation": False}),
+    "c-vir": ("CL + VIR", {"use_vir": True, "use_lca": False, "use_affiliation": False}),
+    "d-lca": ("CL + LCA", {"use_vir": False, "use_lca": True, "use_affiliation": False}),
+    "e-full": ("full PIR: VIR + LCA + affiliation", {"use_vir": True, "use_lca": True, "use_affiliation": True}),
+    "f-cl-aff": ("CL + affiliation (no VIR/LCA)", {"use_vir": False, "use_lca": False, "use_affiliation": True}),
+}
+KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+
+
+def run_variant(dataset, base, name: str, seed: int, out: Path) -> dict:
+    import torch
+
+    from encoders.checkpoint import load_model
+    from training.data_setup import _cached_features
+    from training.distributed import DistInfo
+    from training.evaluate import evaluate_cached
+    from training.pairs import build_pairs
+    from training.train import train
+
+    config = dataclasses.replace(base, seed=seed, **VARIANTS[name][1])
+    started = time.perf_counter()
+    result = train(dataset, config, out, show_progress=False)
+    seconds = time.perf_counter() - started
+    model = load_model(out / "best")
+    train_pairs = build_pairs(dataset, "train")
+    test_pairs = build_pairs(dataset, "test", class_names=train_pairs.class_names)
+    features = _cached_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
+                                DistInfo())
+    test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks)
+    return {"variant": name, "seed": seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
+            "test": test, "train_seconds": round(seconds, 1)}
+
+
+def summarise(runs: list[dict]) -> dict[str, dict]:
+    summary: dict[str, dict] = {}
+    for name in VARIANTS:
+        mine = [run for run in runs if run["variant"] == name]
+        if not mine:
+            continue
+        row = {"seeds": len(mine), "train_seconds": statistics.mean(r["train_seconds"] for r in mine)}
+        for split in ("val", "test"):
+            for key in KEYS:
+                values = [r[split][key] for r in mine]
+                row[f"{split}_{key}"] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        summary[name] = row
+    return summary
+
+
+def render(summary: dict[str, dict], meta: dict) -> str:
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit']}`.",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Data: {meta['data']} (train for training, val for choosing the epoch, test scored once). Mean ± sample "
+        f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
+        f"{meta['lr']}, model config `{meta['model']}`, frozen backbones on cached features "
+        f"({meta['views']} dihedral views per training image).",
+        "",
+        "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        cells = [f"{row[f'test_{k}'][0]:.2f}" for k in KEYS[:-1]]
+        mr, sd = row["test_mR"]
+        val_mr, val_sd = row["val_mR"]
+        lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(cells)
+                     + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _machine_text(info: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in info.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--instruction-weights", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--model", default="offline-default")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
+    args = parser.parse_args()
+
+    import torch
+
+    from engine.data import load_dataset
+    from engine.evaluation.report import git_commit
+    from training.config import TrainConfig
+    from bench.machine import machine_info
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dataset = load_dataset(args.data)
+    base = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                       feature_cache=str(args.cache), cached_views=args.views,
+                       instruction_weights=str(args.instruction_weights))
+    results_path = args.out / "results.json"
+    runs = json.loads(results_path.read_text()) if results_path.is_file() else []
+    done = {(r["variant"], r["seed"]) for r in runs}
+    for name in args.variants:
+        for seed in args.seeds:
+            if (name, seed) in done:
+                continue
+            run = run_variant(dataset, base, name, seed, args.out / f"{name}-seed{seed}")
+            runs.append(run)
+            args.out.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps(runs, indent=2))
+            print(f"{name} seed {seed}: val mR {run['val']['mR']:.2f}, test mR {run['test']['mR']:.2f} "
+                  f"({run['train_seconds']:.0f} s)", flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": _machine_text(machine_info()), "commit": git_commit(REPO),
+            "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
+            "views": args.views}
+    summary = summarise([r for r in runs if r["variant"] in args.variants and r["seed"] in args.seeds])
+    (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
+    update_page(args.docs, "model", render(summary, meta))
+    print(render(summary, meta))
+
+
+if __name__ == "__main__":
+    main()
