@@ -87,12 +87,12 @@ class PIRModel(nn.Module):
         self, global_token: torch.Tensor, patch_tokens: torch.Tensor, instruction_feature: torch.Tensor | None
     ) -> torch.Tensor:
         """(B, C) + (B, N, C) [+ (B, F)] -> (B, D) float32, L2-normalised."""
+        if self.vir is None:  # only the global token matters: skip projecting the patch tokens (CPU cost)
+            return F.normalize(self.vision_proj(global_token).float(), dim=-1)
+        if instruction_feature is None:
+            raise ConfigError("this model uses VIR: encode_image_from_tokens needs the instruction feature")
         tokens = self.vision_proj(torch.cat([global_token.unsqueeze(1), patch_tokens], dim=1))
-        embedding = tokens[:, 0]
-        if self.vir is not None:
-            if instruction_feature is None:
-                raise ConfigError("this model uses VIR: encode_image_from_tokens needs the instruction feature")
-            embedding = embedding + self.vir(tokens, instruction_feature)
+        embedding = tokens[:, 0] + self.vir(tokens, instruction_feature)
         return F.normalize(embedding.float(), dim=-1)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -111,14 +111,16 @@ class PIRModel(nn.Module):
 
     def encode_text_from_tokens(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, H) hidden states + (B, L) mask -> (B, D) float32, L2-normalised; padding never matters."""
-        tokens = self.text_proj(hidden)
+        # The projection is affine, so projecting the pooled hidden state equals pooling the projected tokens;
+        # projecting every token is only paid for when LCA needs them.
         if self.config.text.pooling == "mean":
-            weights = mask.to(tokens.dtype).unsqueeze(-1)
-            embedding = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         else:
-            embedding = tokens[:, 0]
+            pooled = hidden[:, 0]
+        embedding = self.text_proj(pooled)
         if self.lca is not None:
-            embedding = embedding + self.lca(tokens, mask)
+            embedding = embedding + self.lca(self.text_proj(hidden), mask)
         return F.normalize(embedding.float(), dim=-1)
 
     def encode_text(self, texts: list[str] | TextBatch) -> torch.Tensor:
