@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+ENGINE := HF_HUB_OFFLINE=1 $(BIN)/engine
+DEMO_INDEX ?= runs/demo-index
+DEMO_QUERY ?= airport with runways
+
+# The main job on the embedded default: check the data, index it with the shipped model, search it, score it.
+# Data = ../shared/data/ucm_captions when it sits beside the checkout, else the 210-image sample in the package.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/engine data check
+	$(ENGINE) data check
+	data=$$($(BIN)/python -c 'from engine.data import default_dataset_path as d; print(d())') && \
+	$(ENGINE) index "$$data" --out $(DEMO_INDEX) && \
+	$(ENGINE) query "$(DEMO_QUERY)" --index $(DEMO_INDEX) -k 5 && \
+	$(ENGINE) eval "$$data" --split test
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -15,10 +15,19 @@ from engine.errors import ConfigError
 CAPTIONS = ["a plane", "many green trees are planted around the white buildings next to a long straight road"]
 
 
+def with_trained_looking_heads(model: encoders.PIRModel) -> encoders.PIRModel:
+    """VIR/LCA heads start at zero (a residual correction); give them weights so their inputs matter in tests."""
+    with torch.no_grad():
+        for refiner in (model.vir, model.lca):
+            if refiner is not None:
+                torch.nn.init.normal_(refiner.head.weight, std=0.5)
+    return model
+
+
 @pytest.fixture(scope="module")
 def model() -> encoders.PIRModel:
     torch.manual_seed(0)
-    return encoders.create_model("tiny-test").eval()
+    return with_trained_looking_heads(encoders.create_model("tiny-test")).eval()
 
 
 def _pixels(count: int = 3) -> torch.Tensor:
@@ -33,6 +42,18 @@ def test_embeddings_are_normalised_float32(model: encoders.PIRModel) -> None:
     assert images.dtype == texts.dtype == torch.float32
     torch.testing.assert_close(images.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(texts.norm(dim=-1), torch.ones(2))
+
+
+def test_refinement_heads_start_at_zero() -> None:
+    """A fresh model embeds exactly like its projection-only twin: VIR/LCA begin as a zero residual."""
+    torch.manual_seed(0)
+    fresh = encoders.create_model("tiny-test").eval()
+    assert fresh.vir is not None and fresh.lca is not None
+    with torch.inference_mode():
+        tokens = fresh.forward_image_tokens(_pixels(2))
+        refined = fresh.encode_image_from_tokens(tokens.global_token, tokens.patch_tokens, tokens.instruction_feature)
+        plain = torch.nn.functional.normalize(fresh.vision_proj(tokens.global_token), dim=-1)
+        torch.testing.assert_close(refined, plain)
 
 
 def test_caption_embedding_ignores_batch_padding(model: encoders.PIRModel) -> None:
@@ -162,7 +183,8 @@ def test_mean_pooled_text_ignores_padding_and_differs_from_cls() -> None:
     """``text.pooling = "mean"`` (the offline MiniLM default) averages real tokens only."""
     torch.manual_seed(0)
     config = load_config("tiny-test")
-    mean_model = encoders.create_model(config.replace(text=dataclasses.replace(config.text, pooling="mean"))).eval()
+    mean_model = with_trained_looking_heads(
+        encoders.create_model(config.replace(text=dataclasses.replace(config.text, pooling="mean")))).eval()
     with torch.inference_mode():
         alone = mean_model.encode_text([CAPTIONS[0]])
         padded = mean_model.encode_text(CAPTIONS)
