@@ -31,12 +31,13 @@ def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -
     config = json.loads((run / "train_config.json").read_text())
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
     lines = [
-        f"Evaluated with `engine eval` (exact search, pessimistic ties), commit `{test.get('git_commit', '?')}`, "
+        f"Evaluated with `engine eval` (exact search; ties by split order, pessimistic bound in the last row), commit `{test.get('git_commit', '?')}`, "
         f"{test.get('created', '?')}; model fingerprint `{test['model']['fingerprint'][:16]}…`.",
         "",
         HEADERS,
         _row(f"val ({val['dataset']['images']} images / {val['dataset']['captions']} captions)", val),
         _row(f"test ({test['dataset']['images']} images / {test['dataset']['captions']} captions)", test),
+        _row("test, pessimistic ties", {"recalls": test["recalls_pessimistic"]}),
         "",
         "Training settings (`train_config.json` of the run):",
         "",

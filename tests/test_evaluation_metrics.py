@@ -8,35 +8,49 @@ import pytest
 from engine.evaluation.metrics import retrieval_ranks, retrieval_recalls
 
 
-def _naive_ranks(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tuple[list[int], list[int]]:
-    """One query at a time, sorting the full score list; non-matching ties rank above the match."""
+def _naive_ranks(images: np.ndarray, texts: np.ndarray, owner: np.ndarray, ties: str) -> tuple[list[int], list[int]]:
+    """One query at a time, sorting the full score list with Python's stable sort.
+
+    index: equal scores keep list order; pessimistic: matches go after every non-match with an equal score.
+    """
+
+    def key(scores, is_match):
+        if ties == "index":
+            return lambda item: -scores[item]
+        return lambda item: (-scores[item], is_match(item))
+
     image_ranks = []
     for i in range(len(images)):
-        own = [j for j in range(len(texts)) if owner[j] == i]
+        own = {j for j in range(len(texts)) if owner[j] == i}
         if not own:
             image_ranks.append(-1)
             continue
         scores = [float(images[i] @ texts[j]) for j in range(len(texts))]
-        best = max(scores[j] for j in own)
-        image_ranks.append(sum(1 for j, s in enumerate(scores) if j not in own and s >= best))
+        order = sorted(range(len(texts)), key=key(scores, lambda j: j in own))
+        first = min(order.index(j) for j in own)  # the image's best-ranked caption
+        image_ranks.append(sum(1 for j in order[:first] if j not in own))
     text_ranks = []
     for j in range(len(texts)):
         scores = [float(texts[j] @ images[i]) for i in range(len(images))]
-        # pessimistic: the true image goes after every other image with an equal score
-        order = sorted(range(len(images)), key=lambda i: (-scores[i], i == owner[j]))
+        order = sorted(range(len(images)), key=key(scores, lambda i: i == owner[j]))
         text_ranks.append(order.index(owner[j]))
     return image_ranks, text_ranks
 
 
+@pytest.mark.parametrize("ties", ["index", "pessimistic"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_naive_reference_on_random_embeddings(seed: int) -> None:
+def test_matches_naive_reference_on_random_embeddings(seed: int, ties: str) -> None:
     rng = np.random.default_rng(seed)
     num_images, dim = 37, 16
     owner = np.concatenate([np.repeat(np.arange(num_images - 3), 5), [num_images - 3]])  # last 2 images: no text
     images = rng.normal(size=(num_images, dim)).astype(np.float32)
     texts = rng.normal(size=(len(owner), dim)).astype(np.float32)
-    ranks = retrieval_ranks(images, texts, owner, chunk_size=7)
-    expected_i2t, expected_t2i = _naive_ranks(images, texts, owner)
+    # duplicate captions across images and duplicate images, as in UCM/RSICD, so that ties really occur
+    texts[5:10] = texts[0:5]
+    texts[40] = texts[3]
+    images[20] = images[21]
+    ranks = retrieval_ranks(images, texts, owner, chunk_size=7, ties=ties)
+    expected_i2t, expected_t2i = _naive_ranks(images, texts, owner, ties)
     assert ranks.image_to_text.tolist() == expected_i2t
     assert ranks.text_to_image.tolist() == expected_t2i
 
@@ -59,14 +73,17 @@ def test_without_ties_equals_argsort_protocol() -> None:
     assert result["mR"] == pytest.approx(np.mean(list(expected.values())))
 
 
-def test_duplicate_caption_of_another_image_counts_against_the_query() -> None:
+def test_duplicate_caption_of_another_image_under_both_tie_rules() -> None:
     images = np.eye(3, dtype=np.float32)
     # caption 0 belongs to image 0; caption 1 (image 1) is the identical string/embedding
     texts = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
     owner = np.array([0, 1, 2])
-    ranks = retrieval_ranks(images, texts, owner)
-    assert ranks.image_to_text.tolist() == [1, 2, 0]  # image 1: both identical captions score 0 ≥ own 0
-    assert ranks.text_to_image.tolist() == [0, 2, 0]  # caption 1 scores 0 on its own image: both others tie or beat it
+    pessimistic = retrieval_ranks(images, texts, owner, ties="pessimistic")
+    assert pessimistic.image_to_text.tolist() == [1, 2, 0]  # image 0: caption 1 ties with its own caption
+    assert pessimistic.text_to_image.tolist() == [0, 2, 0]  # caption 1 scores 0 on its own image: all tie or beat it
+    by_index = retrieval_ranks(images, texts, owner, ties="index")
+    assert by_index.image_to_text.tolist() == [0, 1, 0]  # image 0's caption is listed first; image 1: caption 0 wins
+    assert by_index.text_to_image.tolist() == [0, 1, 0]  # caption 1: image 0 beats it, image 2 ties but comes later
 
 
 def test_one_vs_five_captions_and_perfect_retrieval() -> None:
@@ -82,3 +99,5 @@ def test_shape_errors() -> None:
         retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 4)), [0, 1])
     with pytest.raises(ValueError, match="outside"):
         retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 3)), [0, 2])
+    with pytest.raises(ValueError, match="ties must be"):
+        retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1], ties="random")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +53,8 @@ def eval_command(
     if json_output:
         typer.echo(result.to_json())
     else:
-        _print_table([(label or "model", {"recalls": result.recalls})], title=_title(result))
+        _print_table([(label or "model", {"recalls": result.recalls}),
+                      ("  ties pessimistic", {"recalls": result.recalls_pessimistic})], title=_title(result))
         if out is not None:
             typer.echo(f"result written to {out}")
 
@@ -80,6 +82,8 @@ def evaluate(
     model = encoders.load_model(checkpoint)
     embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
     recalls = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image)
+    pessimistic = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image,
+                                    ties="pessimistic")
     return EvalResult(
         dataset={
             "name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split,
@@ -88,6 +92,7 @@ def evaluate(
         model={"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
         search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings"},
         recalls=recalls,
+        recalls_pessimistic=pessimistic,
         settings={"batch_size": batch_size, "device": device, "label": label},
         git_commit=git_commit(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -123,4 +128,5 @@ def _print_table(rows: list[tuple[str, dict]], title: str) -> None:
         table.add_column(header, justify="right")
     for label, data in rows:
         table.add_row(label, *(f"{data['recalls'][key]:.2f}" for key in RECALL_KEYS))
-    Console().print(table)
+    # Piped output (files, CI logs) gets a wide table instead of rich's 80-column default with cut-off names.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

@@ -4,10 +4,16 @@ image→text: an image's rank is the best rank among its own captions over all c
 text→image: a caption's rank is the rank of its one image over all images of the split.
 R@K = % of queries whose 0-based rank < K; mR = mean of i2t R@1/5/10 and t2i R@1/5/10.
 
-Ties are broken *against* the query: every non-matching item whose score is greater than **or equal to** the
-best matching score ranks above it. UCM/RSICD hold many identical caption strings across images, whose
-embeddings are identical; an index-order tie-break (what ``np.argsort`` does in the PIR reference code) would
-let those duplicates flatter or hurt a model depending on file order. The pessimistic rule cannot flatter.
+Ties matter: UCM/RSICD hold many identical caption strings across images (only 377 of UCM's 1,050 test
+captions are distinct), and identical strings get identical embeddings, so an image's own caption ties exactly
+with the same sentence written for other images. Two deterministic rules are offered:
+
+- ``ties="index"`` (the default, comparable with published numbers): a stable descending sort; among equal
+  scores the item listed first in the split (lower position) ranks first. This is what a stable ``argsort`` of
+  the score row gives, the convention of the reference evaluation code.
+- ``ties="pessimistic"`` (a lower bound): every non-matching item with a score greater than **or equal to**
+  the best matching score ranks above it. It cannot flatter a model; ``engine eval`` reports it beside the
+  default so the spread caused by duplicate captions is visible.
 
 The similarity matrix is never materialised whole: queries are processed in chunks, so RSICD-size test sets
 (1,093 × 5,465) and much larger ones fit in little memory.
@@ -37,10 +43,15 @@ def _as_float32_matrix(name: str, values) -> np.ndarray:
     return array
 
 
+TIE_RULES = ("index", "pessimistic")
+
+
 def retrieval_ranks(
-    image_emb, text_emb, text_to_image, chunk_size: int = 512
+    image_emb, text_emb, text_to_image, chunk_size: int = 512, ties: str = "index"
 ) -> RetrievalRanks:
     """Ranks of every image query (i2t) and text query (t2i) under exact dot-product similarity."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
     images = _as_float32_matrix("image_emb", image_emb)
     texts = _as_float32_matrix("text_emb", text_emb)
     owner = np.asarray(text_to_image, dtype=np.int64)
@@ -58,16 +69,25 @@ def retrieval_ranks(
         is_own = owner[None, :] == np.arange(start, stop)[:, None]
         has_caption = is_own.any(axis=1)
         best_own = np.where(is_own, scores, -np.inf).max(axis=1, initial=-np.inf)
-        beaten_by = ((scores >= best_own[:, None]) & ~is_own).sum(axis=1)
-        image_ranks[start:stop] = np.where(has_caption, beaten_by, -1)
+        above = (scores > best_own[:, None]) & ~is_own
+        tied = (scores == best_own[:, None]) & ~is_own
+        if ties == "index":  # only ties listed before the first own caption that reaches the best score
+            first_best = np.argmax(is_own & (scores == best_own[:, None]), axis=1)
+            tied &= np.arange(texts.shape[0])[None, :] < first_best[:, None]
+        image_ranks[start:stop] = np.where(has_caption, (above | tied).sum(axis=1), -1)
 
     text_ranks = np.empty(texts.shape[0], dtype=np.int64)
     for start in range(0, texts.shape[0], chunk_size):
         stop = min(start + chunk_size, texts.shape[0])
         scores = texts[start:stop] @ images.T  # (chunk, num_images)
         own_score = scores[np.arange(stop - start), owner[start:stop]]
-        # the true image itself satisfies >=, so subtract it once
-        text_ranks[start:stop] = (scores >= own_score[:, None]).sum(axis=1) - 1
+        above = (scores > own_score[:, None]).sum(axis=1)
+        tied = scores == own_score[:, None]
+        if ties == "index":
+            tied &= np.arange(images.shape[0])[None, :] < owner[start:stop, None]
+            text_ranks[start:stop] = above + tied.sum(axis=1)
+        else:  # the true image itself is among the ties: subtract it once
+            text_ranks[start:stop] = above + tied.sum(axis=1) - 1
     return RetrievalRanks(image_to_text=image_ranks, text_to_image=text_ranks)
 
 
@@ -84,7 +104,8 @@ def recalls_from_ranks(ranks: RetrievalRanks, ks: tuple[int, ...] = DEFAULT_KS) 
 
 
 def retrieval_recalls(
-    image_emb, text_emb, text_to_image, ks: tuple[int, ...] = DEFAULT_KS, chunk_size: int = 512
+    image_emb, text_emb, text_to_image, ks: tuple[int, ...] = DEFAULT_KS, chunk_size: int = 512,
+    ties: str = "index",
 ) -> dict[str, float]:
     """Exact i2t/t2i Recall@K and mR (percent). ``text_to_image[j]`` = row of caption j's image."""
-    return recalls_from_ranks(retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size), ks)
+    return recalls_from_ranks(retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size, ties), ks)

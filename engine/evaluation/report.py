@@ -23,11 +23,13 @@ class EvalResult:
     model: dict
     search: dict
     recalls: dict[str, float]
+    recalls_pessimistic: dict[str, float] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     git_commit: str = "unknown"
     created: str = ""
     seconds: float = 0.0
-    ties: str = "pessimistic: non-matching items with an equal score rank above the match"
+    ties: str = ("recalls: equal scores keep split order (stable sort); recalls_pessimistic: every "
+                 "non-matching item with an equal score ranks above the match")
     format: str = RESULT_FORMAT
 
     def to_json(self) -> str:
