@@ -39,6 +39,10 @@ def eval_command(
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
     compare: bool = typer.Option(False, "--compare", help="compare result JSON files instead of evaluating"),
     plot: Optional[Path] = typer.Option(None, help="with --compare: write a Recall@K bar plot (PNG) here"),
+    index: Optional[Path] = typer.Option(None, "--index", help="score the embeddings this index holds, text→image "
+                                         "through its faiss search (default: re-encode and search exactly)"),
+    rerank: str = typer.Option("none", "--rerank", help="with --index: rerank text→image lists: none, aas or par"),
+    rerank_depth: int = typer.Option(50, "--rerank-depth", help="with --rerank: first-stage images reranked per caption"),
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
@@ -47,7 +51,10 @@ def eval_command(
         return
     if len(paths) > 1:
         raise ConfigError("engine eval takes one DATA_DIR (use --compare to compare result files)")
-    result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label)
+    if index is None and rerank != "none":
+        raise ConfigError("--rerank needs --index INDEX_DIR (reranking reads the index's attention-feature cache)")
+    result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
+                      index=index, rerank=rerank, rerank_depth=rerank_depth)
     if out is not None:
         write_result(result, out)
     if json_output:
@@ -61,9 +68,9 @@ def eval_command(
 
 def evaluate(
     data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
-    label: str | None = None,
+    label: str | None = None, index: Path | None = None, rerank: str = "none", rerank_depth: int = 50,
 ) -> EvalResult:
-    """Load data and model, encode the split, score it exactly; returns a self-describing result."""
+    """Load data and model, encode the split and score it exactly, or (``index``) score what the index holds."""
     from engine.data import default_dataset_path, load_dataset
 
     if split not in ("train", "val", "test"):
@@ -79,16 +86,25 @@ def evaluate(
     from engine.evaluation.metrics import retrieval_recalls
 
     started = time.perf_counter()
+    if index is not None:
+        from engine.evaluation.index_eval import IndexEvalOptions, evaluate_on_index
+
+        options = IndexEvalOptions(index_dir=Path(index), rerank=rerank, rerank_depth=rerank_depth)
+        scored = evaluate_on_index(subset, checkpoint, options, device)
+        return EvalResult(
+            dataset=_dataset_record(dataset, root, split, subset),
+            model={"spec": checkpoint or "shipped-default", "fingerprint": scored.fingerprint},
+            search=scored.search, recalls=scored.recalls, recalls_pessimistic=scored.recalls_pessimistic,
+            settings={"device": device, "label": label, "rerank": rerank, "rerank_depth": rerank_depth},
+            git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            seconds=round(time.perf_counter() - started, 2))
     model = encoders.load_model(checkpoint)
     embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
     recalls = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image)
     pessimistic = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image,
                                     ties="pessimistic")
     return EvalResult(
-        dataset={
-            "name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split,
-            "images": len(subset.images), "captions": len(subset.captions),
-        },
+        dataset=_dataset_record(dataset, root, split, subset),
         model={"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
         search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings"},
         recalls=recalls,
@@ -98,6 +114,11 @@ def evaluate(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+def _dataset_record(dataset, root: Path, split: str, subset) -> dict:
+    return {"name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split,
+            "images": len(subset.images), "captions": len(subset.captions)}
 
 
 def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> None:
@@ -117,8 +138,18 @@ def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> 
 
 
 def _title(result: EvalResult) -> str:
-    data = result.dataset
-    return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, exact search"
+    data, search = result.dataset, result.search
+    how = "exact search"
+    if search.get("mode") == "index":
+        params = ", ".join(f"{name} {value}" for name, value in search.get("search_params", {}).items())
+        how = (f"index {search['factory']}{' (' + params + ')' if params else ''}, "
+               f"{'exact' if search['exact'] else 'approximate'} text→image search depth {search['depth']}, "
+               "exact image→text over stored captions")
+        if search["rerank"]["method"] != "none":
+            latency = search["rerank"]["latency_per_query"]
+            how += (f", rerank {search['rerank']['method']} depth {search['rerank']['depth']} "
+                    f"(p50 {latency.get('p50_ms', 0):.1f} ms, p95 {latency.get('p95_ms', 0):.1f} ms per query)")
+    return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, {how}"
 
 
 def _print_table(rows: list[tuple[str, dict]], title: str) -> None:

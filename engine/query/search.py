@@ -62,13 +62,28 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int, method: str) -> Neighbour
 
 
 def _selector_search(index, query: np.ndarray, k: int, allowed: np.ndarray) -> Neighbours:
+    scores, ids = search_batch_selected(index, query[None, :], k, allowed)
+    return _valid(ids[0], scores[0], "faiss+selector")
+
+
+def search_batch_selected(index, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """faiss search of (n, D) queries among ``allowed`` ids only, with the index's own nprobe/efSearch.
+
+    Returns faiss's raw (scores, ids), both (n, k); an approximate index may leave ``MISSING_ID`` slots.
+    One call for many queries lets faiss parallelise (``engine eval --index`` searches every caption at once).
+    """
     import faiss
 
     selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
     params = _parameters_like(index)
     params.sel = selector  # ``selector`` stays referenced until the search returns
-    scores, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
-    return _valid(ids[0], scores[0], "faiss+selector")
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+
+
+def search_parameters(index) -> dict[str, int]:
+    """The search-time parameters the index actually uses (efSearch or nprobe), for reports; {} for exact."""
+    params = _parameters_like(index)
+    return {name: int(getattr(params, name)) for name in ("efSearch", "nprobe") if hasattr(params, name)}
 
 
 def _parameters_like(index):
