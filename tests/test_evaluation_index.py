@@ -1,0 +1,171 @@
+"""``engine eval --index/--rerank`` on tiny real indexes, and the by-class image→image recall against a naive loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine.cli import main  # noqa: E402
+from engine.evaluation.class_recall import NO_PARTNER, class_recalls, first_same_class_ranks  # noqa: E402
+
+IMAGES = 30  # 2 of every 3 in the test split: 20 test images, 40 captions (R@1 is far from 0 and from 100)
+CLASSES = ("river", "farm", "port")
+
+
+def _write_dataset(root: Path) -> None:
+    from query_fixtures import structured_image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for number in range(IMAGES):
+        image_id, label = 500 + number, CLASSES[number % len(CLASSES)]
+        structured_image(number).save(root / "images" / f"t{number:03d}.png")
+        sentences = [{"raw": f"{label} scene {number} seen {view}", "tokens": [], "imgid": image_id,
+                      "sentid": image_id * 10 + view} for view in range(2)]
+        entries.append({"filename": f"t{number:03d}.png", "imgid": image_id, "class": label,
+                        "split": "train" if number % 3 == 0 else "test",
+                        "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
+    (root / "dataset.json").write_text(json.dumps({"images": entries}))
+
+
+def _index(data: Path, model: Path, out: Path, *extra: str) -> Path:
+    code = main(["index", str(data), "--out", str(out), "--model", str(model), "--workers", "0", *extra])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    import torch
+
+    import encoders
+
+    base = tmp_path_factory.mktemp("eval-index")
+    torch.manual_seed(0)
+    encoders.save_model(encoders.create_model("tiny-test"), base / "model")
+    torch.manual_seed(1)
+    encoders.save_model(encoders.create_model("tiny-test"), base / "other-model")
+    _write_dataset(base / "data")
+    return {"base": base, "data": base / "data", "model": base / "model",
+            "flat": _index(base / "data", base / "model", base / "flat")}
+
+
+def _eval(setup, out_name: str, *extra: str) -> dict:
+    out = setup["base"] / out_name
+    code = main(["eval", str(setup["data"]), "--checkpoint", str(setup["model"]), "--out", str(out), *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_flat_index_matches_exact_evaluation(setup) -> None:
+    exact = _eval(setup, "exact.json")
+    indexed = _eval(setup, "flat.json", "--index", str(setup["flat"]))
+    assert indexed["search"]["mode"] == "index" and indexed["search"]["exact"] is True
+    assert "Flat" in indexed["search"]["factory"]
+    assert 0 < exact["recalls"]["t2i_r1"] < 100  # a non-trivial case: ranks really are compared
+    for key, value in exact["recalls"].items():
+        assert indexed["recalls"][key] == pytest.approx(value, abs=1e-9), key
+    for key, value in exact["recalls_pessimistic"].items():
+        assert indexed["recalls_pessimistic"][key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.parametrize("factory, param", [("HNSW8", "efSearch"), ("IVF2,Flat", "nprobe")])
+def test_approximate_indexes_run_and_name_their_factory(setup, factory, param) -> None:
+    folder = _index(setup["data"], setup["model"], setup["base"] / factory.replace(",", "-"), "--index", factory)
+    result = _eval(setup, f"{factory}.json", "--index", str(folder))
+    assert result["search"]["factory"] == factory
+    assert result["search"]["exact"] is False and param in result["search"]["search_params"]
+    assert result["search"]["depth"] == 10
+    assert all(0.0 <= value <= 100.0 for value in result["recalls"].values())
+
+
+def test_rerank_runs_and_records_latency(setup) -> None:
+    result = _eval(setup, "aas.json", "--index", str(setup["flat"]), "--rerank", "aas", "--rerank-depth", "20")
+    rerank = result["search"]["rerank"]
+    assert rerank["method"] == "aas" and rerank["depth"] == 20
+    latency = rerank["latency_per_query"]
+    assert latency["count"] == 40 and 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["max_ms"]
+    assert rerank["images_encoded"] == 20 and rerank["queries_filling_cache"] >= 1  # depth 20 = the whole split
+    assert (setup["flat"] / "attention").is_dir()  # the query engine's cache was used, not a private copy
+    par = _eval(setup, "par.json", "--index", str(setup["flat"]), "--rerank", "par")
+    assert par["search"]["rerank"]["images_encoded"] == 0  # warm: every feature came from the cache
+    assert par["search"]["rerank"]["latency_warm_queries"]["count"] == 40
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_index_without_the_split_or_its_captions_is_one_error(setup, tmp_path, capsys) -> None:
+    other = tmp_path / "other-data"
+    shutil.copytree(setup["data"], other)
+    entries = json.loads((other / "dataset.json").read_text())
+    entries["images"][1]["filename"] = "renamed.png"
+    (other / "images" / "t001.png").rename(other / "images" / "renamed.png")
+    (other / "dataset.json").write_text(json.dumps(entries))
+    line = _error_line(capsys, ["eval", str(other), "--checkpoint", str(setup["model"]), "--index", str(setup["flat"])])
+    assert "lacks 1 of the 20 images" in line and "renamed.png" in line
+    entries["images"][1]["filename"] = "t001.png"
+    (other / "images" / "renamed.png").rename(other / "images" / "t001.png")
+    entries["images"][2]["sentences"].append({"raw": "a sentence added after indexing", "tokens": [],
+                                              "imgid": 502, "sentid": 99999})
+    (other / "dataset.json").write_text(json.dumps(entries))
+    line = _error_line(capsys, ["eval", str(other), "--checkpoint", str(setup["model"]), "--index", str(setup["flat"])])
+    assert "lacks caption embeddings for 1 of the 41 captions" in line and "99999" in line
+    no_text = _index(setup["data"], setup["model"], tmp_path / "no-text", "--no-text")
+    capsys.readouterr()  # the build's own progress output
+    line = _error_line(capsys, ["eval", str(setup["data"]), "--checkpoint", str(setup["model"]), "--index",
+                                str(no_text)])
+    assert "no caption embeddings" in line
+
+
+def test_index_of_another_model_is_one_error(setup, capsys) -> None:
+    line = _error_line(capsys, ["eval", str(setup["data"]), "--checkpoint", str(setup["base"] / "other-model"),
+                                "--index", str(setup["flat"])])
+    assert "built with model" in line
+
+
+def test_rerank_without_index_is_one_error(setup, capsys) -> None:
+    line = _error_line(capsys, ["eval", str(setup["data"]), "--checkpoint", str(setup["model"]), "--rerank", "aas"])
+    assert "--rerank needs --index" in line
+
+
+def _naive_class_ranks(embeddings: np.ndarray, labels: list[str]) -> np.ndarray:
+    ranks = np.full(len(labels), NO_PARTNER)
+    for query in range(len(labels)):
+        gallery = [item for item in range(len(labels)) if item != query]
+        scores = embeddings[gallery] @ embeddings[query]
+        order = np.argsort(-scores, kind="stable")
+        hits = [rank for rank, slot in enumerate(order) if labels[gallery[slot]] == labels[query]]
+        if hits:
+            ranks[query] = hits[0]
+    return ranks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_class_ranks_match_a_naive_loop_on_random_embeddings(seed) -> None:
+    rng = np.random.default_rng(seed)
+    embeddings = rng.normal(size=(37, 6)).astype(np.float32)
+    labels = [f"c{value}" for value in rng.integers(0, 6, size=37)]
+    labels[-1] = "singleton"
+    expected = _naive_class_ranks(embeddings, labels)
+    np.testing.assert_array_equal(first_same_class_ranks(embeddings, labels, chunk_size=8), expected)
+    assert expected[-1] == NO_PARTNER
+
+
+def test_class_ranks_with_ties_and_duplicates() -> None:
+    embeddings = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)  # exact duplicates tie
+    labels = ["a", "b", "a", "b", "c"]
+    np.testing.assert_array_equal(first_same_class_ranks(embeddings, labels), _naive_class_ranks(embeddings, labels))
+    # query 0: gallery 1 (b, tie, listed first), 2 (a) -> rank 1; query 1: 0, 2 tie with it, b partner at rank 2
+    assert list(first_same_class_ranks(embeddings, labels)) == [1, 2, 0, 2, NO_PARTNER]
+    assert class_recalls(embeddings, labels, ks=(1, 2, 4)) == {"r1": 25.0, "r2": 50.0, "r4": 100.0}
