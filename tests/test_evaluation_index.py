@@ -169,3 +169,46 @@ def test_class_ranks_with_ties_and_duplicates() -> None:
     # query 0: gallery 1 (b, tie, listed first), 2 (a) -> rank 1; query 1: 0, 2 tie with it, b partner at rank 2
     assert list(first_same_class_ranks(embeddings, labels)) == [1, 2, 0, 2, NO_PARTNER]
     assert class_recalls(embeddings, labels, ks=(1, 2, 4)) == {"r1": 25.0, "r2": 50.0, "r4": 100.0}
+
+
+def _run_script(module_name: str, argv: list[str], monkeypatch) -> int:
+    import importlib
+
+    script = importlib.import_module(f"bench.{module_name}")
+    monkeypatch.setattr(sys, "argv", [f"bench/{module_name}.py", *argv])
+    return script.main()
+
+
+def test_ablation_scripts_write_json_and_only_their_docs_block(setup, tmp_path, monkeypatch) -> None:
+    page = tmp_path / "ablations.md"
+    page.write_text("# Ablations\n\n<!-- BEGIN model -->\nkept as is\n<!-- END model -->\n")
+    common = ["--data", str(setup["data"]), "--checkpoint", str(setup["model"]), "--docs", str(page)]
+    assert _run_script("masking_ablation", [*common, "--out", str(tmp_path / "masking.json")], monkeypatch) == 0
+    masking = json.loads((tmp_path / "masking.json").read_text())
+    assert [row["mode"] for row in masking["rows"]] == ["none", "soft σ=0.2", "soft σ=0.5", "hard"]
+    assert masking["data"]["images"] == 20 and masking["data"]["classes"] == 2
+    embedded_none = masking["rows"][0]["image_to_image"]
+    assert set(embedded_none) == {"r1", "r2", "r4", "r8"} and embedded_none["r8"] >= embedded_none["r1"]
+    assert _run_script("rerank_ablation", [*common, "--index", str(setup["flat"]), "--rerank-depth", "20",
+                                           "--out", str(tmp_path / "rerank.json")], monkeypatch) == 0
+    rerank = json.loads((tmp_path / "rerank.json").read_text())
+    assert [row["method"] for row in rerank["rows"]] == ["none", "aas", "par"]
+    for row in rerank["rows"][1:]:
+        assert row["t2i_images_encoded_first_pass"] == 20  # the cache was emptied before each reranker
+        assert row["t2i_latency_warm"]["count"] == 40 and row["i2i_latency"]["count"] == 20
+    text = page.read_text()
+    assert "kept as is" in text and "<!-- BEGIN masking -->" in text and "<!-- BEGIN rerank -->" in text
+    assert "| hard |" in text and "| par |" in text
+
+
+def test_masking_script_without_a_shipped_model_says_so(setup, tmp_path, monkeypatch, capsys) -> None:
+    import encoders
+    from engine.errors import ConfigError
+
+    def no_shipped_model(spec=None):
+        raise ConfigError("no default model is shipped yet")
+
+    monkeypatch.setattr(encoders, "load_model", no_shipped_model)
+    argv = ["--data", str(setup["data"]), "--out", str(tmp_path / "m.json"), "--docs", str(tmp_path / "a.md")]
+    assert _run_script("masking_ablation", argv, monkeypatch) == 2
+    assert "shipped model is not available" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
