@@ -100,7 +100,8 @@ def render(summary: dict[str, dict], meta: dict) -> str:
 
 
 def _machine_text(info: dict) -> str:
-    return ", ".join(f"{key} {value}" for key, value in info.items())
+    ram = f"{info['ram_bytes'] / 2**30:.1f} GiB RAM" if info.get("ram_bytes") else "RAM unknown"
+    return f"{info['nproc']} cores ({info['cpu_model']}), {ram}, Python {info['python']}"
 
 
 def main() -> None:

