@@ -39,11 +39,12 @@ def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -
         _row(f"test ({test['dataset']['images']} images / {test['dataset']['captions']} captions)", test),
         _row("test, pessimistic ties", {"recalls": test["recalls_pessimistic"]}),
         "",
-        "Training settings (`train_config.json` of the run):",
+        "Training settings (`train_config.json` of the run; the val mR column below was computed with the "
+        "pessimistic tie rule, the training-time default when this model was trained):",
         "",
-        "```json",
-        json.dumps({key: config[key] for key in sorted(config)}, indent=1),
-        "```",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {key} | `{json.dumps(config[key])}` |" for key in sorted(config)),
         "",
         f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
         f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for training, "
