@@ -149,7 +149,8 @@ def main() -> None:
             "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
             "views": args.views}
-    summary = summarise([r for r in runs if r["variant"] in args.variants and r["seed"] in args.seeds])
+    # every variant measured so far (not only this invocation's) under the requested seeds, in table order
+    summary = summarise([r for r in runs if r["seed"] in args.seeds])
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
     update_page(args.docs, "model", render(summary, meta))
     print(render(summary, meta))
