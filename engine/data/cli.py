@@ -42,8 +42,9 @@ def _expected(report: CheckReport) -> dict[str, str]:
 
 
 def _print_table(report: CheckReport) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from engine.console import table_console
 
     dataset, expected = report.dataset, _expected(report)
     per_image = report.captions_per_image()
@@ -71,7 +72,7 @@ def _print_table(report: CheckReport) -> None:
     ]
     for row in rows:
         table.add_row(*row)
-    Console(file=sys.stdout, width=120).print(table)
+    table_console().print(table)
 
 
 def _print_problems(report: CheckReport) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from engine.console import table_console
 from engine.errors import ConfigError, DataError
 from engine.evaluation.report import (
     RECALL_KEYS,
@@ -159,5 +158,4 @@ def _print_table(rows: list[tuple[str, dict]], title: str) -> None:
         table.add_column(header, justify="right")
     for label, data in rows:
         table.add_row(label, *(f"{data['recalls'][key]:.2f}" for key in RECALL_KEYS))
-    # Piped output (files, CI logs) gets a wide table instead of rich's 80-column default with cut-off names.
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    table_console().print(table)

@@ -18,6 +18,8 @@ def print_table(result: QueryResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from engine.console import table_console
+
     errors = Console(stderr=True)
     for note in result.notes:
         errors.print(note if note.startswith("warning:") else f"note: {note}", markup=False, highlight=False)
@@ -36,7 +38,7 @@ def print_table(result: QueryResult) -> None:
     for hit in result.hits:
         text = hit.text if captions and hit.text is not None else first_caption(hit.captions)
         table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, hit.label or "", text)
-    Console().print(table)
+    table_console().print(table)
 
 
 def print_json(result: QueryResult) -> None:
