@@ -1,13 +1,19 @@
-"""Synthetic indexing benchmark: N random images → ``engine index`` → images/s and peak RSS.
+"""Indexing benchmark: `engine index` on a real dataset or N synthetic images → images/s and peak RSS.
 
-Usage: ``python bench/index_bench.py --images 100000 --model tiny-test [--workers 4 --batch-size 128]``.
-Images are generated into a temporary folder first (not timed); the index run is timed end to end in a
-child process so its peak RSS (``ru_maxrss`` of children, Linux: KiB) is the indexing process alone.
+    python bench/index_bench.py --data ../shared/data/ucm_captions          # real data, shipped model
+    python bench/index_bench.py --images 100000 --model tiny-test           # synthetic, bounded-memory check
+
+Synthetic images are generated into a temporary folder first (not timed). The index run is timed end to end
+in a child process, so its peak RSS (``ru_maxrss`` of children) is the indexing process alone; with DataLoader
+workers the workers' own peaks are not included (their memory is one decoded batch each). Each run is appended
+to docs/bench/indexing.json and the ``indexing`` block of docs/benchmarks.md is re-rendered from that file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import subprocess
 import sys
@@ -18,7 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.docs_blocks import markdown_table, update_page  # noqa: E402
+from bench.machine import load_average, machine_info  # noqa: E402
+
 IMAGE_SIDE = 64  # small tiles keep generation cheap; the model resizes them anyway
+RESULTS = REPO / "docs" / "bench" / "indexing.json"
 
 
 def generate(folder: Path, count: int, seed: int = 0) -> None:
@@ -29,30 +42,74 @@ def generate(folder: Path, count: int, seed: int = 0) -> None:
         Image.fromarray(pixels).save(folder / f"tile_{number:07d}.png", compress_level=1)
 
 
+def run_index(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, str]:
+    command = [sys.executable, "-m", "engine", "index", str(data), "--out", str(out), "--batch-size",
+               str(args.batch_size), "--shard-size", str(args.shard_size), "--device", args.device]
+    if args.model:
+        command += ["--model", args.model]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
+    start = time.perf_counter()
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"engine index failed:\n{result.stderr[-2000:]}")
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    summary = next((line.strip() for line in result.stdout.splitlines() if "encoded" in line), "")
+    return seconds, peak_mib, summary
+
+
+def render(runs: list[dict]) -> str:
+    rows = [[r["date"], r["data"], str(r["images"]), r["model"], str(r["shard_size"]), f"{r['seconds']:.0f}",
+             f"{r['images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}", r["load_before"], r["summary"]]
+            for r in runs]
+    machine = runs[-1]["machine"] if runs else {}
+    return "\n".join([
+        "## Indexing throughput and memory (`bench/index_bench.py`)",
+        "",
+        f"Machine: {machine.get('nproc')} cores ({machine.get('cpu_model')}), "
+        f"{(machine.get('ram_bytes') or 0) / 2**30:.1f} GiB RAM. End to end: process start, model load, image "
+        "decode, encoding, caption encoding (real data), Parquet shards, FAISS build. Peak RSS is the indexing "
+        "process's. Commands: `python bench/index_bench.py --data ../shared/data/ucm_captions` and "
+        "`python bench/index_bench.py --images N --model tiny-test --shard-size S`.",
+        "",
+        markdown_table(["date", "data", "images", "model", "shard size", "seconds", "images/s", "peak RSS MiB",
+                        "load avg before", "engine's summary"], rows),
+    ])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=100_000)
-    parser.add_argument("--model", default="tiny-test")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--data", type=Path, help="index this dataset instead of synthetic images")
+    parser.add_argument("--images", type=int, default=100_000, help="synthetic images (without --data)")
+    parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
+    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    load_before = " ".join(f"{value:.1f}" for value in load_average())
     with tempfile.TemporaryDirectory(prefix="index-bench-") as scratch:
-        images, out = Path(scratch) / "images", Path(scratch) / "index"
-        generate(images, args.images)
-        command = [sys.executable, "-m", "engine", "index", str(images), "--out", str(out), "--model", args.model,
-                   "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--shard-size",
-                   str(args.shard_size), "--device", args.device]
-        start = time.perf_counter()
-        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        seconds = time.perf_counter() - start
-        if result.returncode != 0:
-            print(result.stderr[-2000:], file=sys.stderr)
-            return result.returncode
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"images={args.images} model={args.model} workers={args.workers} batch={args.batch_size} "
-          f"seconds={seconds:.1f} images_per_s={args.images / seconds:.1f} peak_rss_mib={peak_mib:.0f}")
+        out = Path(scratch) / "index"
+        if args.data is not None:
+            data, count, label = args.data, None, args.data.name
+        else:
+            data, count, label = Path(scratch) / "images", args.images, "synthetic random tiles"
+            generate(data, args.images)
+        seconds, peak_mib, summary = run_index(data, out, args)
+        if count is None:
+            count = json.loads((out / "index.json").read_text())["image_count"]
+    run = {"date": time.strftime("%Y-%m-%d"), "data": label, "images": count, "model": args.model or "shipped",
+           "shard_size": args.shard_size, "seconds": round(seconds, 1), "images_per_s": count / seconds,
+           "peak_rss_mib": peak_mib, "load_before": load_before, "summary": summary, "machine": machine_info(),
+           "command": "python " + " ".join(sys.argv)}
+    runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    runs.append(run)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(runs, indent=2))
+    update_page(REPO / "docs" / "benchmarks.md", "indexing", render(runs))
+    print(f"{label}: {count} images in {seconds:.1f} s ({count / seconds:.1f} images/s), peak RSS {peak_mib:.0f} MiB")
     return 0
 
 
