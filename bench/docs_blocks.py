@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench.machine import write_text_atomically
+from engine.atomic import write_text_atomic
 from engine.errors import DataError
 
 DOC_HEADER = """# Benchmarks
@@ -38,7 +38,7 @@ def replace_block(text: str, name: str, content: str) -> str:
 def update_page(path: Path, name: str, content: str) -> None:
     """Replace (or add) block ``name`` of the page at ``path``, creating the page with its header if needed."""
     text = path.read_text() if path.exists() else DOC_HEADER
-    write_text_atomically(path, replace_block(text, name, content))
+    write_text_atomic(path, replace_block(text, name, content))
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from engine.atomic import write_text_atomic
 
 VERSIONED_PACKAGES = ("numpy", "faiss-cpu", "duckdb", "pyarrow", "torch")
 
@@ -55,18 +56,7 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as temp:
-            temp.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

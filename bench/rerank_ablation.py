@@ -45,7 +45,6 @@ def _clear_cache(engine, layer: int) -> None:
 
 
 def measure(index_dir: Path, data: Path, split: str, checkpoint: str | None, depth: int, keep_cache: bool) -> dict:
-    import numpy as np
 
     from engine.data import load_dataset
     from engine.data.images import load_rgb

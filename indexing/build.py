@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.errors import ConfigError, DataError
 from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest, MaskOptions,
                              ShardInfo, tool_version)
-from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files, shard_name
+from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
 
 DEFAULT_SHARD_SIZE = 10_000
 OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention")  # attention: query cache

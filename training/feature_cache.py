@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from training.pairs import PairSet
-from training.state import write_json_atomic
+from engine.atomic import write_text_atomic
 
 # Views in the order they are cached; view 0 (identity) is the one used for evaluation.
 VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
@@ -118,7 +118,7 @@ def load_features(path: Path) -> SplitFeatures:
 
 
 def write_cache_manifest(folder: Path, entries: dict[str, str]) -> None:
-    write_json_atomic(folder / "manifest.json", json.dumps(entries, indent=2))
+    write_text_atomic(folder / "manifest.json", json.dumps(entries, indent=2))
 
 
 class CachedPairs(torch.utils.data.Dataset):

@@ -24,7 +24,7 @@ from engine.errors import ConfigError, DataError
 from training.feature_cache import apply_view
 from training.schedule import build_scheduler
 from training.seeding import seed_everything
-from training.state import write_json_atomic
+from engine.atomic import write_text_atomic
 
 WEIGHTS_FILE = "instruction.safetensors"
 REPORT_FILE = "instruction_report.json"
@@ -131,7 +131,7 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
     weights_path = out / WEIGHTS_FILE
     _save_for(target_config, encoder, weights_path)
     report = InstructionReport(weights_path, len(classes), len(train_positions), len(test_positions), top1)
-    write_json_atomic(out / REPORT_FILE, json.dumps({
+    write_text_atomic(out / REPORT_FILE, json.dumps({
         "dataset": str(dataset.root), "classes": classes, "split": {"train_fraction": settings.train_fraction,
         "seed": settings.seed, "train_images": len(train_positions), "test_images": len(test_positions)},
         "held_out_top1": top1, "settings": dataclasses.asdict(settings),

@@ -60,16 +60,6 @@ class RunState:
             raise ConfigError(f"{source}: not a readable train_state.json ({error})") from None
 
 
-def write_json_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def replace_folder(target: Path, fill: Callable[[Path], None]) -> None:

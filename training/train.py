@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.atomic import write_text_atomic
 from engine.data.model import Dataset
 from engine.errors import EngineError
 from training import distributed, model_ops
@@ -26,7 +27,7 @@ from training.progress import EpochProgress
 from training.schedule import build_scheduler
 from training.seeding import capture_rng_state, restore_rng_state, seed_everything
 from training.state import (BEST_DIR, CONFIG_FILE, HISTORY_FILE, LAST_DIR, METRICS_FILE, RunState, load_trainer,
-                            replace_folder, save_trainer, write_json_atomic)
+                            replace_folder, save_trainer)
 
 SELECTION_METRIC = "mR"
 
@@ -107,7 +108,7 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / CONFIG_FILE, config.to_json())
+        write_text_atomic(out / CONFIG_FILE, config.to_json())
     best_metrics: dict[str, float] = {}
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(run.epoch, last_epoch):
@@ -191,7 +192,7 @@ def _save_epoch(out: Path, model, config: TrainConfig, run: RunState, improved: 
         model_ops.save_model(model, folder, config)
         save_trainer(folder, _trainer_state(criterion, optimizer, scheduler, scaler), run)
     replace_folder(out / LAST_DIR, fill_last)
-    write_json_atomic(out / HISTORY_FILE, json.dumps(run.history, indent=2))
+    write_text_atomic(out / HISTORY_FILE, json.dumps(run.history, indent=2))
 
 
 def _restore(resume: Path, config: TrainConfig, criterion, optimizer, scheduler, scaler) -> RunState:

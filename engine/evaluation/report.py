@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.atomic import write_text_atomic
 from engine.errors import DataError
 
 RESULT_FORMAT = "engine-eval/1"
@@ -54,15 +53,7 @@ def git_commit(start: Path | None = None) -> str:
 
 def write_result(result: EvalResult, path: Path) -> None:
     """Write atomically: a half-written result file would poison later comparisons."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(result.to_json() + "\n")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, result.to_json() + "\n")
 
 
 def read_result(path: Path) -> dict:
