@@ -80,7 +80,8 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
 def render(summary: dict[str, dict], meta: dict) -> str:
     lines = [
         f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit']}`.",
-        f"Command: `{meta['command']}`",
+        f"Command (rows accumulate in `<out>/results.json`; other rows came from the same command with other "
+        f"`--variants`): `{meta['command']}`",
         "",
         f"Data: {meta['data']} (train for training, val for choosing the epoch, test scored once). Mean ± sample "
         f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
