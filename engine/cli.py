@@ -42,10 +42,10 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the process exit code."""
+def run_app(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
+    """Run a typer app and turn user mistakes into one ``error:`` line and an exit code (no traceback)."""
     try:
-        app(args=argv, prog_name="engine", standalone_mode=True)
+        typer_app(args=argv, prog_name=prog_name, standalone_mode=True)
     except SystemExit as stop:
         return int(stop.code or 0) if not isinstance(stop.code, str) else 1
     except EngineError as error:
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    return run_app(app, argv, "engine")
 
 
 if __name__ == "__main__":

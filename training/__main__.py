@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from engine.errors import EngineError
+from engine.cli import run_app
 from training.cli import train_command
 
 
@@ -17,17 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(train_command)
     try:
-        app(args=argv, prog_name="python -m training", standalone_mode=True)
-    except SystemExit as stop:
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 1
-    except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+        return run_app(app, argv, "python -m training")
     finally:
         from training.distributed import shutdown
 
         shutdown()
-    return 0
 
 
 if __name__ == "__main__":
