@@ -60,3 +60,22 @@ def load_average() -> list[float]:
 
 def write_json_atomically(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def machine_text(info: dict | None = None) -> str:
+    """One readable line: cores, CPU model, RAM, Python."""
+    info = info or machine_info()
+    ram = f"{info['ram_bytes'] / 2**30:.1f} GiB RAM" if info.get("ram_bytes") else "RAM unknown"
+    return f"{info['nproc']} cores ({info['cpu_model']}), {ram}, Python {info['python']}"
+
+
+def run_meta(repo: Path) -> dict:
+    """What a results file records about its run: date, commit, exact command, machine, load, libraries."""
+    import sys
+    import time
+
+    from engine.evaluation.report import git_commit
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit(repo),
+            "command": "python " + " ".join(sys.argv), "machine": machine_text(),
+            "load_average": load_average(), "libraries": library_versions()}

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import library_versions, load_average, machine_info, write_json_atomically  # noqa: E402
+from bench.machine import run_meta, write_json_atomically  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 
 MODES = (("none", "none", None), ("soft σ=0.2", "soft", 0.2), ("soft σ=0.5", "soft", 0.5), ("hard", "hard", None))
@@ -126,7 +126,6 @@ def main() -> int:
 
     import torch
 
-    from engine.evaluation.report import git_commit
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,10 +134,7 @@ def main() -> int:
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit(REPO),
-                      "command": "python " + " ".join(sys.argv),
-                      "machine": ", ".join(f"{key} {value}" for key, value in machine_info().items()),
-                      "load_average": load_average(), "libraries": library_versions()}
+    result["meta"] = run_meta(REPO)
     write_json_atomically(args.out, result)
     update_page(args.docs, "masking", render(result))
     print(render(result))

@@ -100,11 +100,6 @@ def render(summary: dict[str, dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _machine_text(info: dict) -> str:
-    ram = f"{info['ram_bytes'] / 2**30:.1f} GiB RAM" if info.get("ram_bytes") else "RAM unknown"
-    return f"{info['nproc']} cores ({info['cpu_model']}), {ram}, Python {info['python']}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -126,7 +121,7 @@ def main() -> None:
     from engine.data import load_dataset
     from engine.evaluation.report import git_commit
     from training.config import TrainConfig
-    from bench.machine import machine_info
+    from bench.machine import machine_text
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = load_dataset(args.data)
@@ -146,7 +141,7 @@ def main() -> None:
             results_path.write_text(json.dumps(runs, indent=2))
             print(f"{name} seed {seed}: val mR {run['val']['mR']:.2f}, test mR {run['test']['mR']:.2f} "
                   f"({run['train_seconds']:.0f} s)", flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": _machine_text(machine_info()), "commit": git_commit(REPO),
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
             "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
             "views": args.views}
