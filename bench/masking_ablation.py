@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.ablation_results import write_ablation_results  # noqa: E402
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
 from bench.machine import run_meta, write_json_atomically  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
@@ -93,6 +94,15 @@ def measure(data: Path, split: str, checkpoint: str | None, batch_size: int) -> 
                      "captions": len(subset.captions), "classes": len(set(labels))}}
 
 
+def write_comparison(result: dict, folder: Path, plot: Path) -> None:
+    """Text↔image rows as `engine eval` result files + the Recall@K plot (`engine eval --compare` reads them)."""
+    data = result["data"]
+    dataset = {"name": Path(data["root"]).name, "root": data["root"], "split": data["split"],
+               "images": data["images"], "captions": data["captions"]}
+    rows = [(f"mask {row['mode']}", row["text_image"]) for row in result["rows"]]
+    write_ablation_results(rows, dataset, result["model"], {"mode": "exact"}, result["meta"], folder, plot)
+
+
 def render(result: dict) -> str:
     meta, data = result["meta"], result["data"]
     headers = ["mask", "i2i R@1", "i2i R@2", "i2i R@4", "i2i R@8", "I→T R@1", "I→T R@5", "I→T R@10",
@@ -110,7 +120,10 @@ def render(result: dict) -> str:
         "(hard) or multiplied by σ (soft) before the model's transform. Captions are not masked.",
         "image→image (i2i): every test image queries the other test images, a hit is an image of the same class "
         "within the top K (the background-bias paper's protocol); text↔image: PIR's protocol, exact search.", "",
-        markdown_table(headers, table), ""])
+        markdown_table(headers, table), "",
+        "![Recall@K by masking mode](img/ablation-masking.png)", "",
+        "Side by side from the result files: `engine eval --compare docs/results/masking/*.json --plot out.png`.",
+        ""])
 
 
 def main() -> int:
@@ -122,10 +135,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "masking.json")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
+    parser.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "masking",
+                        help="folder for one `engine eval` result JSON per mode")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "ablation-masking.png")
     args = parser.parse_args()
 
     import torch
-
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +151,7 @@ def main() -> int:
         return 2
     result["meta"] = run_meta(REPO)
     write_json_atomically(args.out, result)
+    write_comparison(result, args.results, args.plot)
     update_page(args.docs, "masking", render(result))
     print(render(result))
     return 0

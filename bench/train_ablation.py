@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.ablation_results import write_ablation_results  # noqa: E402
 from bench.docs_blocks import update_page  # noqa: E402
 
 # name -> (description, TrainConfig overrides)
@@ -77,6 +78,16 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
     return summary
 
 
+def write_comparison(summary: dict[str, dict], meta: dict, dataset, folder: Path, plot: Path) -> None:
+    """Mean test recalls per variant as `engine eval` result files + the Recall@K plot."""
+    test = dataset.split("test")
+    record = {"name": dataset.name, "kind": dataset.kind, "root": meta["data"], "split": "test",
+              "images": len(test.images), "captions": len(test.captions)}
+    rows = [(name, {key: row[f"test_{key}"][0] for key in KEYS}) for name, row in summary.items()]
+    write_ablation_results(rows, record, {"spec": meta["model"], "note": f"mean over seeds {meta['seeds']}"},
+                           {"mode": "exact"}, meta, folder, plot)
+
+
 def render(summary: dict[str, dict], meta: dict) -> str:
     lines = [
         f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit']}`.",
@@ -97,6 +108,8 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         val_mr, val_sd = row["val_mR"]
         lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(cells)
                      + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} |")
+    lines += ["", "![Recall@K per variant (test, mean over seeds)](img/ablation-model.png)", "",
+              "Side by side from the result files: `engine eval --compare docs/results/model/*.json --plot out.png`."]
     return "\n".join(lines) + "\n"
 
 
@@ -114,6 +127,9 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
+    parser.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "model",
+                        help="folder for one `engine eval` result JSON per variant (test-split means)")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "ablation-model.png")
     args = parser.parse_args()
 
     import torch
@@ -148,6 +164,7 @@ def main() -> None:
     # every variant measured so far (not only this invocation's) under the requested seeds, in table order
     summary = summarise([r for r in runs if r["seed"] in args.seeds])
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
+    write_comparison(summary, meta, dataset, args.results, args.plot)
     update_page(args.docs, "model", render(summary, meta))
     print(render(summary, meta))
 

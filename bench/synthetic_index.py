@@ -1,0 +1,134 @@
+"""Grow a real index into an N-image synthetic one, so the warm server can be timed at 1 M vectors on a laptop.
+
+Encoding a million real tiles takes days on two cores, but query latency only depends on the vectors, the faiss
+index and the catalog, not on where the pixels came from. So row ``i`` of the synthetic index copies the metadata
+(path, split, class, captions) of template row ``i mod T`` of a real index built with the same model, and its
+embedding is that row's embedding plus isotropic Gaussian noise, renormalised (``--noise 0.5`` puts a copy at
+cosine ≈ 0.93 to its template when dim is 128). Text queries therefore land among meaningful, class-structured
+neighbours, isotropic noise is the hard case for ANN indexes, and rerankers find real images behind every path.
+
+The output folder is a normal index: 100k-row shards with explicit int64 ids, faiss built by
+``indexing.faiss_build.build_faiss`` (so the automatic index choice decides, as for ``engine index``), and an
+``index.json`` carrying the template's model fingerprint, so ``engine serve`` / ``engine query`` load it.
+
+    python bench/synthetic_index.py --template /tmp/ucm-index --count 1000000 --out /tmp/syn-1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.errors import ConfigError  # noqa: E402
+
+SHARD_ROWS = 100_000
+TEMPLATE_COLUMNS = ["path", "split", "label", "captions", "embedding", "width", "height"]
+
+
+def read_template(template: Path):
+    """(metadata table without embeddings, (T, D) embeddings, data root) of a real index."""
+    import pyarrow as pa
+
+    from indexing.shards import embeddings_of, read_columns, read_metadata, shard_files
+
+    files = shard_files(template)
+    if not files:
+        raise ConfigError(f"--template {template}: no shards; build it with `engine index` first")
+    tables = [read_columns(file, TEMPLATE_COLUMNS) for file in files]
+    roots = {read_metadata(file).get("data_root", "") for file in files}
+    if len(roots) != 1:
+        raise ConfigError(f"--template {template}: shards come from {len(roots)} data roots; use a one-root index")
+    table = pa.concat_tables(tables)
+    return table.drop_columns(["embedding"]), embeddings_of(table), roots.pop()
+
+
+def synthetic_rows(template_meta, template_vectors: np.ndarray, first: int, count: int, noise: float,
+                   rng: np.random.Generator):
+    """ImageRows for ids ``first .. first+count-1`` (template row = id mod T)."""
+    from indexing.shards import ImageRows
+
+    ids = np.arange(first, first + count, dtype=np.int64)
+    source = ids % len(template_vectors)
+    dim = template_vectors.shape[1]
+    vectors = template_vectors[source] + rng.standard_normal((count, dim), dtype=np.float32) * (noise / np.sqrt(dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    meta = template_meta.take(source)
+    rows = ImageRows(image_id=ids.tolist(), source_id=source.tolist(), path=meta.column("path").to_pylist(),
+                     split=meta.column("split").to_pylist(), label=meta.column("label").to_pylist(),
+                     captions=meta.column("captions").to_pylist(), width=meta.column("width").to_pylist(),
+                     height=meta.column("height").to_pylist())
+    rows.embeddings = list(vectors.astype(np.float32))
+    return rows
+
+
+def build(template: Path, count: int, out: Path, noise: float, seed: int, factory: str | None,
+          memory_budget: str) -> dict:
+    from indexing.choose import parse_memory
+    from indexing.config import IndexConfig, MaskOptions, ShardInfo, tool_version
+    from indexing.faiss_build import build_faiss
+    from indexing.loader import load_index
+    from indexing.shards import SHARDS_DIR, image_table, shard_name, write_table_atomically
+
+    if count <= 0:
+        raise ConfigError(f"--count must be positive, got {count}")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / SHARDS_DIR).mkdir(parents=True)
+    source = load_index(template)
+    meta, vectors, data_root = read_template(template)
+    dim = vectors.shape[1]
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    shards = []
+    for number, first in enumerate(range(0, count, SHARD_ROWS)):
+        rows = synthetic_rows(meta, vectors, first, min(SHARD_ROWS, count - first), noise, rng)
+        metadata = {"model_fingerprint": source.config.model_fingerprint, "embed_dim": str(dim),
+                    "data_root": data_root, "shard_index": str(number), "synthetic_from": str(template)}
+        name = shard_name(number)
+        write_table_atomically(image_table(rows, dim, metadata), out / SHARDS_DIR / name)
+        shards.append(ShardInfo(file=f"{SHARDS_DIR}/{name}", text_file=None, rows=len(rows), text_rows=0,
+                                first_id=first, last_id=first + len(rows) - 1))
+        print(f"shard {number}: ids {first}..{first + len(rows) - 1}", flush=True)
+    shard_seconds = time.perf_counter() - started
+    built = build_faiss(out, dim, parse_memory(memory_budget), factory, "cpu")
+    IndexConfig(model_fingerprint=source.config.model_fingerprint, model_spec=source.config.model_spec,
+                embed_dim=dim, metric=built.spec.metric, factory=built.spec.factory,
+                index_params=dict(built.spec.params), image_count=built.count, caption_count=0, skipped_images=0,
+                shards=shards, mask=MaskOptions(), data_roots=[data_root],
+                build_seconds=round(time.perf_counter() - started, 3), built_on=built.device,
+                tool_version=tool_version(),
+                created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")).save(out)
+    source.catalog.close()
+    return {"count": built.count, "factory": built.spec.factory, "shard_seconds": round(shard_seconds, 1),
+            "faiss_seconds": round(built.seconds, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--template", type=Path, required=True, help="a real index built with the model to query")
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--noise", type=float, default=0.5, help="norm of the Gaussian noise added to a template row")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index", dest="factory", default=None, help="faiss factory string (default: automatic)")
+    parser.add_argument("--memory-budget", default="16GB")
+    args = parser.parse_args()
+    try:
+        print(build(args.template, args.count, args.out, args.noise, args.seed, args.factory, args.memory_budget))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
