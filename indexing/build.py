@@ -21,7 +21,9 @@ from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, In
 from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
 
 DEFAULT_SHARD_SIZE = 10_000
-OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention")  # attention: query cache
+# attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
+OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention",
+               "rows.arrow")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
     from indexing.encode_loop import encode_segment
     from indexing.faiss_build import build_faiss, check_unique_ids
     from indexing.masking import check_masks_present
+    from indexing.row_store import write_row_file
 
     started = time.perf_counter()
     _validate(options)
@@ -177,6 +180,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
                        workers, summary)
     check_unique_ids(out)
     built = build_faiss(out, dim, budget, options.factory, options.device)
+    write_row_file(out)
     summary.factory, summary.images_total = built.spec.factory, built.count
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started

@@ -32,7 +32,12 @@ class MetadataStore:
     """Filters, metadata and stored embeddings of one index; safe to call from many threads."""
 
     def __init__(self, catalog, index_config) -> None:
+        from indexing.row_store import RowStore
+
         self.catalog = catalog
+        # by-id reads go to the memory-mapped row file when it can exist; the catalog answers SQL (and by-id
+        # reads of a read-only index folder)
+        self.rows = RowStore.open(Path(catalog.index_dir))
         self.connection = catalog.connection
         self.connection.execute(f'CREATE OR REPLACE VIEW {FILTER_VIEW} AS SELECT *, label AS "class" FROM images')
         self.local = threading.local()
@@ -55,6 +60,8 @@ class MetadataStore:
         """Stored (ids, (n, D) float32 embeddings) of the given image ids, in id order."""
         if len(ids) == 0:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        if self.rows is not None:
+            return self.rows.embeddings(ids)
         table = self.cursor().sql(
             "SELECT image_id, embedding FROM images WHERE image_id IN (SELECT unnest($ids)) ORDER BY image_id",
             params={"ids": [int(value) for value in ids]}).to_arrow_table()
@@ -66,9 +73,13 @@ class MetadataStore:
     def rows_for(self, ids: list[int]) -> dict[int, ImageRow]:
         if not ids:
             return {}
-        rows = self.cursor().execute(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE image_id IN (SELECT unnest($ids))",
-            {"ids": [int(value) for value in ids]}).fetchall()
+        if self.rows is not None:
+            table = self.rows.take(np.asarray(ids, np.int64), IMAGE_COLUMNS.split(", "))
+            rows = zip(*(table.column(name).to_pylist() for name in table.column_names))
+        else:
+            rows = self.cursor().execute(
+                f"SELECT {IMAGE_COLUMNS} FROM images WHERE image_id IN (SELECT unnest($ids))",
+                {"ids": [int(value) for value in ids]}).fetchall()
         return {row[0]: ImageRow(row[0], self.absolute_path(row[0], row[1]), row[2], row[3], list(row[4] or []))
                 for row in rows}
 
