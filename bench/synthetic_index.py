@@ -20,6 +20,7 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -106,10 +107,12 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
                 shards=shards, mask=MaskOptions(), data_roots=[data_root],
                 build_seconds=round(time.perf_counter() - started, 3), built_on=built.device,
                 tool_version=tool_version(),
-                created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")).save(out)
+                created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                calibration=asdict(built.calibration) if built.calibration is not None else None).save(out)
     source.catalog.close()
-    return {"count": built.count, "factory": built.spec.factory, "shard_seconds": round(shard_seconds, 1),
-            "faiss_seconds": round(built.seconds, 1)}
+    return {"count": built.count, "factory": built.spec.factory, "params": built.spec.params,
+            "calibration": built.calibration.describe() if built.calibration else "exact",
+            "shard_seconds": round(shard_seconds, 1), "faiss_seconds": round(built.seconds, 1)}
 
 
 def main() -> int:

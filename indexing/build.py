@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,6 +55,7 @@ class IndexSummary:
     shards_reused: int = 0
     captions_encoded: int = 0
     factory: str = ""
+    calibration: str = ""  # how the approximate index's search setting was tuned (empty: exact index)
     seconds: float = 0.0
     up_to_date: bool = False
 
@@ -64,6 +65,8 @@ class IndexSummary:
                   f"  encoded {self.encoded} images ({rate:.1f} images/s) and {self.captions_encoded} captions; "
                   f"shards written {self.shards_written}, reused {self.shards_reused}",
                   f"  skipped unreadable: {len(self.skipped)}; duplicate paths skipped: {self.duplicates}"]
+        if self.calibration:
+            result.append(f"  search tuned: {self.calibration}")
         if self.renumbered:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
         if self.up_to_date:
@@ -182,6 +185,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
     built = build_faiss(out, dim, budget, options.factory, options.device)
     write_row_file(out)
     summary.factory, summary.images_total = built.spec.factory, built.count
+    summary.calibration = built.calibration.describe() if built.calibration is not None else ""
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
     record_last_index(out)  # the default index of `engine query`
@@ -211,7 +215,8 @@ def _write_index_json(out: Path, manifest: Manifest, built, summary: IndexSummar
         image_count=built.count, caption_count=captions, skipped_images=planned - built.count, shards=shards,
         mask=manifest.mask, data_roots=[segment.data_root for segment in manifest.segments],
         build_seconds=round(seconds, 3), built_on=built.device, tool_version=tool_version(),
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        calibration=asdict(built.calibration) if built.calibration is not None else None)
     config.save(out)
 
 

@@ -120,6 +120,7 @@ class IndexConfig:
     created_utc: str
     faiss_file: str = FAISS_FILE
     format_version: int = FORMAT_VERSION
+    calibration: dict | None = None  # indexing.calibrate.Calibration as a dict; None for exact indexes
 
     def save(self, index_dir: Path) -> None:
         write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / INDEX_JSON)

@@ -9,13 +9,14 @@ CPU index before saving, so every machine can load it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from engine.errors import DataError
+from indexing.calibrate import Calibration, calibrate
 from indexing.choose import IndexSpec, choose_index, validate_factory
 from indexing.shards import embeddings_of, read_columns, replace_atomically, shard_files
 
@@ -27,10 +28,11 @@ SAMPLE_SEED = 0
 
 @dataclass(frozen=True)
 class FaissBuild:
-    spec: IndexSpec
+    spec: IndexSpec  # params hold the search settings saved in faiss.index (calibrated when approximate)
     count: int
     seconds: float
     device: str
+    calibration: Calibration | None = None
 
 
 def faiss_gpu_count() -> int:
@@ -100,9 +102,12 @@ def build_faiss(index_dir: Path, dim: int, memory_budget: int, override: str | N
     for name in ("nprobe", "efSearch"):
         if name in spec.params:
             parameters.set_index_parameter(index, name, spec.params[name])
+    calibration = calibrate(index, index_dir)  # measured recall decides efSearch/nprobe, not a fixed default
+    if calibration is not None:
+        spec = replace(spec, params={**spec.params, calibration.parameter: calibration.value})
     replace_atomically(index_dir / "faiss.index", lambda temp: faiss.write_index(index, str(temp)))
     return FaissBuild(spec=spec, count=total, seconds=time.perf_counter() - start,
-                      device="cuda" if use_gpu else "cpu")
+                      device="cuda" if use_gpu else "cpu", calibration=calibration)
 
 
 def check_unique_ids(index_dir: Path) -> None:

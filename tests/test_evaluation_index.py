@@ -183,8 +183,12 @@ def test_ablation_scripts_write_json_and_only_their_docs_block(setup, tmp_path, 
     page = tmp_path / "ablations.md"
     page.write_text("# Ablations\n\n<!-- BEGIN model -->\nkept as is\n<!-- END model -->\n")
     common = ["--data", str(setup["data"]), "--checkpoint", str(setup["model"]), "--docs", str(page)]
-    assert _run_script("masking_ablation", [*common, "--out", str(tmp_path / "masking.json")], monkeypatch) == 0
+    assert _run_script("masking_ablation", [*common, "--out", str(tmp_path / "masking.json"), "--results",
+                                            str(tmp_path / "results"), "--plot", str(tmp_path / "m.png")],
+                       monkeypatch) == 0
     masking = json.loads((tmp_path / "masking.json").read_text())
+    # one `engine eval` result file per mode, readable by --compare, and the plot
+    assert len(list((tmp_path / "results").glob("*.json"))) == 4 and (tmp_path / "m.png").stat().st_size > 0
     assert [row["mode"] for row in masking["rows"]] == ["none", "soft σ=0.2", "soft σ=0.5", "hard"]
     assert masking["data"]["images"] == 20 and masking["data"]["classes"] == 2
     embedded_none = masking["rows"][0]["image_to_image"]
@@ -192,7 +196,8 @@ def test_ablation_scripts_write_json_and_only_their_docs_block(setup, tmp_path, 
     assert _run_script("rerank_ablation", [*common, "--index", str(setup["flat"]), "--rerank-depth", "20",
                                            "--out", str(tmp_path / "rerank.json")], monkeypatch) == 0
     rerank = json.loads((tmp_path / "rerank.json").read_text())
-    assert [row["method"] for row in rerank["rows"]] == ["none", "aas", "par"]
+    assert [row["method"] for row in rerank["rows"]] == ["none", "aas", "par", "par, gates 0.5"]
+    assert all(0 <= share <= 1 for row in rerank["rows"][2:] for share in row["par_gate_pass"].values())
     for row in rerank["rows"][1:]:
         assert row["t2i_images_encoded_first_pass"] == 20  # the cache was emptied before each reranker
         assert row["t2i_latency_warm"]["count"] == 40 and row["i2i_latency"]["count"] == 20

@@ -176,7 +176,13 @@ def test_ivf_override_trains_and_keeps_ids(karpathy: Path, tmp_path: Path) -> No
     out = tmp_path / "index"
     assert build(karpathy, out, "--index", "IVF2,Flat") == 0
     index = faiss.read_index(str(out / "faiss.index"))
-    assert index.ntotal == 10 and json.loads((out / "index.json").read_text())["index_params"]["nprobe"] == 1
+    config = json.loads((out / "index.json").read_text())
+    calibration = config["calibration"]
+    assert calibration["parameter"] == "nprobe" and calibration["query_source"] == "captions"
+    assert calibration["reached"] and calibration["recall"] >= 0.95
+    # the saved index searches with the calibrated setting, and index.json says so
+    assert index.ntotal == 10 and config["index_params"]["nprobe"] == calibration["value"]
+    assert faiss.extract_index_ivf(index).nprobe == calibration["value"]
     vectors = np.asarray(pq.read_table(out / "shards").column("embedding").to_pylist(), np.float32)
     faiss.extract_index_ivf(index).nprobe = 2
     assert index.search(vectors[:1], 1)[1][0, 0] == 100

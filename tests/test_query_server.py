@@ -25,7 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     index_dir, _, data_dir = build_query_index(tmp_path_factory.getbasetemp() / "query-index")
     engine = QueryEngine(index_dir, device="cpu")
     running, thread = serve_in_thread(engine)
-    yield running.server_address[1], data_dir
+    yield running.server_address[1], data_dir, engine
     running.shutdown()
     running.server_close()
     thread.join(timeout=10)
@@ -45,7 +45,7 @@ def call(port: int, method: str, path: str, body: bytes | None = None, headers: 
 
 
 def test_health_query_and_gallery(server) -> None:
-    port, _ = server
+    port = server[0]
     status, health = call(port, "GET", "/healthz")
     assert status == 200 and health["images"] == 16
     status, result = call(port, "GET", "/query?q=river+tile&k=3&where=class%20%3D%20%27river%27")
@@ -55,7 +55,7 @@ def test_health_query_and_gallery(server) -> None:
 
 
 def test_post_json_raw_image_and_multipart(server) -> None:
-    port, data_dir = server
+    port, data_dir, _ = server
     status, result = call(port, "POST", "/query", json.dumps({"q": "farm", "k": 2}).encode(),
                           {"Content-Type": "application/json"})
     assert status == 200 and len(result["results"]) == 2
@@ -122,3 +122,24 @@ def test_concurrent_clients_get_consistent_answers(server) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert not failures and not any(thread.is_alive() for thread in threads)
+
+
+def test_all_model_work_runs_on_one_thread(server, monkeypatch) -> None:
+    """Torch calls from several threads keep several OpenMP pools spinning (see engine.query.engine)."""
+    port, _, engine = server
+    seen: set[int] = set()
+    original = engine.model.encode_text
+
+    def recording(*args, **kwargs):
+        seen.add(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "encode_text", recording)
+    threads = [threading.Thread(target=call, args=(port, "GET", f"/query?q=river+{n}&k=3")) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert seen == {engine._model_thread_id} and threading.get_ident() not in seen
+    # re-entrant: model-thread code that calls run_model again does not deadlock
+    assert engine.run_model(lambda: engine.run_model(threading.get_ident)) == engine._model_thread_id

@@ -12,6 +12,7 @@ feature batches of ``FEATURE_BATCH``) and the engine's final ordering (score, th
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +21,8 @@ import numpy as np
 
 from engine.query.config import QueryRequest
 from engine.query.search import MISSING_ID, Neighbours, search_batch_selected
+
+PAR_GATE_NOTE = re.compile(r"par: (\d+) of (\d+) candidates passed")  # written by engine.query.reranking
 
 MISSED = np.iinfo(np.int32).max  # rank of a relevant item the search did not return (a miss at any K)
 PERCENTILES = (50, 95)
@@ -80,6 +83,8 @@ class RerankRun:
     cold: np.ndarray  # bool per query: its call had to encode attention features of uncached images
     images_encoded: int
     notes: list[str] = field(default_factory=list)
+    gated: int = 0  # PAR: candidates that passed both gates, summed over queries
+    gate_candidates: int = 0  # PAR: candidates considered, summed over queries
 
 
 def rerank_lists(engine, first: list[Neighbours], requests: list[QueryRequest], vectors: np.ndarray,
@@ -88,23 +93,29 @@ def rerank_lists(engine, first: list[Neighbours], requests: list[QueryRequest], 
     from engine.query.reranking import rerank
 
     lists, latencies, cold, notes = [], np.zeros(len(first)), np.zeros(len(first), bool), []
-    encoded = 0
+    encoded = gated = gate_candidates = 0
     for row, (found, request) in enumerate(zip(first, requests)):
         if len(found.ids) == 0:
             lists.append(found)
             continue
-        pixels = pixels_of(row) if request.is_image and pixels_of is not None else None
+        # on the engine's model thread, like a served query (torch work from a second thread slows both)
+        pixels = engine.run_model(pixels_of, row) if request.is_image and pixels_of is not None else None
         cache = engine.attention_cache(request.options.layer)
         uncached = len(cache.missing([int(value) for value in found.ids]))
         call_notes: list[str] = []
         started = time.perf_counter()
-        scores = rerank(engine, request, found, vectors[row], pixels, call_notes)
+        scores = engine.run_model(rerank, engine, request, found, vectors[row], pixels, call_notes)
         latencies[row] = (time.perf_counter() - started) * 1000
         cold[row], encoded = uncached > 0, encoded + uncached
         notes.extend(note for note in call_notes if not note.startswith(f"{request.rerank}:"))
+        for note in call_notes:
+            gates = PAR_GATE_NOTE.match(note)
+            if gates:
+                gated += int(gates.group(1))
+                gate_candidates += int(gates.group(2))
         order = np.lexsort((found.ids, -scores))  # the engine's final order: score, then the smaller id
         lists.append(Neighbours(found.ids[order], scores[order].astype(np.float32), f"{found.method}+{request.rerank}"))
-    return RerankRun(lists, latencies, cold, encoded, sorted(set(notes)))
+    return RerankRun(lists, latencies, cold, encoded, sorted(set(notes)), gated, gate_candidates)
 
 
 def latency_summary(latencies_ms: np.ndarray) -> dict[str, float]:

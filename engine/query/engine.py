@@ -1,7 +1,11 @@
 """QueryEngine: a loaded model + index answering QueryRequests (used by ``engine query`` and ``engine serve``).
 
-Thread safety: the torch model is guarded by one lock (encoding is the only part that touches it); faiss
-searches are read-only and run concurrently; DuckDB is used through one cursor per thread (MetadataStore).
+Thread safety and speed: all torch work runs on one long-lived model thread (``run_model``), which also
+serialises it; faiss searches are read-only and run concurrently; DuckDB is used through one cursor per thread
+(MetadataStore). Why one thread: torch's OpenMP pool belongs to the calling thread and its idle workers spin, so
+torch calls from several threads on a 2-core machine keep two pools fighting for the cores. Measured with the
+shipped model: a short text query took 11 ms to encode from one thread, 27–30 ms once a second thread had
+also encoded.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import io
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +40,22 @@ class QueryEngine:
         self.root = Path(index_dir)
         spec = checkpoint if checkpoint is not None else self.loaded.config.model_spec
         self.device = resolve_device(device)
-        self.model = encoders.load_model(None if spec == DEFAULT_MODEL_SPEC else spec)
-        self.model.to(self.device).eval()
-        self.loaded.check_model(self.model)
-        self.fingerprint = self.model.fingerprint()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-model")
+        self._model_thread_id = self._model_thread.submit(threading.get_ident).result()
+
+        def prepare():
+            model = encoders.load_model(None if spec == DEFAULT_MODEL_SPEC else spec)
+            model.to(self.device).eval()
+            self.loaded.check_model(model)
+            return model, model.fingerprint()
+
+        try:
+            # not run_model: weights loaded under inference_mode would become inference tensors
+            self.model, self.fingerprint = self._model_thread.submit(prepare).result()
+        except BaseException:
+            self._model_thread.shutdown()
+            raise
         self.transform = self.model.image_transform(train=False)
-        self.model_lock = threading.Lock()
         self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
         self._captions = None
         self._captions_lock = threading.Lock()
@@ -53,18 +68,25 @@ class QueryEngine:
 
     def close(self) -> None:
         self.loaded.catalog.close()
+        self._model_thread.shutdown(wait=True)
+
+    def run_model(self, function, *args):
+        """``function(*args)`` on the model thread, under ``torch.inference_mode``; returns its result.
+
+        Re-entrant: called on the model thread itself, it runs the function directly."""
+        if threading.get_ident() == self._model_thread_id:
+            return _inference(function, *args)
+        return self._model_thread.submit(_inference, function, *args).result()
 
     # ---- encoding ------------------------------------------------------------------------------------------
     def encode_text(self, text: str, notes: list[str]) -> np.ndarray:
-        import torch
-
         if len(text) > MAX_QUERY_CHARS:
             text = text[:MAX_QUERY_CHARS]
         limits = self.model.config.text
         words = text.split()
-        with self.model_lock, torch.inference_mode():
-            tokens = int(self.model.tokenize([text]).attention_mask.sum())
-            vector = self.model.encode_text([text])[0].float().cpu().numpy()
+        batch = self.model.tokenize([text])
+        tokens = int(batch.attention_mask.sum())
+        vector = self.run_model(lambda: self.model.encode_text(batch)[0].float().cpu().numpy())
         if len(words) > limits.max_words or tokens >= limits.max_tokens:
             notes.append(f"warning: the query was truncated to the model's limit ({limits.max_words} words, "
                          f"{limits.max_tokens} tokens); the rest was ignored")
@@ -84,14 +106,15 @@ class QueryEngine:
                 raise DataError("uploaded image: " + str(error).replace(handle.name, "").lstrip(": ")) from None
 
     def encode_pixels(self, pixels) -> np.ndarray:
-        import torch
-
-        with self.model_lock, torch.inference_mode():
-            return self.model.encode_image(pixels.to(self.device)).float().cpu().numpy()
+        return self.run_model(lambda: self.model.encode_image(pixels.to(self.device)).float().cpu().numpy())
 
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, request: QueryRequest) -> QueryResult:
+        """Answer one request; the whole search runs on the model thread (torch transforms, encoding, rerank)."""
         validate_request(request)
+        return self.run_model(self._search, request)
+
+    def _search(self, request: QueryRequest) -> QueryResult:
         started = time.perf_counter()
         result = QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
                              rerank=request.rerank)
@@ -183,6 +206,13 @@ class QueryEngine:
             if layer not in self._caches:
                 self._caches[layer] = AttentionCache(self.root, layer, self.fingerprint)
             return self._caches[layer]
+
+
+def _inference(function, *args):
+    import torch
+
+    with torch.inference_mode():
+        return function(*args)
 
 
 def _thumbnail_jpeg(image) -> bytes:

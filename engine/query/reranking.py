@@ -40,8 +40,7 @@ def fill_cache(engine, cache, ids: list[int], notes: list[str]) -> set[int]:
             except (DataError, KeyError):
                 unreadable.add(image_id)
         if batch_ids:
-            with engine.model_lock:
-                features = extract_features(engine.model, torch.stack(pixels), cache.layer)
+            features = engine.run_model(extract_features, engine.model, torch.stack(pixels), cache.layer)
             cache.add(batch_ids, features)
     if unreadable:
         notes.append(f"{len(unreadable)} candidate image(s) could not be read for reranking; "
@@ -63,8 +62,7 @@ def rerank(engine, request: QueryRequest, first: Neighbours, query_vector: np.nd
     usable_ids = [ids[position] for position in usable]
     candidates = cache.features(usable_ids)
     if request.is_image:
-        with engine.model_lock:
-            references = extract_features(engine.model, pixels, options.layer)
+        references = engine.run_model(extract_features, engine.model, pixels, options.layer)
         reference_globals = query_vector[None, :]
     else:
         count = min(options.prf_references, len(usable_ids))
