@@ -71,6 +71,30 @@ def synthetic_rows(template_meta, template_vectors: np.ndarray, first: int, coun
     return rows
 
 
+def copy_caption_shards(template: Path, out: Path, template_rows: int) -> int:
+    """Copy the template's caption shards (their image ids are the first copies' ids when the template's ids
+    are its row positions), so the index carries real text queries: the build calibrates its search setting
+    on them, as it would for the real collection. Returns the caption count (0 when not copied)."""
+    from indexing.shards import TEXT_SHARDS_DIR, read_columns
+
+    ids = np.concatenate([read_columns(file, ["image_id"]).column("image_id").to_numpy()
+                          for file in shard_files_of(template)])
+    if not np.array_equal(ids, np.arange(template_rows)):
+        return 0
+    (out / TEXT_SHARDS_DIR).mkdir(exist_ok=True)
+    count = 0
+    for file in sorted((template / TEXT_SHARDS_DIR).glob("part-*.parquet")):
+        shutil.copyfile(file, out / TEXT_SHARDS_DIR / file.name)
+        count += read_columns(file, ["caption_id"]).num_rows
+    return count
+
+
+def shard_files_of(index_dir: Path) -> list[Path]:
+    from indexing.shards import shard_files
+
+    return shard_files(index_dir)
+
+
 def build(template: Path, count: int, out: Path, noise: float, seed: int, factory: str | None,
           memory_budget: str) -> dict:
     from indexing.choose import parse_memory
@@ -99,11 +123,12 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
         shards.append(ShardInfo(file=f"{SHARDS_DIR}/{name}", text_file=None, rows=len(rows), text_rows=0,
                                 first_id=first, last_id=first + len(rows) - 1))
         print(f"shard {number}: ids {first}..{first + len(rows) - 1}", flush=True)
+    text_rows = copy_caption_shards(template, out, meta.num_rows)
     shard_seconds = time.perf_counter() - started
     built = build_faiss(out, dim, parse_memory(memory_budget), factory, "cpu")
     IndexConfig(model_fingerprint=source.config.model_fingerprint, model_spec=source.config.model_spec,
                 embed_dim=dim, metric=built.spec.metric, factory=built.spec.factory,
-                index_params=dict(built.spec.params), image_count=built.count, caption_count=0, skipped_images=0,
+                index_params=dict(built.spec.params), image_count=built.count, caption_count=text_rows, skipped_images=0,
                 shards=shards, mask=MaskOptions(), data_roots=[data_root],
                 build_seconds=round(time.perf_counter() - started, 3), built_on=built.device,
                 tool_version=tool_version(),

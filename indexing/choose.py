@@ -150,6 +150,7 @@ def _params_for(factory: str, count: int) -> dict[str, int]:
         params["nprobe"] = ivf_nprobe(int(ivf.group(1)))
     if "HNSW" in factory:
         params["efSearch"] = HNSW_EF_SEARCH
+        params["efConstruction"] = HNSW_EF_CONSTRUCTION
     return params
 
 

@@ -80,6 +80,7 @@ def build_faiss(index_dir: Path, dim: int, memory_budget: int, override: str | N
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     if not _supports_ids(index):
         index = faiss.IndexIDMap(index)
+    _apply_build_params(index, spec.params)
     use_gpu = device != "cpu" and faiss_gpu_count() > 0
     if use_gpu:
         resources = faiss.StandardGpuResources()
@@ -108,6 +109,17 @@ def build_faiss(index_dir: Path, dim: int, memory_budget: int, override: str | N
     replace_atomically(index_dir / "faiss.index", lambda temp: faiss.write_index(index, str(temp)))
     return FaissBuild(spec=spec, count=total, seconds=time.perf_counter() - start,
                       device="cuda" if use_gpu else "cpu", calibration=calibration)
+
+
+def _apply_build_params(index, params: dict) -> None:
+    """Set build-time knobs before vectors are added (faiss would silently use its own default, 40 for HNSW)."""
+    import faiss
+
+    if "efConstruction" not in params:
+        return
+    inner = faiss.downcast_index(index.index) if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else index
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efConstruction = int(params["efConstruction"])
 
 
 def check_unique_ids(index_dir: Path) -> None:

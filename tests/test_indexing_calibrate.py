@@ -93,3 +93,17 @@ def test_image_queries_leave_themselves_out_and_exact_index_is_not_tuned(tmp_pat
     flat = faiss.IndexIDMap(faiss.index_factory(DIM, "Flat", faiss.METRIC_INNER_PRODUCT))
     flat.add_with_ids(vectors, np.arange(1000, 1500))
     assert calibrate(flat, tmp_path) is None
+
+
+def test_build_applies_ef_construction_and_records_calibrated_ef_search(tmp_path: Path):
+    """index.json's efConstruction is the one the graph was built with (faiss's own default is 40)."""
+    import faiss
+
+    from indexing.faiss_build import build_faiss
+
+    write_index_shards(tmp_path, clustered(2000, seed=5), shard_rows=1000, captions=clustered(100, seed=6))
+    built = build_faiss(tmp_path, DIM, 2**30, "IDMap,HNSW16", "cpu")
+    saved = faiss.read_index(str(tmp_path / "faiss.index"))
+    hnsw = faiss.downcast_index(saved.index).hnsw
+    assert hnsw.efConstruction == built.spec.params["efConstruction"] == 80
+    assert hnsw.efSearch == built.spec.params["efSearch"] == built.calibration.value
