@@ -23,7 +23,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     from engine.query.server import serve_in_thread
 
     index_dir, _, data_dir = build_query_index(tmp_path_factory.getbasetemp() / "query-index")
-    engine = QueryEngine(index_dir, device="cpu")
+    engine = QueryEngine(index_dir, device="cpu", trace_text=True)  # as `engine serve`
+    assert engine.text_query_encoder is not None
     running, thread = serve_in_thread(engine)
     yield running.server_address[1], data_dir, engine
     running.shutdown()
@@ -128,13 +129,13 @@ def test_all_model_work_runs_on_one_thread(server, monkeypatch) -> None:
     """Torch calls from several threads keep several OpenMP pools spinning (see engine.query.engine)."""
     port, _, engine = server
     seen: set[int] = set()
-    original = engine.model.encode_text
+    original = engine.text_query_encoder  # what a text query runs (traced, as in `engine serve`)
 
     def recording(*args, **kwargs):
         seen.add(threading.get_ident())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine.model, "encode_text", recording)
+    monkeypatch.setattr(engine, "text_query_encoder", recording)
     threads = [threading.Thread(target=call, args=(port, "GET", f"/query?q=river+{n}&k=3")) for n in range(4)]
     for thread in threads:
         thread.start()

@@ -73,5 +73,5 @@ def serve_command(
     from engine.query.server import serve_forever
     from engine.query.state import resolve_index_dir
 
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device)
+    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, trace_text=True)
     serve_forever(engine, host, port)

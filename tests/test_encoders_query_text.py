@@ -1,0 +1,68 @@
+"""The traced single-query text encoder: equal to the eager model at every query length, refused when unfaithful."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import encoders
+from encoders.query_text import trace_query_encoder
+from test_encoders_model import with_trained_looking_heads
+
+# common words (one token each) first, then rare ones that split into several word pieces, so the longest
+# queries pass the tokenizer's max_tokens and are truncated
+WORDS = ("many green trees are planted around the white buildings next to a long straight road".split()
+         + "photogrammetrically orthorectified quasiperiodic".split() * 10)
+
+
+@pytest.fixture(scope="module")
+def model() -> encoders.PIRModel:
+    torch.manual_seed(0)
+    return with_trained_looking_heads(encoders.create_model("tiny-test")).eval()
+
+
+def test_traced_equals_eager_for_every_query_length(model: encoders.PIRModel) -> None:
+    assert model.lca is not None  # the LCA head is part of the traced graph
+    traced = trace_query_encoder(model)
+    assert traced is not None and traced.max_difference < 1e-5
+    lengths = set()
+    with torch.inference_mode():
+        for count in range(1, model.config.text.max_words + 3):
+            batch = model.tokenize([" ".join(WORDS[:count])])
+            lengths.add(batch.input_ids.shape[1])
+            fast, eager = traced(batch), model.encode_text(batch)
+            assert fast.shape == eager.shape == (1, model.config.head.embed_dim)
+            assert torch.allclose(fast, eager, atol=1e-5), count
+    assert min(lengths) <= 4 and max(lengths) == model.config.text.max_tokens  # short and truncated queries
+
+
+def test_one_query_at_a_time(model: encoders.PIRModel) -> None:
+    traced = trace_query_encoder(model)
+    with pytest.raises(ValueError, match="one query"):
+        traced(model.tokenize(["a plane", "a river"]))
+
+
+def test_not_traced_in_training_mode(model: encoders.PIRModel) -> None:
+    model.train()
+    try:
+        assert trace_query_encoder(model) is None
+    finally:
+        model.eval()
+
+
+def test_a_graph_that_bakes_in_the_length_is_refused(model: encoders.PIRModel) -> None:
+    """Tracing turns int(shape) into a constant; the probe check must catch the wrong answers that follows."""
+    original = model.encode_text_from_tokens
+
+    def length_dependent(self, hidden, mask):
+        half = int(hidden.shape[1]) // 2 + 1  # a Python int: frozen at the traced query's length
+        return F.normalize(self.text_proj(hidden[:, :half].mean(dim=1)), dim=-1)
+
+    model.encode_text_from_tokens = types.MethodType(length_dependent, model)
+    try:
+        assert trace_query_encoder(model) is None
+    finally:
+        model.encode_text_from_tokens = original
