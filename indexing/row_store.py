@@ -27,6 +27,7 @@ from indexing.shards import replace_atomically, shard_files
 ROWS_FILE = "rows.arrow"
 SIGNATURE_KEY = b"engine.shard_signature"
 MISSING = -1
+SLICE_ROWS_MAX = 64  # up to this many ids, one zero-copy slice per row beats a take per batch (0.27 vs 0.72 ms for 10)
 
 
 def shard_signature(index_dir: Path) -> str:
@@ -96,6 +97,9 @@ class RowStore:
         rows = self.positions(ids)
         rows = rows[rows != MISSING]
         batch_of = np.searchsorted(self.starts, rows, side="right") - 1
+        if 0 < len(rows) <= SLICE_ROWS_MAX:  # a query's hits: already in the order given
+            return pa.Table.from_batches([self.batches[number].slice(int(row - self.starts[number]), 1).select(columns)
+                                          for row, number in zip(rows, batch_of)])
         parts, where = [], []
         for number in np.unique(batch_of):
             chosen = np.flatnonzero(batch_of == number)

@@ -112,3 +112,16 @@ def test_unwritable_row_file_falls_back_to_the_catalog_with_the_same_answers(ind
     assert mapped.rows_for(ids) == catalog_only.rows_for(ids)
     for got, expected in zip(mapped.embeddings_for(np.array(ids)), catalog_only.embeddings_for(np.array(ids))):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_slice_path_and_batch_take_path_agree(index_dir: Path, monkeypatch):
+    """Few ids are read by one zero-copy slice per row, many by a take per batch: the same rows either way."""
+    import indexing.row_store as row_store
+
+    store = RowStore.open(index_dir)
+    wanted = np.array([30, 12, 41, 999, 10, 12])  # repeats and unknown ids too
+    columns = ["image_id", "path", "captions"]
+    sliced = store.take(wanted, columns).to_pylist()
+    monkeypatch.setattr(row_store, "SLICE_ROWS_MAX", 0)
+    assert store.take(wanted, columns).to_pylist() == sliced
+    assert [row["image_id"] for row in sliced] == [30, 12, 41, 10, 12]

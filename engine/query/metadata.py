@@ -7,6 +7,7 @@ catalog's in-memory database (cursors see the same views). The ``hits`` view add
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ class MetadataStore:
     def absolute_path(self, image_id: int, stored: str) -> str:
         for first, last, root in self.data_root_of:
             if first <= image_id <= last:
-                return str(Path(root) / stored)
+                return os.path.join(root, stored)  # str join: a Path per hit cost ~35 µs, 10 per query
         return stored
 
     def caption_matrix(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
