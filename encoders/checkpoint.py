@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from encoders.config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
 from encoders.model import PIRModel
+from encoders.strict_load import key_mismatch, read_safetensors, shape_mismatch
 from engine.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -132,27 +133,20 @@ def load_weights(model: PIRModel, folder: Path) -> None:
     path = folder / WEIGHTS_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: missing checkpoint weights")
-    try:
-        saved = load_file(str(path))
-    except Exception as error:  # safetensors has its own exception types for corrupt files
-        raise ConfigError(f"{path}: unreadable safetensors file ({error})") from error
+    saved = read_safetensors(path, "checkpoint weights")
     checkpoint_config = meta["model"]
     _check_dims(checkpoint_config, model.config, folder)
     expected = _portable_state(model)
     if meta["weights"] == HEADS_ONLY:
         expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIXES)}
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    if missing or unexpected:
-        what = f"missing key {missing[0]}" if missing else f"unexpected key {unexpected[0]}"
-        raise ConfigError(f"{path}: does not fit config {model.config.name!r} ({what}; {len(missing)} missing, "
-                          f"{len(unexpected)} unexpected)")
-    for key, tensor in saved.items():
-        if tensor.shape != expected[key].shape:
-            raise ConfigError(
-                f"{path}: {key} has shape {tuple(tensor.shape)} in the checkpoint but {tuple(expected[key].shape)} in "
-                f"config {model.config.name!r}"
-            )
+    keys = key_mismatch(saved, expected)
+    if keys:
+        raise ConfigError(f"{path}: does not fit config {model.config.name!r} ({keys})")
+    shapes = shape_mismatch(saved, expected)
+    if shapes:
+        key, found, needed = shapes
+        raise ConfigError(f"{path}: {key} has shape {found} in the checkpoint but {needed} in config "
+                          f"{model.config.name!r}")
     # Heads-only checkpoints leave the backbone keys to their pretrained sources (already in the model).
     full_state = dict(model.state_dict())
     full_state.update(saved)

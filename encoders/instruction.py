@@ -19,11 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from encoders.config import InstructionConfig
 from encoders.vision import create_timm_model
+from encoders.strict_load import key_mismatch, read_safetensors, shape_mismatch
 from engine.errors import ConfigError
 
 
@@ -99,22 +100,14 @@ class InstructionEncoder(nn.Module):
 
     def load_weights(self, path: Path) -> None:
         """Strict load: every key present, nothing extra, every shape equal."""
-        if not path.is_file():
-            raise ConfigError(f"instruction.weights: {path} not found")
-        try:
-            state = load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types for corrupt files
-            raise ConfigError(f"instruction.weights: {path} is not a readable safetensors file ({error})") from error
+        state = read_safetensors(path, "instruction.weights")
         expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-            raise ConfigError(f"instruction.weights: {path} does not fit {self.config.timm_name} ({what})")
-        for key, tensor in state.items():
-            if tensor.shape != expected[key].shape:
-                raise ConfigError(
-                    f"instruction.weights: {path} {key} has shape {tuple(tensor.shape)}, the config "
-                    f"({self.config.timm_name}, {self.config.num_classes} classes) needs {tuple(expected[key].shape)}"
-                )
+        keys = key_mismatch(state, expected)
+        if keys:
+            raise ConfigError(f"instruction.weights: {path} does not fit {self.config.timm_name} ({keys})")
+        shapes = shape_mismatch(state, expected)
+        if shapes:
+            key, found, needed = shapes
+            raise ConfigError(f"instruction.weights: {path} {key} has shape {found}, the config "
+                              f"({self.config.timm_name}, {self.config.num_classes} classes) needs {needed}")
         self.load_state_dict(state, strict=True)
