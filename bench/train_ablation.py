@@ -1,8 +1,12 @@
 """Model ablation on UCM-captions: floor, CL-only, +VIR, +LCA, full PIR (and CL+affiliation), several seeds.
 
 Every variant trains on the same cached frozen-backbone features with the same budget; the best epoch is chosen
-on the **val** split, and only that checkpoint is scored once on the test split. Results go to a JSON file and
-to the ``model`` block of docs/ablations.md, rendered from that JSON (never typed in).
+on the **val** split, and only that checkpoint is scored once on the test split. Every run's result is kept in
+``docs/bench/ablation_model_runs.json`` (in the repository, so later sessions add variants without rerunning
+the others), and the ``model`` block of docs/ablations.md is rendered from that file (never typed in). Rows
+whose per-seed runs were not kept (measured before the file existed) are carried as the summaries that the
+script printed then, under ``earlier_summaries``, each with the date and commit it was measured at; a new
+measurement of a variant replaces its earlier summary.
 
     python bench/train_ablation.py --data ../shared/data/ucm_captions \
         --instruction-weights runs/instruction-aid/instruction.safetensors --cache runs/cache-ucm \
@@ -24,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.ablation_results import write_ablation_results  # noqa: E402
 from bench.docs_blocks import update_page  # noqa: E402
+from bench.machine import write_json_atomically  # noqa: E402
 
 # name -> (description, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -69,13 +74,20 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
         mine = [run for run in runs if run["variant"] == name]
         if not mine:
             continue
-        row = {"seeds": len(mine), "train_seconds": statistics.mean(r["train_seconds"] for r in mine)}
+        row = {"seeds": len(mine), "train_seconds": statistics.mean(r["train_seconds"] for r in mine),
+               "measured": "; ".join(sorted({r.get("measured", "?") for r in mine}))}
         for split in ("val", "test"):
             for key in KEYS:
                 values = [r[split][key] for r in mine]
                 row[f"{split}_{key}"] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
         summary[name] = row
     return summary
+
+
+def merged_summary(runs: list[dict], earlier: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
+    """Rows in table order: a variant measured here (under ``seeds``) replaces its earlier saved summary."""
+    measured = summarise([run for run in runs if run["seed"] in seeds])
+    return {name: measured.get(name) or earlier[name] for name in VARIANTS if name in measured or name in earlier}
 
 
 def write_comparison(summary: dict[str, dict], meta: dict, dataset, folder: Path, plot: Path) -> None:
@@ -90,7 +102,8 @@ def write_comparison(summary: dict[str, dict], meta: dict, dataset, folder: Path
 
 def render(summary: dict[str, dict], meta: dict) -> str:
     lines = [
-        f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit']}`.",
+        f"Last run {meta['date']} on {meta['machine']}, commit `{meta['commit']}`; the `measured` column says "
+        "when each row was measured (rows of earlier runs are their saved summaries).",
         f"Command (rows accumulate in `<out>/results.json`; other rows came from the same command with other "
         f"`--variants`): `{meta['command']}`",
         "",
@@ -99,15 +112,17 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         f"{meta['lr']}, model config `{meta['model']}`, frozen backbones on cached features "
         f"({meta['views']} dihedral views per training image).",
         "",
-        "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run "
+        "| measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         cells = [f"{row[f'test_{k}'][0]:.2f}" for k in KEYS[:-1]]
         mr, sd = row["test_mR"]
         val_mr, val_sd = row["val_mR"]
         lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(cells)
-                     + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} |")
+                     + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} "
+                     + f"| {row.get('measured', meta['date'] + ', ' + meta['commit'][:7])} |")
     lines += ["", "![Recall@K per variant (test, mean over seeds)](img/ablation-model.png)", "",
               "Side by side from the result files: `engine eval --compare docs/results/model/*.json --plot out.png`."]
     return "\n".join(lines) + "\n"
@@ -125,7 +140,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="checkpoints of each run")
+    parser.add_argument("--runs-file", type=Path, default=REPO / "docs" / "bench" / "ablation_model_runs.json",
+                        help="every run's result (kept in the repository) and earlier summaries")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "model",
                         help="folder for one `engine eval` result JSON per variant (test-split means)")
@@ -144,17 +161,17 @@ def main() -> None:
     base = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                        feature_cache=str(args.cache), cached_views=args.views,
                        instruction_weights=str(args.instruction_weights))
-    results_path = args.out / "results.json"
-    runs = json.loads(results_path.read_text()) if results_path.is_file() else []
+    stored = json.loads(args.runs_file.read_text()) if args.runs_file.is_file() else {}
+    runs, earlier = stored.get("runs", []), stored.get("earlier_summaries", {})
     done = {(r["variant"], r["seed"]) for r in runs}
     for name in args.variants:
         for seed in args.seeds:
             if (name, seed) in done:
                 continue
             run = run_variant(dataset, base, name, seed, args.out / f"{name}-seed{seed}")
+            run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)
-            args.out.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(runs, indent=2))
+            write_json_atomically(args.runs_file, {"runs": runs, "earlier_summaries": earlier})
             print(f"{name} seed {seed}: val mR {run['val']['mR']:.2f}, test mR {run['test']['mR']:.2f} "
                   f"({run['train_seconds']:.0f} s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
@@ -162,7 +179,7 @@ def main() -> None:
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
             "views": args.views}
     # every variant measured so far (not only this invocation's) under the requested seeds, in table order
-    summary = summarise([r for r in runs if r["seed"] in args.seeds])
+    summary = merged_summary(runs, earlier, args.seeds)
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
     write_comparison(summary, meta, dataset, args.results, args.plot)
     update_page(args.docs, "model", render(summary, meta))

@@ -1,0 +1,37 @@
+"""bench/train_ablation.py bookkeeping: new runs replace earlier summaries, every row says when it was measured."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not an installed package
+
+from bench import train_ablation  # noqa: E402
+
+
+def _run(variant: str, seed: int, test_mr: float) -> dict:
+    metrics = {key: test_mr for key in train_ablation.KEYS}
+    return {"variant": variant, "seed": seed, "val": metrics, "test": metrics, "train_seconds": 10.0,
+            "measured": "2026-12-03, abc1234"}
+
+
+def _earlier(test_mr: float) -> dict:
+    row = {f"test_{key}": [test_mr, None] for key in train_ablation.KEYS}
+    row.update({"seeds": 3, "train_seconds": 40.0, "val_mR": [50.0, 0.5], "test_mR": [test_mr, 0.4],
+                "measured": "2026-11-23, fa8766c (per-seed runs not kept)"})
+    return row
+
+
+def test_measured_variants_replace_earlier_summaries_in_table_order() -> None:
+    runs = [_run("d-lca", 1, 47.0), _run("d-lca", 2, 49.0), _run("d-lca", 9, 10.0)]  # seed 9 not asked for
+    earlier = {"e-full": _earlier(48.07), "d-lca": _earlier(1.0), "a-floor": _earlier(48.15)}
+    summary = train_ablation.merged_summary(runs, earlier, seeds=[1, 2])
+    assert list(summary) == ["a-floor", "d-lca", "e-full"]
+    assert summary["d-lca"]["test_mR"][0] == 48.0 and summary["d-lca"]["seeds"] == 2
+    assert summary["d-lca"]["measured"] == "2026-12-03, abc1234"
+    meta = {"date": "2026-12-03", "machine": "2 cores", "commit": "abc1234def", "command": "python x", "data": "d",
+            "seeds": [1, 2], "epochs": 12, "batch_size": 128, "lr": 5e-4, "model": "offline-default", "views": 8}
+    table = train_ablation.render(summary, meta)
+    assert "| measured |" in table and "fa8766c (per-seed runs not kept)" in table
+    assert "**48.00 ± 1.41**" in table and "**48.07 ± 0.40**" in table
