@@ -25,11 +25,13 @@ def _earlier(test_mr: float) -> dict:
 
 def test_measured_variants_replace_earlier_summaries_in_table_order() -> None:
     runs = [_run("d-lca", 1, 47.0), _run("d-lca", 2, 49.0), _run("d-lca", 9, 10.0)]  # seed 9 not asked for
+    runs[0].update(train_seconds=1900.0, built_feature_cache=True)  # its time was mostly encoding images
     earlier = {"e-full": _earlier(48.07), "d-lca": _earlier(1.0), "a-floor": _earlier(48.15)}
     summary = train_ablation.merged_summary(runs, earlier, seeds=[1, 2])
     assert list(summary) == ["a-floor", "d-lca", "e-full"]
     assert summary["d-lca"]["test_mR"][0] == 48.0 and summary["d-lca"]["seeds"] == 2
     assert summary["d-lca"]["measured"] == "2026-12-03, abc1234"
+    assert summary["d-lca"]["train_seconds"] == 10.0
     meta = {"date": "2026-12-03", "machine": "2 cores", "commit": "abc1234def", "command": "python x", "data": "d",
             "seeds": [1, 2], "epochs": 12, "batch_size": 128, "lr": 5e-4, "model": "offline-default", "views": 8}
     table = train_ablation.render(summary, meta)
