@@ -107,8 +107,8 @@ def render(summary: dict[str, dict], meta: dict) -> str:
     lines = [
         f"Last run {meta['date']} on {meta['machine']}, commit `{meta['commit']}`; the `measured` column says "
         "when each row was measured (rows of earlier runs are their saved summaries).",
-        f"Command (rows accumulate in `<out>/results.json`; other rows came from the same command with other "
-        f"`--variants`): `{meta['command']}`",
+        f"Command (rows accumulate in `docs/bench/ablation_model_runs.json`; other rows came from the same command "
+        f"with other `--variants`): `{meta['command']}`",
         "",
         f"Data: {meta['data']} (train for training, val for choosing the epoch, test scored once). Mean ± sample "
         f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
