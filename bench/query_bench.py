@@ -83,6 +83,10 @@ def measure(index: Path, count: int, depth: int, rerank_count: int) -> dict:
               "queries": len(texts), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "load_average": os.getloadavg(), "results": {}}
     report["traced_text_encoder"] = engine.text_query_encoder is not None
+    if engine.text_query_encoder is not None:
+        traced_now = engine.text_query_encoder
+        report["text_encoder"] = (f"{traced_now.precision}, {traced_now.probe_ms:.1f} ms per probe query, "
+                                  f"min cosine {traced_now.min_cosine:.5f} with float32")
     traced = engine.text_query_encoder
     try:
         for row_name in (*RERANKERS, EAGER_ROW):
@@ -169,7 +173,8 @@ def markdown(report: dict) -> str:
     if plain and eager:
         met = "meets" if plain["p50_ms"] <= GOAL_P50_MS else "misses"
         lines += ["", f"Without rerank, p50 {plain['p50_ms']:.1f} ms end to end ({met} the {GOAL_P50_MS:.0f} ms goal); "
-                  f"the traced text encoder (`encoders.query_text`) makes the whole query "
+                  f"the traced text encoder (`encoders.query_text`: {report.get('text_encoder', 'traced')}) makes the "
+                  f"whole query "
                   f"{eager['p50_ms'] / plain['p50_ms']:.2f}× faster than the eager one "
                   f"({eager['p50_ms']:.1f} ms p50), measured in this run on the same queries."]
     peers = report.get("peers")

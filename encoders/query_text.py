@@ -1,26 +1,34 @@
 """A frozen, traced text encoder for single queries: the same weights and maths as ``encode_text``, less overhead.
 
 Why: a warm search server spends most of a text query in the text encoder, and for one short query on a CPU
-that time is per-operator overhead (Python dispatch, a BLAS call per Linear that re-reads unpacked weights),
-not arithmetic. ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference`` turns the backbone and the LCA
-head into one graph with pre-packed (oneDNN) Linear weights. Measured on a 2-core EPYC VM with the shipped
-model: 10 ms per query instead of 17 ms, identical embeddings to float32 rounding (docs/benchmarks.md).
+that time is per-operator overhead and reading ~40 MB of float32 backbone weights, not arithmetic.
+``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference`` turns the backbone and the LCA head into one graph
+with pre-packed (oneDNN) Linear weights.
 
-Threads: the traced graph runs with one intra-op thread (``QUERY_THREADS``). A 5-token query is too small to
-split, and a second OpenMP worker that has gone to sleep between queries must be woken for every operator: on
-the 2-core VM, queries 5 ms apart took 21 ms p50 / 91 ms p95 with two threads and 13 ms / 15 ms with one
-(back to back, two threads were only ~1 ms faster). The previous thread count is restored after each call, so
-image encoding and reranking keep both cores.
+Precision: ``float32`` reproduces ``encode_text`` to rounding (≤ 1e-4 per component). ``bfloat16`` runs the
+text backbone with bfloat16 weights (half the memory traffic; the heads stay float32) and is accepted only when
+every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds both, times
+them on the probes and keeps the faster: on CPUs without native bfloat16 that is float32. Measured on the 2-core
+EPYC VM (avx512_bf16), one thread: float32 10.7–13.1 ms, bfloat16 7.9 ms per query, minimum cosine 0.99989.
+
+Threads: the graph runs with one intra-op thread (``QUERY_THREADS``). A 5-token query is too small to split,
+and a second OpenMP worker that has gone to sleep between queries must be woken for every operator: on the
+2-core VM, queries 5 ms apart took 21 ms p50 / 91 ms p95 with two threads and 13 ms / 15 ms with one (back to
+back, two threads were only ~1 ms faster). The previous thread count is restored after each call, so image
+encoding and reranking keep both cores.
 
 Safety: tracing records one execution, so a graph that baked in a shape would silently give wrong answers for
-other query lengths. ``trace_query_encoder`` therefore checks the traced graph against the eager model on
-probe queries of several token lengths (1 token up to ``max_tokens``) and refuses it (returning ``None``, so the
-caller keeps the eager path) when any embedding differs by more than ``tolerance``. Only batch size 1 without
-padding is traced: that is what a query is, and it keeps the graph free of padding-dependent branches.
+other query lengths. Every candidate graph is therefore checked against the eager float32 model on probe
+queries of several token lengths (1 token up to ``max_tokens``) and refused when it misses its bound;
+``trace_query_encoder`` returns ``None`` when no candidate passes, and the caller keeps the eager path. Only
+batch size 1 without padding is traced: that is what a query is.
 """
 
 from __future__ import annotations
 
+import copy
+import statistics
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -34,19 +42,22 @@ PROBE_WORDS = "dense residential area with many houses and green trees beside a 
 # words of several word pieces each: a probe of them reaches the tokenizer's max_tokens (truncation)
 LONG_PROBE_WORDS = "photogrammetrically orthorectified quasiperiodic"
 DEFAULT_TOLERANCE = 1e-4
+BF16_MIN_COSINE = 0.9995
 QUERY_THREADS = 1
+PRECISIONS = ("auto", "float32", "bfloat16")
+TIMING_ROUNDS = 5
 
 
 class _TextQueryGraph(nn.Module):
     """input ids (1, L) + mask (1, L) -> (1, D) normalised embedding, through the model's own modules."""
 
-    def __init__(self, model: PIRModel) -> None:
+    def __init__(self, model: PIRModel, backbone: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.backbone = model, backbone
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.text(TextBatch(input_ids, attention_mask))
-        return self.model.encode_text_from_tokens(hidden, attention_mask)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.model.encode_text_from_tokens(hidden.float(), attention_mask)
 
 
 @dataclass
@@ -54,7 +65,10 @@ class TracedTextQueryEncoder:
     """Call with one TextBatch of batch size 1; returns its (1, D) float32 embedding."""
 
     graph: torch.jit.ScriptModule
-    max_difference: float  # worst |traced - eager| over the probe queries, recorded for diagnostics
+    precision: str  # "float32" or "bfloat16" (of the text backbone's weights)
+    max_difference: float  # worst |traced - eager float32| over the probe queries
+    min_cosine: float  # worst cosine with the eager float32 embedding over the probe queries
+    probe_ms: float  # median time per probe query when it was chosen
     threads: int = QUERY_THREADS
 
     def __call__(self, batch: TextBatch) -> torch.Tensor:
@@ -68,6 +82,10 @@ class TracedTextQueryEncoder:
         finally:
             torch.set_num_threads(previous)
 
+    def describe(self) -> str:
+        return (f"traced text encoder ({self.precision}, {self.probe_ms:.1f} ms per probe query, "
+                f"min cosine {self.min_cosine:.5f} with float32)")
+
 
 def probe_batches(model: PIRModel) -> list[TextBatch]:
     """Single queries of 1 token, a few tokens, and the longest the tokenizer allows."""
@@ -77,36 +95,66 @@ def probe_batches(model: PIRModel) -> list[TextBatch]:
     return [model.tokenize([text]) for text in texts]
 
 
-def trace_query_encoder(model: PIRModel, tolerance: float = DEFAULT_TOLERANCE) -> TracedTextQueryEncoder | None:
-    """The traced encoder, or None when this model cannot be traced faithfully (the caller stays eager).
+def trace_query_encoder(model: PIRModel, precision: str = "float32",
+                        tolerance: float = DEFAULT_TOLERANCE) -> TracedTextQueryEncoder | None:
+    """The traced encoder (the fastest faithful one for ``auto``), or None: the caller stays eager.
 
-    The model must be in eval mode on the CPU (tracing on CUDA gains little: kernels there are launched
-    asynchronously and the overhead this removes is hidden)."""
+    The model must be in eval mode on the CPU (on CUDA kernels launch asynchronously and the overhead this
+    removes is hidden)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"text precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if model.training or model.device.type != "cpu":
         return None
-    probes = probe_batches(model)
-    graph_module = _TextQueryGraph(model).eval()
     from transformers.utils import logging as hf_logging
 
+    probes = probe_batches(model)
+    with torch.no_grad():
+        eager = [model.encode_text(batch) for batch in probes]
+    wanted = ("float32", "bfloat16") if precision == "auto" else (precision,)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # tracing touches config attributes that make transformers log noise
+    try:
+        candidates = [built for kind in wanted
+                      if (built := _build(model, kind, probes, eager, tolerance)) is not None]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return min(candidates, key=lambda encoder: encoder.probe_ms) if candidates else None
+
+
+def _build(model: PIRModel, precision: str, probes: list[TextBatch], eager: list[torch.Tensor],
+           tolerance: float) -> TracedTextQueryEncoder | None:
+    backbone = model.text.model
+    if precision == "bfloat16":
+        backbone = copy.deepcopy(backbone).to(torch.bfloat16)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter; correctness is checked below
             example = probes[1]
-            traced = torch.jit.trace(graph_module, (example.input_ids, example.attention_mask), check_trace=False)
+            module = _TextQueryGraph(model, backbone).eval()
+            traced = torch.jit.trace(module, (example.input_ids, example.attention_mask), check_trace=False)
             graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-            worst = 0.0
-            for batch in probes:
-                eager = model.encode_text(batch)
-                fast = graph(batch.input_ids, batch.attention_mask)
-                if fast.shape != eager.shape:
-                    return None
-                worst = max(worst, float((fast - eager).abs().max()))
-    except Exception:  # noqa: BLE001 -- any tracing failure means: keep the eager path, which is always right
+            outputs = [graph(batch.input_ids, batch.attention_mask) for batch in probes]
+    except Exception:  # noqa: BLE001 -- any tracing failure means: not this candidate (eager is always right)
         return None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if worst > tolerance:
+    if any(fast.shape != slow.shape for fast, slow in zip(outputs, eager)):
         return None
-    return TracedTextQueryEncoder(graph, worst)
+    worst = max(float((fast - slow).abs().max()) for fast, slow in zip(outputs, eager))
+    cosine = min(float((fast * slow).sum(dim=-1).min()) for fast, slow in zip(outputs, eager))
+    faithful = worst <= tolerance if precision == "float32" else cosine >= BF16_MIN_COSINE
+    if not faithful:
+        return None
+    encoder = TracedTextQueryEncoder(graph, precision, worst, cosine, probe_ms=0.0)
+    encoder.probe_ms = _probe_ms(encoder, probes)
+    return encoder
+
+
+def _probe_ms(encoder: TracedTextQueryEncoder, probes: list[TextBatch]) -> float:
+    """Median milliseconds per probe query after one warm-up pass (how ``auto`` picks a precision)."""
+    times = []
+    for round_number in range(TIMING_ROUNDS + 1):
+        for batch in probes:
+            started = time.perf_counter()
+            encoder(batch)
+            if round_number:
+                times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)

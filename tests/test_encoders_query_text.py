@@ -66,3 +66,30 @@ def test_a_graph_that_bakes_in_the_length_is_refused(model: encoders.PIRModel) -
         assert trace_query_encoder(model) is None
     finally:
         model.encode_text_from_tokens = original
+
+
+def test_bfloat16_candidate_is_held_to_its_cosine_bound(model: encoders.PIRModel) -> None:
+    from encoders.query_text import BF16_MIN_COSINE
+
+    traced = trace_query_encoder(model, "bfloat16")
+    if traced is None:  # refused: its probes fell below the bound on this CPU
+        return
+    assert traced.precision == "bfloat16" and traced.min_cosine >= BF16_MIN_COSINE
+    with torch.inference_mode():
+        batch = model.tokenize([" ".join(WORDS[:7])])
+        cosine = float((traced(batch) * model.encode_text(batch)).sum())
+    assert cosine > 0.99 and model.text.model.dtype == torch.float32  # the model itself is left in float32
+
+
+def test_auto_keeps_the_fastest_faithful_candidate(model: encoders.PIRModel, monkeypatch) -> None:
+    import encoders.query_text as query_text
+
+    speeds = {"float32": 9.0, "bfloat16": 4.0}
+    monkeypatch.setattr(query_text, "_probe_ms", lambda encoder, probes: speeds[encoder.precision])
+    monkeypatch.setattr(query_text, "BF16_MIN_COSINE", -1.0)  # let bfloat16 pass whatever this CPU rounds
+    assert trace_query_encoder(model, "auto").precision == "bfloat16"
+    speeds["float32"] = 1.0
+    chosen = trace_query_encoder(model, "auto")
+    assert chosen.precision == "float32" and chosen.probe_ms == 1.0 and "float32" in chosen.describe()
+    with pytest.raises(ValueError, match="text precision"):
+        trace_query_encoder(model, "float16")

@@ -169,3 +169,10 @@ def test_html_gallery_is_self_contained_and_renders(built, capsys, tmp_path: Pat
     with Image.open(shot) as rendered:
         colours = rendered.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # thumbnails were drawn, not a blank page
+
+
+def test_serve_refuses_an_unknown_text_precision(built, capsys) -> None:
+    code = main(["serve", "--index", str(built[0]), "--port", "0", "--text-precision", "float16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --text-precision must be one of")
+    assert "Traceback" not in err

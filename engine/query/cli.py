@@ -67,11 +67,21 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model folder (default: the index's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    text_precision: str = typer.Option(
+        "auto", "--text-precision",
+        help="Text backbone of the traced query encoder: auto (the faster verified of float32/bfloat16), "
+             "float32 (embeddings equal to engine query's), bfloat16."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from engine.query.engine import QueryEngine
     from engine.query.server import serve_forever
     from engine.query.state import resolve_index_dir
 
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, trace_text=True)
+    from encoders.query_text import PRECISIONS
+    from engine.errors import ConfigError
+
+    if text_precision not in PRECISIONS:
+        raise ConfigError(f"--text-precision must be one of {', '.join(PRECISIONS)}, got {text_precision!r}")
+    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, trace_text=True,
+                         text_precision=text_precision)
     serve_forever(engine, host, port)

@@ -31,11 +31,12 @@ class QueryEngine:
     """Open ``index_dir`` with the model it was built with (or ``checkpoint``, which must be the same model).
 
     ``trace_text``: also build the traced single-query text encoder (``encoders.query_text``): a few seconds
-    more at start-up for ~40% less text-encoding time per query, so the warm server turns it on and one-shot
-    ``engine query`` does not. It is checked against the eager model at build time and falls back to it."""
+    more at start-up for less text-encoding time per query, so the warm server turns it on and one-shot
+    ``engine query`` does not. It is checked against the eager model at build time and falls back to it;
+    ``text_precision`` (auto | float32 | bfloat16) is the precision of its text backbone weights."""
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
-                 trace_text: bool = False) -> None:
+                 trace_text: bool = False, text_precision: str = "auto") -> None:
         import encoders
         from engine.evaluation.embed import resolve_device
         from engine.query.metadata import MetadataStore
@@ -56,7 +57,7 @@ class QueryEngine:
             if trace_text:
                 from encoders.query_text import trace_query_encoder
 
-                traced = trace_query_encoder(model)
+                traced = trace_query_encoder(model, text_precision)
             return model, model.fingerprint(), traced
 
         try:
