@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from encoders.config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
 from encoders.model import PIRModel
-from encoders.strict_load import key_mismatch, read_safetensors, shape_mismatch
+from encoders.strict_load import read_safetensors, state_problem
 from engine.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -139,14 +139,9 @@ def load_weights(model: PIRModel, folder: Path) -> None:
     expected = _portable_state(model)
     if meta["weights"] == HEADS_ONLY:
         expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIXES)}
-    keys = key_mismatch(saved, expected)
-    if keys:
-        raise ConfigError(f"{path}: does not fit config {model.config.name!r} ({keys})")
-    shapes = shape_mismatch(saved, expected)
-    if shapes:
-        key, found, needed = shapes
-        raise ConfigError(f"{path}: {key} has shape {found} in the checkpoint but {needed} in config "
-                          f"{model.config.name!r}")
+    problem = state_problem(saved, expected)
+    if problem:
+        raise ConfigError(f"{path}: does not fit config {model.config.name!r} ({problem})")
     # Heads-only checkpoints leave the backbone keys to their pretrained sources (already in the model).
     full_state = dict(model.state_dict())
     full_state.update(saved)

@@ -24,7 +24,7 @@ from torch import nn
 
 from encoders.config import InstructionConfig
 from encoders.vision import create_timm_model
-from encoders.strict_load import key_mismatch, read_safetensors, shape_mismatch
+from encoders.strict_load import read_safetensors, state_problem
 from engine.errors import ConfigError
 
 
@@ -102,12 +102,8 @@ class InstructionEncoder(nn.Module):
         """Strict load: every key present, nothing extra, every shape equal."""
         state = read_safetensors(path, "instruction.weights")
         expected = self.state_dict()
-        keys = key_mismatch(state, expected)
-        if keys:
-            raise ConfigError(f"instruction.weights: {path} does not fit {self.config.timm_name} ({keys})")
-        shapes = shape_mismatch(state, expected)
-        if shapes:
-            key, found, needed = shapes
-            raise ConfigError(f"instruction.weights: {path} {key} has shape {found}, the config "
-                              f"({self.config.timm_name}, {self.config.num_classes} classes) needs {needed}")
+        problem = state_problem(state, expected)
+        if problem:
+            raise ConfigError(f"instruction.weights: {path} does not fit {self.config.timm_name} with "
+                              f"{self.config.num_classes} classes ({problem})")
         self.load_state_dict(state, strict=True)

@@ -26,20 +26,16 @@ def read_safetensors(path: Path, label: str) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{label}: {path} is not a readable safetensors file ({error})") from error
 
 
-def key_mismatch(saved: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
-    """'missing key K (m missing, u unexpected)' / 'unexpected key K (...)', or None when the key sets agree."""
+def state_problem(saved: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
+    """The first reason ``saved`` cannot be loaded strictly where ``expected`` is, in words, or None.
+
+    'missing key K; m missing, u unexpected', 'unexpected key K; ...', or 'K has shape (a,), expected (b,)'."""
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
-    if not missing and not unexpected:
-        return None
-    what = f"missing key {missing[0]}" if missing else f"unexpected key {unexpected[0]}"
-    return f"{what}; {len(missing)} missing, {len(unexpected)} unexpected"
-
-
-def shape_mismatch(saved: Mapping[str, torch.Tensor],
-                   expected: Mapping[str, torch.Tensor]) -> tuple[str, tuple, tuple] | None:
-    """(key, saved shape, expected shape) of the first tensor whose shape differs, or None."""
+    if missing or unexpected:
+        what = f"missing key {missing[0]}" if missing else f"unexpected key {unexpected[0]}"
+        return f"{what}; {len(missing)} missing, {len(unexpected)} unexpected"
     for key, tensor in saved.items():
         if tensor.shape != expected[key].shape:
-            return key, tuple(tensor.shape), tuple(expected[key].shape)
+            return f"{key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
     return None
