@@ -74,7 +74,7 @@ def measure(index: Path, count: int, depth: int, rerank_count: int) -> dict:
     from engine.query.engine import QueryEngine
     from engine.query.server import serve_in_thread
 
-    engine = QueryEngine(index, device="cpu", trace_text=True)  # as engine serve
+    engine = QueryEngine(index, device="cpu", text_encoder="auto")  # as engine serve
     server, _ = serve_in_thread(engine)
     port = server.server_address[1]
     texts = query_texts(engine, count)
@@ -83,11 +83,9 @@ def measure(index: Path, count: int, depth: int, rerank_count: int) -> dict:
               "queries": len(texts), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "load_average": os.getloadavg(), "results": {}}
     report["traced_text_encoder"] = engine.text_query_encoder is not None
-    if engine.text_query_encoder is not None:
-        traced_now = engine.text_query_encoder
-        report["text_encoder"] = (f"{traced_now.precision}, {traced_now.probe_ms:.1f} ms per probe query, "
-                                  f"min cosine {traced_now.min_cosine:.5f} with float32")
     traced = engine.text_query_encoder
+    if traced is not None:
+        report["text_encoder"] = traced.describe()
     try:
         for row_name in (*RERANKERS, EAGER_ROW):
             method = "none" if row_name == EAGER_ROW else row_name

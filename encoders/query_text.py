@@ -83,8 +83,9 @@ class TracedTextQueryEncoder:
             torch.set_num_threads(previous)
 
     def describe(self) -> str:
-        return (f"traced text encoder ({self.precision}, {self.probe_ms:.1f} ms per probe query, "
-                f"min cosine {self.min_cosine:.5f} with float32)")
+        """What was chosen and why, for the server's start-up line and benchmark reports."""
+        return (f"{self.precision}, {self.probe_ms:.1f} ms per probe query, "
+                f"min cosine {self.min_cosine:.5f} with float32")
 
 
 def probe_batches(model: PIRModel) -> list[TextBatch]:

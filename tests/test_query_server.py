@@ -23,7 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     from engine.query.server import serve_in_thread
 
     index_dir, _, data_dir = build_query_index(tmp_path_factory.getbasetemp() / "query-index")
-    engine = QueryEngine(index_dir, device="cpu", trace_text=True)  # as `engine serve`
+    engine = QueryEngine(index_dir, device="cpu", text_encoder="auto")  # as `engine serve`
     assert engine.text_query_encoder is not None
     running, thread = serve_in_thread(engine)
     yield running.server_address[1], data_dir, engine

@@ -82,6 +82,5 @@ def serve_command(
 
     if text_precision not in PRECISIONS:
         raise ConfigError(f"--text-precision must be one of {', '.join(PRECISIONS)}, got {text_precision!r}")
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, trace_text=True,
-                         text_precision=text_precision)
+    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_precision)
     serve_forever(engine, host, port)

@@ -30,13 +30,13 @@ QUERY_THUMB_SIDE = 256
 class QueryEngine:
     """Open ``index_dir`` with the model it was built with (or ``checkpoint``, which must be the same model).
 
-    ``trace_text``: also build the traced single-query text encoder (``encoders.query_text``): a few seconds
-    more at start-up for less text-encoding time per query, so the warm server turns it on and one-shot
-    ``engine query`` does not. It is checked against the eager model at build time and falls back to it;
-    ``text_precision`` (auto | float32 | bfloat16) is the precision of its text backbone weights."""
+    ``text_encoder``: ``eager`` (the model's own ``encode_text``), or the precision (auto | float32 | bfloat16)
+    of a traced single-query text encoder (``encoders.query_text``): a few seconds more at start-up for less
+    text-encoding time per query, so the warm server builds one and one-shot ``engine query`` does not. It is
+    checked against the eager model at build time and falls back to it."""
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
-                 trace_text: bool = False, text_precision: str = "auto") -> None:
+                 text_encoder: str = "eager") -> None:
         import encoders
         from engine.evaluation.embed import resolve_device
         from engine.query.metadata import MetadataStore
@@ -54,10 +54,10 @@ class QueryEngine:
             model.to(self.device).eval()
             self.loaded.check_model(model)
             traced = None
-            if trace_text:
+            if text_encoder != "eager":
                 from encoders.query_text import trace_query_encoder
 
-                traced = trace_query_encoder(model, text_precision)
+                traced = trace_query_encoder(model, text_encoder)
             return model, model.fingerprint(), traced
 
         try:
@@ -97,7 +97,7 @@ class QueryEngine:
         words = text.split()
         batch = self.model.tokenize([text])
         tokens = int(batch.attention_mask.sum())
-        encode = self.text_query_encoder or self.model.encode_text  # traced: same embedding, less overhead
+        encode = self.text_query_encoder or self.model.encode_text  # traced: less overhead, checked at start-up
         vector = self.run_model(lambda: encode(batch)[0].float().cpu().numpy())
         if len(words) > limits.max_words or tokens >= limits.max_tokens:
             notes.append(f"warning: the query was truncated to the model's limit ({limits.max_words} words, "
