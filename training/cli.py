@@ -28,7 +28,10 @@ def train_command(
     no_affiliation: bool = typer.Option(False, "--no-affiliation", help="Train with the contrastive loss only."),
     lambda_aff: float = typer.Option(1.0, "--lambda-aff", help="Weight λ of the affiliation loss."),
     freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
-    unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone."),
+    unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone "
+                                      "(with --feature-cache: from cached trunk outputs)."),
+    backbone_lr_scale: float = typer.Option(1.0, "--backbone-lr-scale",
+                                            help="Learning rate of trained backbone weights = --lr x this."),
     feature_cache: Optional[Path] = typer.Option(None, "--feature-cache",
                                                  help="Cache frozen backbone outputs here (heads-only epochs)."),
     cached_views: int = typer.Option(4, "--cached-views", help="Augmented views cached per training image."),
@@ -50,7 +53,7 @@ def train_command(
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
-        freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last,
+        freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device,
         amp=amp, num_workers=workers, instruction_weights=str(instruction_weights) if instruction_weights else None)

@@ -36,6 +36,7 @@ class TrainConfig:
     affiliation_weight: float = 1.0
     freeze_backbones: bool = True
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
+    backbone_lr_scale: float = 1.0  # learning rate of trained backbone weights = learning_rate x this
     feature_cache: str | None = None  # folder for cached frozen-backbone outputs; None = run backbones each step
     cached_views: int = DEFAULT_CACHED_VIEWS
     augment: bool = True  # random view (cached) or random flips/rotations (live) per training pair
@@ -66,8 +67,10 @@ class TrainConfig:
             (self.cached_views >= 1, "cached_views must be >= 1"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
-            (not (self.feature_cache and self.unfreeze_last > 0),
-             "--feature-cache needs frozen backbones: drop --unfreeze-last or the cache"),
+            (self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
+            (not (self.feature_cache and not self.freeze_backbones),
+             "--feature-cache needs frozen backbones (--unfreeze-last N trains their last blocks from the "
+             "cached trunk): drop --train-backbones or the cache"),
         ]
         for ok, message in checks:
             if not ok:

@@ -73,7 +73,8 @@ def prepare_data(dataset: Dataset, config: TrainConfig, model, device: torch.dev
 def _cached_features(folder: Path, model, pairs: PairSet, views: int, config: TrainConfig, device: torch.device,
                      info: DistInfo) -> SplitFeatures:
     """Load the cache file for this (backbones, data, views), computing it on rank 0 first if absent."""
-    path = folder / f"features-{cache_key(model_ops.backbone_identity(model), pairs, views)}.safetensors"
+    tail = config.unfreeze_last  # > 0: cache the trunk before the trainable tail blocks
+    path = folder / f"features-{cache_key(model_ops.backbone_identity(model, tail), pairs, views)}.safetensors"
     if info.is_main and not path.is_file():
         transform = model.image_transform(train=False)
 
@@ -87,8 +88,9 @@ def _cached_features(folder: Path, model, pairs: PairSet, views: int, config: Tr
         model.eval()  # backbones as at inference: BatchNorm statistics untouched, dropout off
         try:
             features = compute_features(pairs, views, batches,
-                                        lambda pixels: model_ops.image_inputs(model, pixels),
-                                        lambda texts: model_ops.text_inputs(model, texts), config.eval_batch_size)
+                                        lambda pixels: model_ops.image_inputs(model, pixels, tail),
+                                        lambda texts: model_ops.text_inputs(model, texts, tail),
+                                        config.eval_batch_size)
         finally:
             model.train(was_training)
         save_features(features, path)

@@ -15,19 +15,19 @@ FIRST_VIEW = 0
 
 @torch.no_grad()
 def evaluate_cached(model, pairs: PairSet, features: SplitFeatures, batch_size: int, device: torch.device,
-                    ks: tuple[int, ...]) -> dict[str, float]:
-    """Recalls from cached backbone outputs (identity view), running only the heads."""
+                    ks: tuple[int, ...], tail: int = 0) -> dict[str, float]:
+    """Recalls from cached backbone outputs (identity view), running only the heads (and trainable tails)."""
     was_training = model.training
     model.eval()
     try:
         image_rows = []
         for start in range(0, len(pairs.image_ids), batch_size):
             chunk = {k: v[start:start + batch_size, FIRST_VIEW].to(device) for k, v in features.images.items()}
-            image_rows.append(model_ops.embed_images(model, chunk).float().cpu())
+            image_rows.append(model_ops.embed_images(model, chunk, tail).float().cpu())
         text_rows = []
         for start in range(0, len(pairs.texts), batch_size):
             chunk = {k: v[start:start + batch_size].to(device) for k, v in features.texts.items()}
-            text_rows.append(model_ops.embed_texts(model, chunk).float().cpu())
+            text_rows.append(model_ops.embed_texts(model, chunk, tail).float().cpu())
     finally:
         model.train(was_training)
     return _recalls(torch.cat(image_rows), torch.cat(text_rows), pairs, ks)

@@ -46,10 +46,7 @@ def set_trainable(model, config: TrainConfig) -> None:
         model.vision.requires_grad_(True)
         model.text.requires_grad_(True)
     elif config.unfreeze_last > 0:
-        for block in _last_blocks(model.vision.model, ("blocks", "layers", "stages"), config.unfreeze_last):
-            block.requires_grad_(True)
-        text_layers = getattr(getattr(model.text.model, "encoder", None), "layer", None)
-        for block in list(text_layers or [])[-config.unfreeze_last:]:
+        for block in trainable_tail_modules(model, config.unfreeze_last):
             block.requires_grad_(True)
     if model.instruction is not None:
         model.instruction.freeze()
@@ -63,6 +60,20 @@ def keep_frozen_in_eval(model, config: TrainConfig) -> None:
         model.text.eval()
     if model.instruction is not None:
         model.instruction.eval()
+
+
+def trainable_tail_modules(model, count: int) -> list[torch.nn.Module]:
+    """What ``--unfreeze-last count`` trains: for EfficientNet-style vision backbones the last stages and the
+    head convolution after them (``encoders.split``, so a trunk cache can serve them), otherwise the last timm
+    blocks; for the text backbone its last layers."""
+    from encoders.split import is_efficientnet_style, text_tail_modules, vision_tail_modules
+
+    network = model.vision.model
+    if is_efficientnet_style(network):
+        vision = vision_tail_modules(network, count)
+    else:
+        vision = _last_blocks(network, ("blocks", "layers", "stages"), count)
+    return vision + text_tail_modules(model.text.model, count)
 
 
 def _last_blocks(network: torch.nn.Module, names: tuple[str, ...], count: int) -> list[torch.nn.Module]:
@@ -86,8 +97,11 @@ def _owns_instruction_backbone(model) -> bool:
     return model.instruction is not None and model.instruction.backbone is not None
 
 
-def backbone_identity(model) -> str:
+def backbone_identity(model, tail: int = 0) -> str:
     """A hash of the frozen parts' weights and their config: the key of the feature cache.
+
+    With ``tail`` > 0 the weights of the trainable tails are left out: they change during training while the
+    cached trunk outputs do not, so a resumed run finds its cache again.
 
     An instruction encoder that shares the vision pass is *not* part of the key: its (cheap) classifier runs on
     the cached global token at training time, so one cache serves every VIR/LCA/affiliation ablation and every
@@ -101,15 +115,31 @@ def backbone_identity(model) -> str:
         described.append(dataclasses.asdict(config.instruction))
         modules.append(model.instruction)
     digest.update(json.dumps(described).encode())
+    skipped: set[int] = set()
+    if tail:
+        digest.update(f"trunk before the last {tail} blocks".encode())
+        skipped = {id(t) for block in trainable_tail_modules(model, tail)
+                   for t in (*block.parameters(), *block.buffers())}
     for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
+        for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
+            if id(tensor) in skipped:
+                continue
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def image_inputs(model, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Backbone outputs as a dict; the instruction feature only when it needs a backbone pass of its own."""
+def image_inputs(model, pixels: torch.Tensor, tail: int = 0) -> dict[str, torch.Tensor]:
+    """Backbone outputs as a dict; the instruction feature only when it needs a backbone pass of its own.
+
+    With ``tail`` > 0: the vision trunk's map (``trunk``) instead of the tokens; ``embed_images`` runs the tail."""
+    if tail:
+        from encoders.split import vision_trunk
+
+        inputs = {"trunk": vision_trunk(model.vision, pixels, tail)}
+        if _owns_instruction_backbone(model):
+            inputs["instruction_feature"] = model.instruction.instruction_feature(pixels)
+        return inputs
     tokens = model.forward_image_tokens(pixels)
     inputs = {"global_token": tokens.global_token, "patch_tokens": tokens.patch_tokens}
     if tokens.instruction_feature is not None and _owns_instruction_backbone(model):
@@ -117,12 +147,24 @@ def image_inputs(model, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def text_inputs(model, texts: list[str]) -> dict[str, torch.Tensor]:
+def text_inputs(model, texts: list[str], tail: int = 0) -> dict[str, torch.Tensor]:
+    """Last-layer hidden states and mask; with ``tail`` > 0 the hidden states entering the last layers."""
+    if tail:
+        from encoders.split import text_trunk
+
+        batch = model.tokenize(texts).to(model.device)
+        return {"trunk_hidden": text_trunk(model.text, batch.input_ids, batch.attention_mask, tail),
+                "mask": batch.attention_mask}
     tokens = model.forward_text_tokens(texts)
     return {"hidden": tokens.hidden, "mask": tokens.mask}
 
 
-def embed_images(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def embed_images(model, inputs: dict[str, torch.Tensor], tail: int = 0) -> torch.Tensor:
+    if "trunk" in inputs:
+        from encoders.split import vision_tail
+
+        global_token, patch_tokens = vision_tail(model.vision, _upcast(inputs["trunk"]), tail)
+        inputs = {**inputs, "global_token": global_token, "patch_tokens": patch_tokens}
     global_token = _upcast(inputs["global_token"])
     if "instruction_feature" in inputs:
         instruction_feature = _upcast(inputs["instruction_feature"])
@@ -133,7 +175,12 @@ def embed_images(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.encode_image_from_tokens(global_token, _upcast(inputs["patch_tokens"]), instruction_feature)
 
 
-def embed_texts(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def embed_texts(model, inputs: dict[str, torch.Tensor], tail: int = 0) -> torch.Tensor:
+    if "trunk_hidden" in inputs:
+        from encoders.split import text_tail
+
+        hidden = text_tail(model.text, _upcast(inputs["trunk_hidden"]), inputs["mask"], tail)
+        return model.encode_text_from_tokens(hidden, inputs["mask"])
     return model.encode_text_from_tokens(_upcast(inputs["hidden"]), inputs["mask"])
 
 

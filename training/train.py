@@ -39,16 +39,17 @@ class TrainingDiverged(EngineError):
 class TrainStep(nn.Module):
     """Model + loss in one module, so DDP synchronises the temperatures' gradients with the heads'."""
 
-    def __init__(self, model: nn.Module, criterion: PIRLoss, cached: bool) -> None:
+    def __init__(self, model: nn.Module, criterion: PIRLoss, cached: bool, tail: int = 0) -> None:
         super().__init__()
         self.model = model
         self.criterion = criterion
         self.cached = cached
+        self.tail = tail  # cached trunk outputs: the trainable tail blocks run in the step
 
     def forward(self, batch: dict):
         if self.cached:
-            image_emb = model_ops.embed_images(self.model, batch["image_inputs"])
-            text_emb = model_ops.embed_texts(self.model, batch["text_inputs"])
+            image_emb = model_ops.embed_images(self.model, batch["image_inputs"], self.tail)
+            text_emb = model_ops.embed_texts(self.model, batch["text_inputs"], self.tail)
         else:
             image_emb = model_ops.embed_images(self.model, model_ops.image_inputs(self.model, batch["pixels"]))
             text_emb = model_ops.embed_texts(self.model, model_ops.text_inputs(self.model, batch["texts"]))
@@ -93,8 +94,9 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
         model_ops.load_weights(model, resume / LAST_DIR if (resume / LAST_DIR).is_dir() else resume)
     data = prepare_data(dataset, config, model, device, info)
     criterion = PIRLoss(config.use_affiliation, config.affiliation_weight)
-    step_module = TrainStep(model, criterion, cached=data.cached).to(device)
-    optimizer = build_optimizer(step_module, config)
+    step_module = TrainStep(model, criterion, cached=data.cached,
+                            tail=config.unfreeze_last if data.cached else 0).to(device)
+    optimizer = build_optimizer(step_module, config, backbones=[model.vision, model.text])
     steps_per_epoch = len(data.train_loader)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
     autocast_dtype = _autocast_dtype(device, config.amp)
@@ -170,7 +172,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def _validate(model, data: TrainingData, config: TrainConfig, device: torch.device) -> dict[str, float]:
     if data.cached:
         return evaluate_cached(model, data.val_pairs, data.val_features, config.eval_batch_size, device,
-                               config.recall_ks)
+                               config.recall_ks, tail=config.unfreeze_last)
     return evaluate_files(model, data.val_pairs, config.eval_batch_size, device, config.recall_ks)
 
 
