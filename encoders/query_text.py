@@ -5,10 +5,12 @@ that time is per-operator overhead and reading ~40 MB of float32 backbone weight
 ``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference`` turns the backbone and the LCA head into one graph
 with pre-packed (oneDNN) Linear weights.
 
-Precision: ``float32`` reproduces ``encode_text`` to rounding (≤ 1e-4 per component). ``bfloat16`` runs the
+Kinds: ``onnx`` exports the same graph to ONNX Runtime (float32, ``encoders.query_onnx``), the fastest here
+when ``onnxruntime`` is installed. ``float32`` reproduces ``encode_text`` to rounding (≤ 1e-4 per component). ``bfloat16`` runs the
 text backbone with bfloat16 weights (half the memory traffic; the heads stay float32) and is accepted only when
-every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds both, times
-them on the probes and keeps the faster: on CPUs without native bfloat16 that is float32. Measured on the 2-core
+every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds every
+available kind, times them on the probes and keeps the fastest: on CPUs without native bfloat16 and without
+onnxruntime that is float32. Measured on the 2-core
 EPYC VM (avx512_bf16), one thread: float32 10.7–13.1 ms, bfloat16 7.9 ms per query, minimum cosine 0.99989.
 
 Threads: the graph runs with one intra-op thread (``QUERY_THREADS``). A 5-token query is too small to split,
@@ -44,7 +46,8 @@ LONG_PROBE_WORDS = "photogrammetrically orthorectified quasiperiodic"
 DEFAULT_TOLERANCE = 1e-4
 BF16_MIN_COSINE = 0.9995
 QUERY_THREADS = 1
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "onnx", "float32", "bfloat16")  # what engine serve --text-encoder takes, besides eager
+FLOAT32_KINDS = ("onnx", "float32")  # held to DEFAULT_TOLERANCE; bfloat16 to BF16_MIN_COSINE
 TIMING_ROUNDS = 5
 
 
@@ -97,21 +100,24 @@ def probe_batches(model: PIRModel) -> list[TextBatch]:
 
 
 def trace_query_encoder(model: PIRModel, precision: str = "float32",
-                        tolerance: float = DEFAULT_TOLERANCE) -> TracedTextQueryEncoder | None:
+                        tolerance: float = DEFAULT_TOLERANCE):  # -> TracedTextQueryEncoder | OnnxTextQueryEncoder | None
     """The traced encoder (the fastest faithful one for ``auto``), or None: the caller stays eager.
 
     The model must be in eval mode on the CPU (on CUDA kernels launch asynchronously and the overhead this
     removes is hidden)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"text precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"text encoder must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if model.training or model.device.type != "cpu":
         return None
     from transformers.utils import logging as hf_logging
 
+    from encoders import query_onnx
+
     probes = probe_batches(model)
     with torch.no_grad():
         eager = [model.encode_text(batch) for batch in probes]
-    wanted = ("float32", "bfloat16") if precision == "auto" else (precision,)
+    wanted = (("onnx",) if query_onnx.available() else ()) + ("float32", "bfloat16") if precision == "auto" \
+        else (precision,)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # tracing touches config attributes that make transformers log noise
     try:
@@ -123,7 +129,9 @@ def trace_query_encoder(model: PIRModel, precision: str = "float32",
 
 
 def _build(model: PIRModel, precision: str, probes: list[TextBatch], eager: list[torch.Tensor],
-           tolerance: float) -> TracedTextQueryEncoder | None:
+           tolerance: float):
+    from encoders import query_onnx
+
     backbone = model.text.model
     if precision == "bfloat16":
         backbone = copy.deepcopy(backbone).to(torch.bfloat16)
@@ -132,24 +140,28 @@ def _build(model: PIRModel, precision: str, probes: list[TextBatch], eager: list
             warnings.simplefilter("ignore")  # tracer and deprecation chatter; correctness is checked below
             example = probes[1]
             module = _TextQueryGraph(model, backbone).eval()
-            traced = torch.jit.trace(module, (example.input_ids, example.attention_mask), check_trace=False)
-            graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-            outputs = [graph(batch.input_ids, batch.attention_mask) for batch in probes]
-    except Exception:  # noqa: BLE001 -- any tracing failure means: not this candidate (eager is always right)
+            if precision == "onnx":
+                encoder = query_onnx.OnnxTextQueryEncoder(query_onnx.export_session(module, example))
+            else:
+                traced = torch.jit.trace(module, (example.input_ids, example.attention_mask), check_trace=False)
+                graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                encoder = TracedTextQueryEncoder(graph, precision, 0.0, 1.0, probe_ms=0.0)
+            outputs = [encoder(batch) for batch in probes]
+    except Exception:  # noqa: BLE001 -- any tracing/export failure means: not this candidate (eager is always right)
         return None
     if any(fast.shape != slow.shape for fast, slow in zip(outputs, eager)):
         return None
     worst = max(float((fast - slow).abs().max()) for fast, slow in zip(outputs, eager))
     cosine = min(float((fast * slow).sum(dim=-1).min()) for fast, slow in zip(outputs, eager))
-    faithful = worst <= tolerance if precision == "float32" else cosine >= BF16_MIN_COSINE
+    faithful = worst <= tolerance if precision in FLOAT32_KINDS else cosine >= BF16_MIN_COSINE
     if not faithful:
         return None
-    encoder = TracedTextQueryEncoder(graph, precision, worst, cosine, probe_ms=0.0)
+    encoder.max_difference, encoder.min_cosine = worst, cosine
     encoder.probe_ms = _probe_ms(encoder, probes)
     return encoder
 
 
-def _probe_ms(encoder: TracedTextQueryEncoder, probes: list[TextBatch]) -> float:
+def _probe_ms(encoder, probes: list[TextBatch]) -> float:
     """Median milliseconds per probe query after one warm-up pass (how ``auto`` picks a precision)."""
     times = []
     for round_number in range(TIMING_ROUNDS + 1):

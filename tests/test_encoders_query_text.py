@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import encoders
+from encoders import query_onnx
 from encoders.query_text import trace_query_encoder
 from test_encoders_model import with_trained_looking_heads
 
@@ -24,10 +25,15 @@ def model() -> encoders.PIRModel:
     return with_trained_looking_heads(encoders.create_model("tiny-test")).eval()
 
 
-def test_traced_equals_eager_for_every_query_length(model: encoders.PIRModel) -> None:
+KINDS = ["float32", pytest.param("onnx", marks=pytest.mark.skipif(not query_onnx.available(),
+                                                                  reason="onnxruntime not installed"))]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_traced_equals_eager_for_every_query_length(model: encoders.PIRModel, kind: str) -> None:
     assert model.lca is not None  # the LCA head is part of the traced graph
-    traced = trace_query_encoder(model)
-    assert traced is not None and traced.max_difference < 1e-5
+    traced = trace_query_encoder(model, kind)
+    assert traced is not None and traced.max_difference < 1e-5 and traced.precision == kind
     lengths = set()
     with torch.inference_mode():
         for count in range(1, model.config.text.max_words + 3):
@@ -39,8 +45,9 @@ def test_traced_equals_eager_for_every_query_length(model: encoders.PIRModel) ->
     assert min(lengths) <= 4 and max(lengths) == model.config.text.max_tokens  # short and truncated queries
 
 
-def test_one_query_at_a_time(model: encoders.PIRModel) -> None:
-    traced = trace_query_encoder(model)
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_query_at_a_time(model: encoders.PIRModel, kind: str) -> None:
+    traced = trace_query_encoder(model, kind)
     with pytest.raises(ValueError, match="one query"):
         traced(model.tokenize(["a plane", "a river"]))
 
@@ -53,7 +60,8 @@ def test_not_traced_in_training_mode(model: encoders.PIRModel) -> None:
         model.eval()
 
 
-def test_a_graph_that_bakes_in_the_length_is_refused(model: encoders.PIRModel) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_graph_that_bakes_in_the_length_is_refused(model: encoders.PIRModel, kind: str) -> None:
     """Tracing turns int(shape) into a constant; the probe check must catch the wrong answers that follows."""
     original = model.encode_text_from_tokens
 
@@ -63,7 +71,7 @@ def test_a_graph_that_bakes_in_the_length_is_refused(model: encoders.PIRModel) -
 
     model.encode_text_from_tokens = types.MethodType(length_dependent, model)
     try:
-        assert trace_query_encoder(model) is None
+        assert trace_query_encoder(model, kind) is None
     finally:
         model.encode_text_from_tokens = original
 
@@ -84,12 +92,18 @@ def test_bfloat16_candidate_is_held_to_its_cosine_bound(model: encoders.PIRModel
 def test_auto_keeps_the_fastest_faithful_candidate(model: encoders.PIRModel, monkeypatch) -> None:
     import encoders.query_text as query_text
 
-    speeds = {"float32": 9.0, "bfloat16": 4.0}
+    speeds = {"float32": 9.0, "bfloat16": 4.0, "onnx": 6.0}
     monkeypatch.setattr(query_text, "_probe_ms", lambda encoder, probes: speeds[encoder.precision])
     monkeypatch.setattr(query_text, "BF16_MIN_COSINE", -1.0)  # let bfloat16 pass whatever this CPU rounds
     assert trace_query_encoder(model, "auto").precision == "bfloat16"
     speeds["float32"] = 1.0
     chosen = trace_query_encoder(model, "auto")
     assert chosen.precision == "float32" and chosen.probe_ms == 1.0 and "float32" in chosen.describe()
-    with pytest.raises(ValueError, match="text precision"):
+    if query_onnx.available():
+        speeds["onnx"] = 0.5
+        chosen = trace_query_encoder(model, "auto")
+        assert chosen.precision == "onnx" and "onnxruntime" in chosen.describe()
+    monkeypatch.setattr(query_onnx, "available", lambda: False)  # without onnxruntime auto still works
+    assert trace_query_encoder(model, "auto").precision == "float32"
+    with pytest.raises(ValueError, match="text encoder"):
         trace_query_encoder(model, "float16")

@@ -171,8 +171,8 @@ def test_html_gallery_is_self_contained_and_renders(built, capsys, tmp_path: Pat
     assert colours is None or len(colours) > 50  # thumbnails were drawn, not a blank page
 
 
-def test_serve_refuses_an_unknown_text_precision(built, capsys) -> None:
-    code = main(["serve", "--index", str(built[0]), "--port", "0", "--text-precision", "float16"])
+def test_serve_refuses_an_unknown_text_encoder(built, capsys) -> None:
+    code = main(["serve", "--index", str(built[0]), "--port", "0", "--text-encoder", "float16"])
     err = capsys.readouterr().err
-    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --text-precision must be one of")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --text-encoder must be one of")
     assert "Traceback" not in err

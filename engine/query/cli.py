@@ -67,10 +67,11 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model folder (default: the index's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    text_precision: str = typer.Option(
-        "auto", "--text-precision",
-        help="Text backbone of the traced query encoder: auto (the faster verified of float32/bfloat16), "
-             "float32 (embeddings equal to engine query's), bfloat16."),
+    text_encoder: str = typer.Option(
+        "auto", "--text-encoder",
+        help="Single-query text encoder: auto (the fastest verified of onnx/float32/bfloat16), onnx "
+             "(ONNX Runtime, float32), float32 (TorchScript; both give engine query's embeddings), "
+             "bfloat16 (TorchScript, bfloat16 backbone), eager (no compiled graph)."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from engine.query.engine import QueryEngine
@@ -80,7 +81,8 @@ def serve_command(
     from encoders.query_text import PRECISIONS
     from engine.errors import ConfigError
 
-    if text_precision not in PRECISIONS:
-        raise ConfigError(f"--text-precision must be one of {', '.join(PRECISIONS)}, got {text_precision!r}")
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_precision)
+    choices = (*PRECISIONS, "eager")
+    if text_encoder not in choices:
+        raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
+    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_encoder)
     serve_forever(engine, host, port)

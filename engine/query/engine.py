@@ -30,7 +30,7 @@ QUERY_THUMB_SIDE = 256
 class QueryEngine:
     """Open ``index_dir`` with the model it was built with (or ``checkpoint``, which must be the same model).
 
-    ``text_encoder``: ``eager`` (the model's own ``encode_text``), or the precision (auto | float32 | bfloat16)
+    ``text_encoder``: ``eager`` (the model's own ``encode_text``), or the kind (auto | onnx | float32 | bfloat16)
     of a traced single-query text encoder (``encoders.query_text``): a few seconds more at start-up for less
     text-encoding time per query, so the warm server builds one and one-shot ``engine query`` does not. It is
     checked against the eager model at build time and falls back to it."""

@@ -1,0 +1,82 @@
+"""The single-query text encoder exported to ONNX and run by ONNX Runtime on one CPU thread (float32).
+
+Why: for one short query the PyTorch graph is dominated by per-operator dispatch and small-matrix GEMMs;
+ONNX Runtime fuses LayerNorm/GELU and its MLAS kernels handle (L × 384) · (384 × 1536) products for small L
+well. Measured on the 2-core EPYC VM, one thread, "airport with runways" (6 tokens): 4.2 ms against 11.6 ms
+for the frozen TorchScript float32 graph and 9.5 ms for its bfloat16 variant, with embeddings equal to the eager
+model's to 3e-7 (float32 throughout). Dynamic int8 quantisation was tried and rejected: per-channel weights
+still gave cosine 0.989 with float32 on the probe queries.
+
+The export uses the TorchScript-based exporter (``dynamo=False``: no ``onnxscript`` needed, 2.5 s) with a
+dynamic sequence axis; the session is built from the bytes in memory, nothing is written to disk. Like the
+traced graphs, the result is checked by ``encoders.query_text`` against the eager model on probe queries of
+1 token up to ``max_tokens`` and refused when unfaithful. Without the ``onnxruntime``/``onnx`` packages,
+``available()`` is False and the caller keeps the TorchScript or eager encoder.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from encoders.text import TextBatch
+
+OPSET = 17
+INPUTS = ("input_ids", "attention_mask")
+OUTPUT = "embedding"
+QUERY_THREADS = 1
+
+
+def available() -> bool:
+    try:
+        import onnx  # noqa: F401  -- the exporter needs it
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class OnnxTextQueryEncoder:
+    """Call with one TextBatch of batch size 1; returns its (1, D) float32 embedding (same API as the traced one)."""
+
+    session: object  # onnxruntime.InferenceSession
+    precision: str = "onnx"
+    max_difference: float = 0.0
+    min_cosine: float = 1.0
+    probe_ms: float = 0.0
+    threads: int = QUERY_THREADS
+
+    def __call__(self, batch: TextBatch) -> torch.Tensor:
+        if batch.input_ids.shape[0] != 1:
+            raise ValueError("the ONNX query encoder takes one query at a time")
+        feed = {INPUTS[0]: batch.input_ids.numpy().astype(np.int64, copy=False),
+                INPUTS[1]: batch.attention_mask.numpy().astype(np.int64, copy=False)}
+        return torch.from_numpy(self.session.run([OUTPUT], feed)[0])
+
+    def describe(self) -> str:
+        return (f"onnxruntime float32, {self.probe_ms:.1f} ms per probe query, "
+                f"min cosine {self.min_cosine:.5f} with float32")
+
+
+def export_session(graph: torch.nn.Module, example: TextBatch):
+    """An InferenceSession for ``graph(input_ids, attention_mask)`` with a dynamic sequence length."""
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; correctness is checked by the caller
+        torch.onnx.export(graph, (example.input_ids, example.attention_mask), buffer, input_names=list(INPUTS),
+                          output_names=[OUTPUT], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={name: {1: "tokens"} for name in INPUTS})
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = QUERY_THREADS  # one short query is too small to split (see query_text)
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: no optimiser chatter on the server's stderr
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
