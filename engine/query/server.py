@@ -210,7 +210,7 @@ def serve_forever(engine, host: str, port: int) -> None:
     server = make_server(engine, host, port)
     bound_host, bound_port = server.server_address[:2]
     traced = engine.text_query_encoder
-    encoder = f"traced text encoder ({traced.describe()})" if traced is not None else "eager text encoder"
+    encoder = f"compiled text encoder ({traced.describe()})" if traced is not None else "eager text encoder"
     print(f"serving {engine.root} ({engine.image_count} images; {encoder}) on http://{bound_host}:{bound_port}/ "
           "— Ctrl-C stops", file=sys.stderr, flush=True)
     try:
