@@ -171,7 +171,7 @@ def markdown(report: dict) -> str:
     if plain and eager:
         met = "meets" if plain["p50_ms"] <= GOAL_P50_MS else "misses"
         lines += ["", f"Without rerank, p50 {plain['p50_ms']:.1f} ms end to end ({met} the {GOAL_P50_MS:.0f} ms goal); "
-                  f"the traced text encoder (`encoders.query_text`: {report.get('text_encoder', 'traced')}) makes the "
+                  f"the compiled text encoder (`encoders.query_text`: {report.get('text_encoder', 'compiled')}) makes the "
                   f"whole query "
                   f"{eager['p50_ms'] / plain['p50_ms']:.2f}× faster than the eager one "
                   f"({eager['p50_ms']:.1f} ms p50), measured in this run on the same queries."]

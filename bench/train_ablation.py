@@ -40,7 +40,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "d-lca": ("CL + LCA", {"use_vir": False, "use_lca": True, "use_affiliation": False}),
     "e-full": ("full PIR: VIR + LCA + affiliation", {"use_vir": True, "use_lca": True, "use_affiliation": True}),
     "f-cl-aff": ("CL + affiliation (no VIR/LCA)", {"use_vir": False, "use_lca": False, "use_affiliation": True}),
+    # partial unfreezing: needs a trunk cache (features before the last blocks), so it is measured in its own
+    # block with its own runs file (--block model-tail), not in the frozen-feature table
+    "g-tail1": ("full PIR + last EfficientNet stage and last MiniLM layer trained (lr ×0.1), cached trunk",
+                {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
+                 "backbone_lr_scale": 0.1}),
 }
+FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 
 
@@ -65,7 +71,8 @@ def run_variant(dataset, base, name: str, seed: int, out: Path) -> dict:
     test_pairs = build_pairs(dataset, "test", class_names=train_pairs.class_names)
     features = _cached_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
                                 DistInfo())
-    test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks)
+    test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
+                           tail=config.unfreeze_last)
     return {"variant": name, "seed": seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
             "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache}
 
@@ -112,8 +119,8 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         "",
         f"Data: {meta['data']} (train for training, val for choosing the epoch, test scored once). Mean ± sample "
         f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
-        f"{meta['lr']}, model config `{meta['model']}`, frozen backbones on cached features "
-        f"({meta['views']} dihedral views per training image). s/run: mean training time per seed, leaving out "
+        f"{meta['lr']}, model config `{meta['model']}`, cached backbone features ({meta['views']} dihedral views "
+        "per training image; frozen backbones unless the row says which blocks train). s/run: mean training time per seed, leaving out "
         "a run that first had to build the feature cache.",
         "",
         "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run "
@@ -127,9 +134,16 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(cells)
                      + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} "
                      + f"| {row.get('measured', meta['date'] + ', ' + meta['commit'][:7])} |")
-    lines += ["", "![Recall@K per variant (test, mean over seeds)](img/ablation-model.png)", "",
+    lines += ["", f"![Recall@K per variant (test, mean over seeds)]({meta['plot']})", "",
               "Side by side from the result files: `engine eval --compare docs/results/model/*.json --plot out.png`."]
     return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main() -> None:
@@ -139,7 +153,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--model", default="offline-default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=FROZEN_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -151,6 +165,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "model",
                         help="folder for one `engine eval` result JSON per variant (test-split means)")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "ablation-model.png")
+    parser.add_argument("--block", default="model", help="block of --docs to rewrite")
     args = parser.parse_args()
 
     import torch
@@ -181,12 +196,12 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
             "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
-            "views": args.views}
+            "views": args.views, "plot": _relative(args.plot, args.docs.parent)}
     # every variant measured so far (not only this invocation's) under the requested seeds, in table order
     summary = merged_summary(runs, earlier, args.seeds)
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
     write_comparison(summary, meta, dataset, args.results, args.plot)
-    update_page(args.docs, "model", render(summary, meta))
+    update_page(args.docs, args.block, render(summary, meta))
     print(render(summary, meta))
 
 

@@ -33,7 +33,16 @@ def test_measured_variants_replace_earlier_summaries_in_table_order() -> None:
     assert summary["d-lca"]["measured"] == "2026-12-03, abc1234"
     assert summary["d-lca"]["train_seconds"] == 10.0
     meta = {"date": "2026-12-03", "machine": "2 cores", "commit": "abc1234def", "command": "python x", "data": "d",
-            "seeds": [1, 2], "epochs": 12, "batch_size": 128, "lr": 5e-4, "model": "offline-default", "views": 8}
+            "seeds": [1, 2], "epochs": 12, "batch_size": 128, "lr": 5e-4, "model": "offline-default", "views": 8,
+            "plot": "img/ablation-model.png"}
     table = train_ablation.render(summary, meta)
     assert "| measured |" in table and "fa8766c (per-seed runs not kept)" in table
     assert "**48.00 ± 1.41**" in table and "**48.07 ± 0.40**" in table
+    assert "(img/ablation-model.png)" in table
+
+
+def test_partial_unfreezing_is_not_in_the_frozen_table_by_default() -> None:
+    """g-tail1 needs a trunk cache of its own; the default variant list (the frozen table) leaves it out."""
+    assert "g-tail1" in train_ablation.VARIANTS and "g-tail1" not in train_ablation.FROZEN_VARIANTS
+    assert train_ablation.FROZEN_VARIANTS[:2] == ["a-floor", "b-cl-only"]
+    assert train_ablation.VARIANTS["g-tail1"][1]["unfreeze_last"] == 1
