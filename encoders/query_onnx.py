@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from encoders.query_text import QUERY_THREADS, CompiledTextQueryEncoder
 from encoders.text import TextBatch
 
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "embedding"
-QUERY_THREADS = 1
 
 
 def available() -> bool:
@@ -40,27 +39,20 @@ def available() -> bool:
     return True
 
 
-@dataclass
-class OnnxTextQueryEncoder:
-    """Call with one TextBatch of batch size 1; returns its (1, D) float32 embedding (same API as the traced one)."""
+class OnnxTextQueryEncoder(CompiledTextQueryEncoder):
+    """The query graph in an ONNX Runtime session (float32, ``QUERY_THREADS`` threads, built by ``export_session``)."""
 
-    session: object  # onnxruntime.InferenceSession
-    precision: str = "onnx"
-    max_difference: float = 0.0
-    min_cosine: float = 1.0
-    probe_ms: float = 0.0
-    threads: int = QUERY_THREADS
+    kind = "onnx"
+    runtime = "onnxruntime float32"
 
-    def __call__(self, batch: TextBatch) -> torch.Tensor:
-        if batch.input_ids.shape[0] != 1:
-            raise ValueError("the ONNX query encoder takes one query at a time")
+    def __init__(self, session) -> None:  # session: onnxruntime.InferenceSession
+        super().__init__()
+        self.session = session
+
+    def _run(self, batch: TextBatch) -> torch.Tensor:
         feed = {INPUTS[0]: batch.input_ids.numpy().astype(np.int64, copy=False),
                 INPUTS[1]: batch.attention_mask.numpy().astype(np.int64, copy=False)}
         return torch.from_numpy(self.session.run([OUTPUT], feed)[0])
-
-    def describe(self) -> str:
-        return (f"onnxruntime float32, {self.probe_ms:.1f} ms per probe query, "
-                f"min cosine {self.min_cosine:.5f} with float32")
 
 
 def export_session(graph: torch.nn.Module, example: TextBatch):

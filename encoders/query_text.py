@@ -46,7 +46,7 @@ LONG_PROBE_WORDS = "photogrammetrically orthorectified quasiperiodic"
 DEFAULT_TOLERANCE = 1e-4
 BF16_MIN_COSINE = 0.9995
 QUERY_THREADS = 1
-PRECISIONS = ("auto", "onnx", "float32", "bfloat16")  # what engine serve --text-encoder takes, besides eager
+TEXT_ENCODER_KINDS = ("auto", "onnx", "float32", "bfloat16")  # engine serve --text-encoder, besides eager
 FLOAT32_KINDS = ("onnx", "float32")  # held to DEFAULT_TOLERANCE; bfloat16 to BF16_MIN_COSINE
 TIMING_ROUNDS = 5
 
@@ -64,19 +64,48 @@ class _TextQueryGraph(nn.Module):
 
 
 @dataclass
-class TracedTextQueryEncoder:
-    """Call with one TextBatch of batch size 1; returns its (1, D) float32 embedding."""
+class FidelityCheck:
+    """How a compiled encoder compared with the eager float32 model on the probe queries when it was built."""
 
-    graph: torch.jit.ScriptModule
-    precision: str  # "float32" or "bfloat16" (of the text backbone's weights)
-    max_difference: float  # worst |traced - eager float32| over the probe queries
-    min_cosine: float  # worst cosine with the eager float32 embedding over the probe queries
-    probe_ms: float  # median time per probe query when it was chosen
-    threads: int = QUERY_THREADS
+    max_difference: float = 0.0  # worst |compiled - eager| over the probe embeddings
+    min_cosine: float = 1.0  # worst cosine with the eager embedding
+    probe_ms: float = 0.0  # median time per probe query (what ``auto`` compares)
+
+
+class CompiledTextQueryEncoder:
+    """Call with one TextBatch of batch size 1; returns its (1, D) float32 embedding.
+
+    Subclasses say how the graph runs (``_run``); the kind, the fidelity check and ``describe`` are shared."""
+
+    kind: str  # one of TEXT_ENCODER_KINDS except auto
+    runtime: str  # for people: what executes the graph
+
+    def __init__(self) -> None:
+        self.check = FidelityCheck()
 
     def __call__(self, batch: TextBatch) -> torch.Tensor:
         if batch.input_ids.shape[0] != 1:
-            raise ValueError("the traced query encoder takes one query at a time")
+            raise ValueError(f"the {self.runtime} query encoder takes one query at a time")
+        return self._run(batch)
+
+    def _run(self, batch: TextBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What was chosen and why, for the server's start-up line and benchmark reports."""
+        return (f"{self.runtime}, {self.check.probe_ms:.1f} ms per probe query, "
+                f"min cosine {self.check.min_cosine:.5f} with float32")
+
+
+class TracedTextQueryEncoder(CompiledTextQueryEncoder):
+    """A frozen TorchScript graph, run with ``threads`` intra-op threads (the caller's count is restored)."""
+
+    def __init__(self, graph: torch.jit.ScriptModule, kind: str, threads: int = QUERY_THREADS) -> None:
+        super().__init__()
+        self.graph, self.kind, self.threads = graph, kind, threads  # kind: the text backbone's weight dtype
+        self.runtime = f"TorchScript {kind}"
+
+    def _run(self, batch: TextBatch) -> torch.Tensor:
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -84,11 +113,6 @@ class TracedTextQueryEncoder:
                 return self.graph(batch.input_ids, batch.attention_mask)
         finally:
             torch.set_num_threads(previous)
-
-    def describe(self) -> str:
-        """What was chosen and why, for the server's start-up line and benchmark reports."""
-        return (f"{self.precision}, {self.probe_ms:.1f} ms per probe query, "
-                f"min cosine {self.min_cosine:.5f} with float32")
 
 
 def probe_batches(model: PIRModel) -> list[TextBatch]:
@@ -99,14 +123,14 @@ def probe_batches(model: PIRModel) -> list[TextBatch]:
     return [model.tokenize([text]) for text in texts]
 
 
-def trace_query_encoder(model: PIRModel, precision: str = "float32",
-                        tolerance: float = DEFAULT_TOLERANCE):  # -> TracedTextQueryEncoder | OnnxTextQueryEncoder | None
-    """The traced encoder (the fastest faithful one for ``auto``), or None: the caller stays eager.
+def trace_query_encoder(model: PIRModel, kind: str = "float32",
+                        tolerance: float = DEFAULT_TOLERANCE) -> CompiledTextQueryEncoder | None:
+    """The compiled encoder of this kind (the fastest faithful one for ``auto``), or None: the caller stays eager.
 
     The model must be in eval mode on the CPU (on CUDA kernels launch asynchronously and the overhead this
     removes is hidden)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"text encoder must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if kind not in TEXT_ENCODER_KINDS:
+        raise ValueError(f"text encoder must be one of {', '.join(TEXT_ENCODER_KINDS)}, got {kind!r}")
     if model.training or model.device.type != "cpu":
         return None
     from transformers.utils import logging as hf_logging
@@ -116,36 +140,35 @@ def trace_query_encoder(model: PIRModel, precision: str = "float32",
     probes = probe_batches(model)
     with torch.no_grad():
         eager = [model.encode_text(batch) for batch in probes]
-    wanted = (("onnx",) if query_onnx.available() else ()) + ("float32", "bfloat16") if precision == "auto" \
-        else (precision,)
+    wanted = (("onnx",) if query_onnx.available() else ()) + ("float32", "bfloat16") if kind == "auto" else (kind,)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # tracing touches config attributes that make transformers log noise
     try:
-        candidates = [built for kind in wanted
-                      if (built := _build(model, kind, probes, eager, tolerance)) is not None]
+        candidates = [built for candidate in wanted
+                      if (built := _build(model, candidate, probes, eager, tolerance)) is not None]
     finally:
         hf_logging.set_verbosity(verbosity)
-    return min(candidates, key=lambda encoder: encoder.probe_ms) if candidates else None
+    return min(candidates, key=lambda encoder: encoder.check.probe_ms) if candidates else None
 
 
-def _build(model: PIRModel, precision: str, probes: list[TextBatch], eager: list[torch.Tensor],
-           tolerance: float):
+def _build(model: PIRModel, kind: str, probes: list[TextBatch], eager: list[torch.Tensor],
+           tolerance: float) -> CompiledTextQueryEncoder | None:
     from encoders import query_onnx
 
     backbone = model.text.model
-    if precision == "bfloat16":
+    if kind == "bfloat16":
         backbone = copy.deepcopy(backbone).to(torch.bfloat16)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter; correctness is checked below
             example = probes[1]
             module = _TextQueryGraph(model, backbone).eval()
-            if precision == "onnx":
+            if kind == "onnx":
                 encoder = query_onnx.OnnxTextQueryEncoder(query_onnx.export_session(module, example))
             else:
                 traced = torch.jit.trace(module, (example.input_ids, example.attention_mask), check_trace=False)
                 graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-                encoder = TracedTextQueryEncoder(graph, precision, 0.0, 1.0, probe_ms=0.0)
+                encoder = TracedTextQueryEncoder(graph, kind)
             outputs = [encoder(batch) for batch in probes]
     except Exception:  # noqa: BLE001 -- any tracing/export failure means: not this candidate (eager is always right)
         return None
@@ -153,16 +176,15 @@ def _build(model: PIRModel, precision: str, probes: list[TextBatch], eager: list
         return None
     worst = max(float((fast - slow).abs().max()) for fast, slow in zip(outputs, eager))
     cosine = min(float((fast * slow).sum(dim=-1).min()) for fast, slow in zip(outputs, eager))
-    faithful = worst <= tolerance if precision in FLOAT32_KINDS else cosine >= BF16_MIN_COSINE
+    faithful = worst <= tolerance if kind in FLOAT32_KINDS else cosine >= BF16_MIN_COSINE
     if not faithful:
         return None
-    encoder.max_difference, encoder.min_cosine = worst, cosine
-    encoder.probe_ms = _probe_ms(encoder, probes)
+    encoder.check = FidelityCheck(worst, cosine, _probe_ms(encoder, probes))
     return encoder
 
 
 def _probe_ms(encoder, probes: list[TextBatch]) -> float:
-    """Median milliseconds per probe query after one warm-up pass (how ``auto`` picks a precision)."""
+    """Median milliseconds per probe query after one warm-up pass (how ``auto`` picks a kind)."""
     times = []
     for round_number in range(TIMING_ROUNDS + 1):
         for batch in probes:

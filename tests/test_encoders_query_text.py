@@ -33,7 +33,7 @@ KINDS = ["float32", pytest.param("onnx", marks=pytest.mark.skipif(not query_onnx
 def test_traced_equals_eager_for_every_query_length(model: encoders.PIRModel, kind: str) -> None:
     assert model.lca is not None  # the LCA head is part of the traced graph
     traced = trace_query_encoder(model, kind)
-    assert traced is not None and traced.max_difference < 1e-5 and traced.precision == kind
+    assert traced is not None and traced.check.max_difference < 1e-5 and traced.kind == kind
     lengths = set()
     with torch.inference_mode():
         for count in range(1, model.config.text.max_words + 3):
@@ -82,7 +82,7 @@ def test_bfloat16_candidate_is_held_to_its_cosine_bound(model: encoders.PIRModel
     traced = trace_query_encoder(model, "bfloat16")
     if traced is None:  # refused: its probes fell below the bound on this CPU
         return
-    assert traced.precision == "bfloat16" and traced.min_cosine >= BF16_MIN_COSINE
+    assert traced.kind == "bfloat16" and traced.check.min_cosine >= BF16_MIN_COSINE
     with torch.inference_mode():
         batch = model.tokenize([" ".join(WORDS[:7])])
         cosine = float((traced(batch) * model.encode_text(batch)).sum())
@@ -93,17 +93,17 @@ def test_auto_keeps_the_fastest_faithful_candidate(model: encoders.PIRModel, mon
     import encoders.query_text as query_text
 
     speeds = {"float32": 9.0, "bfloat16": 4.0, "onnx": 6.0}
-    monkeypatch.setattr(query_text, "_probe_ms", lambda encoder, probes: speeds[encoder.precision])
+    monkeypatch.setattr(query_text, "_probe_ms", lambda encoder, probes: speeds[encoder.kind])
     monkeypatch.setattr(query_text, "BF16_MIN_COSINE", -1.0)  # let bfloat16 pass whatever this CPU rounds
-    assert trace_query_encoder(model, "auto").precision == "bfloat16"
+    assert trace_query_encoder(model, "auto").kind == "bfloat16"
     speeds["float32"] = 1.0
     chosen = trace_query_encoder(model, "auto")
-    assert chosen.precision == "float32" and chosen.probe_ms == 1.0 and "float32" in chosen.describe()
+    assert chosen.kind == "float32" and chosen.check.probe_ms == 1.0 and "TorchScript float32" in chosen.describe()
     if query_onnx.available():
         speeds["onnx"] = 0.5
         chosen = trace_query_encoder(model, "auto")
-        assert chosen.precision == "onnx" and "onnxruntime" in chosen.describe()
+        assert chosen.kind == "onnx" and "onnxruntime" in chosen.describe()
     monkeypatch.setattr(query_onnx, "available", lambda: False)  # without onnxruntime auto still works
-    assert trace_query_encoder(model, "auto").precision == "float32"
+    assert trace_query_encoder(model, "auto").kind == "float32"
     with pytest.raises(ValueError, match="text encoder"):
         trace_query_encoder(model, "float16")

@@ -78,10 +78,10 @@ def serve_command(
     from engine.query.server import serve_forever
     from engine.query.state import resolve_index_dir
 
-    from encoders.query_text import PRECISIONS
+    from encoders.query_text import TEXT_ENCODER_KINDS
     from engine.errors import ConfigError
 
-    choices = (*PRECISIONS, "eager")
+    choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
     engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_encoder)
