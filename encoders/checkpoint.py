@@ -2,8 +2,10 @@
 
 A folder can hold every weight, or only the weights that no dependency provides (projections, VIR/LCA, the
 instruction encoder): the backbones are then rebuilt from their pretrained sources (the EfficientNet-Lite0 and
-MiniLM packages), which keeps the shipped default model a few MB. Saving that way refuses if the backbones were
-changed by training, since those changes would be lost.
+MiniLM packages), which keeps the shipped default model a few MB. When training changed some backbone tensors
+(``--unfreeze-last``: the last stage/layer), exactly those tensors are stored too and listed in the config
+(``weights: heads+changed-backbone``), so a partially fine-tuned model still ships without the ~100 MB of
+backbone weights its dependencies already hold; loading checks the stored set against that list, strictly.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
 BACKBONE_PREFIXES = ("vision.", "text.")
-FULL, HEADS_ONLY = "full", "heads-only"
+FULL, HEADS_ONLY, HEADS_AND_CHANGES = "full", "heads-only", "heads+changed-backbone"
+WEIGHT_LAYOUTS = (FULL, HEADS_ONLY, HEADS_AND_CHANGES)
+CHANGED_KEYS_FIELD = "changed_backbone_keys"
 
 
 def create_model(name_or_config: str | Path | ModelConfig) -> PIRModel:
@@ -69,15 +73,22 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a checkpoint config (needs 'format_version' and 'model')")
     if meta["format_version"] != FORMAT_VERSION:
         raise ConfigError(f"{path}: format_version {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
-    if meta.get("weights") not in (FULL, HEADS_ONLY):
-        raise ConfigError(f"{path}: field 'weights' must be {FULL!r} or {HEADS_ONLY!r}")
+    if meta.get("weights") not in WEIGHT_LAYOUTS:
+        raise ConfigError(f"{path}: field 'weights' must be one of {', '.join(map(repr, WEIGHT_LAYOUTS))}")
+    changed = meta.get(CHANGED_KEYS_FIELD, [])
+    if meta["weights"] == HEADS_AND_CHANGES and (not isinstance(changed, list) or not changed
+                                                 or not all(isinstance(key, str) and key.startswith(BACKBONE_PREFIXES)
+                                                            for key in changed)):
+        raise ConfigError(f"{path}: field {CHANGED_KEYS_FIELD!r} must list the stored backbone tensors "
+                          f"(names starting with {' or '.join(BACKBONE_PREFIXES)})")
     return meta
 
 
 def save_model(
     model: PIRModel, folder: Path, include_backbones: bool = True, half_precision: bool = False
 ) -> Path:
-    """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights.
+    """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights
+    plus the backbone tensors that differ from their pretrained sources.
 
     ``half_precision`` stores floating-point weights as float16 (half the size; used for the model shipped
     inside the package). They are cast back to the model's dtype on load, so the fingerprint is that of the
@@ -85,9 +96,10 @@ def save_model(
     """
     folder = Path(folder)
     state = _portable_state(model)
+    changed: list[str] = []
     if not include_backbones:
-        _check_backbones_untouched(model)
-        state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIXES)}
+        changed = changed_backbone_keys(model)
+        state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIXES) or key in changed}
     if half_precision:
         state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
     config = model.config
@@ -95,7 +107,7 @@ def save_model(
         config = config.replace(instruction=_replace(config.instruction, weights=None))
     meta = {
         "format_version": FORMAT_VERSION,
-        "weights": FULL if include_backbones else HEADS_ONLY,
+        "weights": FULL if include_backbones else HEADS_AND_CHANGES if changed else HEADS_ONLY,
         "storage_dtype": "float16" if half_precision else "native",
         "model": config.to_dict(),
         "vision_identity": {
@@ -108,6 +120,8 @@ def save_model(
         "embed_dim": config.embed_dim,
         "fingerprint": _loaded_fingerprint(model, config, state),
     }
+    if changed:
+        meta[CHANGED_KEYS_FIELD] = changed
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -137,12 +151,17 @@ def load_weights(model: PIRModel, folder: Path) -> None:
     checkpoint_config = meta["model"]
     _check_dims(checkpoint_config, model.config, folder)
     expected = _portable_state(model)
-    if meta["weights"] == HEADS_ONLY:
-        expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIXES)}
+    if meta["weights"] != FULL:
+        kept = set(meta.get(CHANGED_KEYS_FIELD, []))
+        unknown = sorted(kept - set(expected))
+        if unknown:
+            raise ConfigError(f"{folder / CONFIG_FILE}: {CHANGED_KEYS_FIELD} names {unknown[0]!r}, which config "
+                              f"{model.config.name!r} does not have")
+        expected = {k: v for k, v in expected.items() if not k.startswith(BACKBONE_PREFIXES) or k in kept}
     problem = state_problem(saved, expected)
     if problem:
         raise ConfigError(f"{path}: does not fit config {model.config.name!r} ({problem})")
-    # Heads-only checkpoints leave the backbone keys to their pretrained sources (already in the model).
+    # Heads-only checkpoints leave the (other) backbone keys to their pretrained sources (already in the model).
     full_state = dict(model.state_dict())
     full_state.update(saved)
     model.load_state_dict(full_state, strict=True)
@@ -170,7 +189,8 @@ def _portable_state(model: PIRModel) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
 
 
-def _check_backbones_untouched(model: PIRModel) -> None:
+def changed_backbone_keys(model: PIRModel) -> list[str]:
+    """Backbone tensors (weights and buffers) that differ from a freshly built model's pretrained ones, sorted."""
     config = model.config
     if config.vision.pretrained == NO_PRETRAINED or not config.text.pretrained:
         raise ConfigError(
@@ -178,9 +198,8 @@ def _check_backbones_untouched(model: PIRModel) -> None:
             "initialised backbone"
         )
     reference = PIRModel(config.replace(head=_replace(config.head, use_vir=False, use_lca=False))).state_dict()
-    for key, value in model.state_dict().items():
-        if key.startswith(BACKBONE_PREFIXES) and not torch.equal(value.cpu(), reference[key]):
-            raise ConfigError(f"backbone weight {key} was changed by training; save with include_backbones=True")
+    return sorted(key for key, value in model.state_dict().items()
+                  if key.startswith(BACKBONE_PREFIXES) and not torch.equal(value.cpu(), reference[key]))
 
 
 def _check_dims(checkpoint_config: dict[str, Any], config: ModelConfig, folder: Path) -> None:

@@ -111,3 +111,40 @@ def test_half_precision_storage_halves_size_and_predicts_loaded_fingerprint(tmp_
     for key, value in loaded.state_dict().items():
         assert value.dtype == model.state_dict()[key].dtype
         assert torch.allclose(value, model.state_dict()[key], atol=1e-2, rtol=1e-2)
+
+
+def test_partially_fine_tuned_model_stores_only_the_changed_backbone_tensors(tmp_path: Path) -> None:
+    """--unfreeze-last trains a backbone tail: a heads-only save keeps exactly those tensors, and loads strictly."""
+    import json
+
+    torch.manual_seed(0)
+    model = encoders.create_model("offline-default").eval()
+    with torch.no_grad():
+        model.vision.model.conv_head.weight.mul_(1.01)  # as if the last stage had been trained
+        model.text.model.encoder.layer[-1].output.dense.bias.add_(0.01)
+    folder = encoders.save_model(model, tmp_path / "tail", include_backbones=False)
+    meta = json.loads((folder / "config.json").read_text())
+    changed = ["text.model.encoder.layer.5.output.dense.bias", "vision.model.conv_head.weight"]
+    assert meta["weights"] == "heads+changed-backbone" and meta["changed_backbone_keys"] == changed
+    stored = set(load_file(str(folder / "model.safetensors")))
+    assert {key for key in stored if key.startswith(("vision.", "text."))} == set(changed)
+    loaded = encoders.load_model(folder)
+    probe = ["a plane is parked at the airport", "many green trees"]
+    pixels = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(loaded.encode_text(probe), model.encode_text(probe))
+        assert torch.equal(loaded.encode_image(pixels), model.encode_image(pixels))
+    assert loaded.fingerprint() == meta["fingerprint"]
+
+    meta["changed_backbone_keys"] = changed[:1]  # the list and the stored tensors disagree: strict load refuses
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="unexpected"):
+        encoders.load_model(folder)
+    meta["changed_backbone_keys"] = ["vision.model.no_such_layer.weight"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="no_such_layer"):
+        encoders.load_model(folder)
+    meta["changed_backbone_keys"] = []
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="changed_backbone_keys"):
+        encoders.load_model(folder)
