@@ -40,6 +40,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "d-lca": ("CL + LCA", {"use_vir": False, "use_lca": True, "use_affiliation": False}),
     "e-full": ("full PIR: VIR + LCA + affiliation", {"use_vir": True, "use_lca": True, "use_affiliation": True}),
     "f-cl-aff": ("CL + affiliation (no VIR/LCA)", {"use_vir": False, "use_lca": False, "use_affiliation": True}),
+    # identical captions of other images as positives (UCM: 8,400 train captions, 1,636 distinct strings)
+    "h-full-samecap": ("full PIR, identical captions of other images count as positives",
+                       {"use_vir": True, "use_lca": True, "use_affiliation": True, "same_caption_positives": True}),
+    "i-cl-aff-samecap": ("CL + affiliation, identical captions of other images count as positives",
+                         {"use_vir": False, "use_lca": False, "use_affiliation": True,
+                          "same_caption_positives": True}),
     # partial unfreezing: needs a trunk cache (features before the last blocks), so it is measured in its own
     # block with its own runs file (--block model-tail), not in the frozen-feature table
     "g-tail1": ("full PIR + last EfficientNet stage and last MiniLM layer trained (lr ×0.1), cached trunk",
@@ -114,7 +120,7 @@ def render(summary: dict[str, dict], meta: dict) -> str:
     lines = [
         f"Last run {meta['date']} on {meta['machine']}, commit `{meta['commit']}`; the `measured` column says "
         "when each row was measured (rows of earlier runs are their saved summaries).",
-        f"Command (rows accumulate in `docs/bench/ablation_model_runs.json`; other rows came from the same command "
+        f"Command (rows accumulate in `{meta['runs_file']}`; other rows came from the same command "
         f"with other `--variants`): `{meta['command']}`",
         "",
         f"Data: {meta['data']} (train for training, val for choosing the epoch, test scored once). Mean ± sample "
@@ -135,7 +141,7 @@ def render(summary: dict[str, dict], meta: dict) -> str:
                      + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} "
                      + f"| {row.get('measured', meta['date'] + ', ' + meta['commit'][:7])} |")
     lines += ["", f"![Recall@K per variant (test, mean over seeds)]({meta['plot']})", "",
-              "Side by side from the result files: `engine eval --compare docs/results/model/*.json --plot out.png`."]
+              f"Side by side from the result files: `engine eval --compare {meta['results']}/*.json --plot out.png`."]
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +202,8 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
             "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
-            "views": args.views, "plot": _relative(args.plot, args.docs.parent)}
+            "views": args.views, "plot": _relative(args.plot, args.docs.parent),
+            "runs_file": _relative(args.runs_file, REPO), "results": _relative(args.results, REPO)}
     # every variant measured so far (not only this invocation's) under the requested seeds, in table order
     summary = merged_summary(runs, earlier, args.seeds)
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))

@@ -34,7 +34,8 @@ def test_measured_variants_replace_earlier_summaries_in_table_order() -> None:
     assert summary["d-lca"]["train_seconds"] == 10.0
     meta = {"date": "2026-12-03", "machine": "2 cores", "commit": "abc1234def", "command": "python x", "data": "d",
             "seeds": [1, 2], "epochs": 12, "batch_size": 128, "lr": 5e-4, "model": "offline-default", "views": 8,
-            "plot": "img/ablation-model.png"}
+            "plot": "img/ablation-model.png", "runs_file": "docs/bench/ablation_model_runs.json",
+            "results": "docs/results/model"}
     table = train_ablation.render(summary, meta)
     assert "| measured |" in table and "fa8766c (per-seed runs not kept)" in table
     assert "**48.00 ± 1.41**" in table and "**48.07 ± 0.40**" in table

@@ -22,11 +22,12 @@ def _batch(seed: int, size: int = 12, dim: int = 8):
     return images, texts, image_ids, class_of_image[image_ids]
 
 
-def _naive_infonce(images, texts, ids, scale):
+def _naive_infonce(images, texts, ids, scale, groups=None):
     size = len(ids)
     total_i2t = total_t2i = 0.0
     for row in range(size):
-        positives = [col for col in range(size) if ids[col] == ids[row]]
+        positives = [col for col in range(size)
+                     if ids[col] == ids[row] or (groups is not None and groups[col] == groups[row])]
         i2t_logits = [scale * float(images[row] @ texts[col]) for col in range(size)]
         t2i_logits = [scale * float(texts[row] @ images[col]) for col in range(size)]
         i2t_norm = math.log(sum(math.exp(v) for v in i2t_logits))
@@ -119,3 +120,26 @@ def test_schedule_warmup_then_linear_decay():
     assert all(a > b for a, b in zip(factors[10:-1], factors[11:]))  # strictly falling afterwards
     assert factors[-1] == pytest.approx(1 / 90) and factors[-1] > 0
     assert warmup_linear_factor(0, 10, 0.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_caption_positives_match_naive_loop(seed):
+    """Captions that read the same (same group) are positives across images; without groups nothing changes."""
+    images, texts, ids, classes = _batch(seed)
+    groups = torch.randint(0, 5, (len(ids),), generator=torch.Generator().manual_seed(seed + 10))
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    got = soft_infonce(images, texts, ids, scale, groups)
+    assert math.isclose(float(got), _naive_infonce(images, texts, ids, float(scale), groups), rel_tol=1e-9)
+    assert not math.isclose(float(got), float(soft_infonce(images, texts, ids, scale)), rel_tol=1e-6)
+    criterion = PIRLoss(use_affiliation=False, same_caption_positives=True)
+    assert math.isclose(float(criterion(images.float(), texts.float(), ids, classes, groups).total),
+                        _naive_infonce(images, texts, ids, 1 / 0.07, groups), rel_tol=1e-4)
+    with pytest.raises(ValueError, match="caption groups"):
+        criterion(images.float(), texts.float(), ids, classes)
+
+
+def test_caption_groups_ignore_case_spacing_and_final_stop():
+    from training.pairs import caption_key
+
+    assert caption_key("This is a dense  forest .") == caption_key("this is a dense forest") == "this is a dense forest"
+    assert caption_key("a river") != caption_key("a rivers")

@@ -27,6 +27,9 @@ def train_command(
     no_lca: bool = typer.Option(False, "--no-lca", help="Switch the LCA text head off."),
     no_affiliation: bool = typer.Option(False, "--no-affiliation", help="Train with the contrastive loss only."),
     lambda_aff: float = typer.Option(1.0, "--lambda-aff", help="Weight λ of the affiliation loss."),
+    same_caption_positives: bool = typer.Option(
+        False, "--same-caption-positives/--image-positives-only",
+        help="Count a caption that reads like the pair's own (other image) as a positive, not a negative."),
     freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
     unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone "
                                       "(with --feature-cache: from cached trunk outputs)."),
@@ -53,7 +56,7 @@ def train_command(
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
-        freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
+        same_caption_positives=same_caption_positives, freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device,
         amp=amp, num_workers=workers, instruction_weights=str(instruction_weights) if instruction_weights else None)

@@ -34,6 +34,7 @@ class TrainConfig:
     use_lca: bool = True
     use_affiliation: bool = True
     affiliation_weight: float = 1.0
+    same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
     freeze_backbones: bool = True
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
     backbone_lr_scale: float = 1.0  # learning rate of trained backbone weights = learning_rate x this

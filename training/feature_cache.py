@@ -152,12 +152,13 @@ class CachedPairs(torch.utils.data.Dataset):
         view = self.view_of(index)
         image = {k: v[pair.image_row, view] for k, v in self.features.images.items()}
         text = {k: v[pair.caption_row] for k, v in self.features.texts.items()}
-        return image, text, pair.image_id, pair.class_id
+        return image, text, pair.image_id, pair.class_id, pair.caption_group
 
 
 def collate_cached(items):
-    images, texts, image_ids, class_ids = zip(*items)
+    images, texts, image_ids, class_ids, groups = zip(*items)
     return {"image_inputs": {k: torch.stack([i[k] for i in images]) for k in images[0]},
             "text_inputs": {k: torch.stack([t[k] for t in texts]) for k in texts[0]},
             "image_ids": torch.tensor(image_ids, dtype=torch.long),
-            "class_ids": torch.tensor(class_ids, dtype=torch.long)}
+            "class_ids": torch.tensor(class_ids, dtype=torch.long),
+            "caption_groups": torch.tensor(groups, dtype=torch.long)}

@@ -3,7 +3,10 @@
 Why soft targets: a batch holds (image, caption) pairs, so the same image can appear several times with
 different captions. Treating only the diagonal as positive would push apart captions that describe the same
 image; instead every pair sharing an image id is a positive and the target distribution of a row is uniform
-over its positives. Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
+over its positives. Optionally (``same_caption_positives``) a caption that reads exactly like the row's own
+caption is a positive too, whichever image it belongs to: on UCM-captions most captions are shared by several
+images ("This is a dense forest."), and as negatives they would pull one text embedding towards several images
+and push it away from each of them in the same step. Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
 loss is exactly the loss of one process that saw the whole global batch.
 """
 
@@ -42,10 +45,14 @@ class LearnableTemperature(nn.Module):
 
 
 def soft_infonce(image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
-                 scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE where every pair (i, j) with the same image id is a positive (row-normalised targets)."""
+                 scale: torch.Tensor, caption_groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair (i, j) with the same image id is a positive (row-normalised targets);
+    with ``caption_groups``, so is every pair whose captions are the same caption."""
     logits = scale * image_emb @ text_emb.t()
-    positives = (image_ids[:, None] == image_ids[None, :]).to(logits.dtype)
+    same = image_ids[:, None] == image_ids[None, :]
+    if caption_groups is not None:
+        same = same | (caption_groups[:, None] == caption_groups[None, :])
+    positives = same.to(logits.dtype)
     image_to_text = -(positives / positives.sum(dim=1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1)
     text_to_image = -(positives.t() / positives.t().sum(dim=1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1)
     return 0.5 * (image_to_text.mean() + text_to_image.mean())
@@ -87,8 +94,10 @@ class PIRLoss(nn.Module):
     """L = Lc + λ·La with two learnable temperatures; gathers across ranks when distributed."""
 
     def __init__(self, use_affiliation: bool = True, affiliation_weight: float = 1.0,
-                 temperature: float = DEFAULT_TEMPERATURE, affiliation_temperature: float = DEFAULT_TEMPERATURE) -> None:
+                 temperature: float = DEFAULT_TEMPERATURE, affiliation_temperature: float = DEFAULT_TEMPERATURE,
+                 same_caption_positives: bool = False) -> None:
         super().__init__()
+        self.same_caption_positives = same_caption_positives
         self.use_affiliation = use_affiliation
         self.affiliation_weight = affiliation_weight
         self.contrastive_temperature = LearnableTemperature(temperature)
@@ -97,11 +106,16 @@ class PIRLoss(nn.Module):
             self.affiliation_temperature.requires_grad_(False)
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
-                class_ids: torch.Tensor | None = None) -> LossParts:
+                class_ids: torch.Tensor | None = None, caption_groups: torch.Tensor | None = None) -> LossParts:
         image_all = gather_with_gradient(image_emb.float())
         text_all = gather_with_gradient(text_emb.float())
         ids_all = gather_labels(image_ids)
-        contrastive = soft_infonce(image_all, text_all, ids_all, self.contrastive_temperature.scale())
+        groups_all = None
+        if self.same_caption_positives:
+            if caption_groups is None:
+                raise ValueError("same_caption_positives needs caption groups")
+            groups_all = gather_labels(caption_groups)
+        contrastive = soft_infonce(image_all, text_all, ids_all, self.contrastive_temperature.scale(), groups_all)
         if not self.use_affiliation:
             return LossParts(contrastive, contrastive, None)
         if class_ids is None:

@@ -23,6 +23,14 @@ class Pair:
     image_row: int  # position of the image in ``PairSet.image_ids`` (row in feature caches)
     caption_row: int  # position of the caption in ``PairSet.texts``
     class_id: int  # index into ``PairSet.class_names``, or NO_CLASS
+    caption_group: int  # pairs whose captions read the same (``caption_key``) share it
+
+
+def caption_key(text: str) -> str:
+    """What makes two captions "the same caption": case, spacing and a final full stop ignored.
+
+    UCM-captions' 8,400 training captions hold only 1,636 distinct strings, most shared by several images."""
+    return " ".join(text.lower().split()).rstrip(" .")
 
 
 @dataclass
@@ -48,6 +56,7 @@ def build_pairs(dataset: Dataset, split: str, class_names: list[str] | None = No
     class_index = {name: index for index, name in enumerate(names)}
     by_image = part.captions_by_image()
     image_ids, paths, texts, owners, pairs = [], [], [], [], []
+    groups: dict[str, int] = {}
     for image in part.images:
         captions = by_image.get(image.image_id, [])
         if not captions:
@@ -57,7 +66,8 @@ def build_pairs(dataset: Dataset, split: str, class_names: list[str] | None = No
         paths.append(str(image.path))
         class_id = class_index.get(image.label, NO_CLASS) if image.label is not None else NO_CLASS
         for caption in captions:
-            pairs.append(Pair(image.image_id, row, len(texts), class_id))
+            group = groups.setdefault(caption_key(caption.text), len(groups))
+            pairs.append(Pair(image.image_id, row, len(texts), class_id, group))
             texts.append(caption.text)
             owners.append(row)
     if not pairs:
@@ -98,11 +108,12 @@ class ImagePairs(torch.utils.data.Dataset):
 
         pair = self.pairs.pairs[index]
         pixels = self.transform(load_rgb(self.pairs.image_paths[pair.image_row]))
-        return pixels, self.pairs.texts[pair.caption_row], pair.image_id, pair.class_id
+        return pixels, self.pairs.texts[pair.caption_row], pair.image_id, pair.class_id, pair.caption_group
 
 
 def collate_image_pairs(items):
-    pixels, texts, image_ids, class_ids = zip(*items)
+    pixels, texts, image_ids, class_ids, groups = zip(*items)
     return {"pixels": torch.stack(pixels), "texts": list(texts),
             "image_ids": torch.tensor(image_ids, dtype=torch.long),
-            "class_ids": torch.tensor(class_ids, dtype=torch.long)}
+            "class_ids": torch.tensor(class_ids, dtype=torch.long),
+            "caption_groups": torch.tensor(groups, dtype=torch.long)}

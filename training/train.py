@@ -53,7 +53,7 @@ class TrainStep(nn.Module):
         else:
             image_emb = model_ops.embed_images(self.model, model_ops.image_inputs(self.model, batch["pixels"]))
             text_emb = model_ops.embed_texts(self.model, model_ops.text_inputs(self.model, batch["texts"]))
-        return self.criterion(image_emb, text_emb, batch["image_ids"], batch["class_ids"])
+        return self.criterion(image_emb, text_emb, batch["image_ids"], batch["class_ids"], batch["caption_groups"])
 
 
 @dataclass
@@ -93,7 +93,8 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
     if resume is not None:
         model_ops.load_weights(model, resume / LAST_DIR if (resume / LAST_DIR).is_dir() else resume)
     data = prepare_data(dataset, config, model, device, info)
-    criterion = PIRLoss(config.use_affiliation, config.affiliation_weight)
+    criterion = PIRLoss(config.use_affiliation, config.affiliation_weight,
+                        same_caption_positives=config.same_caption_positives)
     step_module = TrainStep(model, criterion, cached=data.cached,
                             tail=config.unfreeze_last if data.cached else 0).to(device)
     optimizer = build_optimizer(step_module, config, backbones=[model.vision, model.text])
