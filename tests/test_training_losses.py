@@ -143,3 +143,38 @@ def test_caption_groups_ignore_case_spacing_and_final_stop():
 
     assert caption_key("This is a dense  forest .") == caption_key("this is a dense forest") == "this is a dense forest"
     assert caption_key("a river") != caption_key("a rivers")
+
+
+def _naive_hard_negative_infonce(images, texts, ids, scale, beta):
+    size = len(ids)
+    total = 0.0
+    for anchors, others in ((images, texts), (texts, images)):
+        for row in range(size):
+            positives = [col for col in range(size) if ids[col] == ids[row]]
+            negatives = [col for col in range(size) if ids[col] != ids[row]]
+            cos = [float(anchors[row] @ others[col]) for col in range(size)]
+            mass = sum(math.exp(beta * cos[col]) for col in negatives)
+            weight = {col: len(negatives) * math.exp(beta * cos[col]) / mass for col in negatives}
+            denominator = (sum(math.exp(scale * cos[col]) for col in positives)
+                           + sum(weight[col] * math.exp(scale * cos[col]) for col in negatives))
+            total += -sum(scale * cos[col] - math.log(denominator) for col in positives) / len(positives)
+    return 0.5 * total / size
+
+
+@pytest.mark.parametrize("beta", [2.0, 10.0])
+def test_hard_negatives_match_naive_loop_and_beta_zero_is_plain(beta):
+    images, texts, ids, _ = _batch(3)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    got = soft_infonce(images, texts, ids, scale, hard_negative_beta=beta)
+    assert math.isclose(float(got), _naive_hard_negative_infonce(images, texts, ids, float(scale), beta), rel_tol=1e-9)
+    assert float(got) > float(soft_infonce(images, texts, ids, scale))  # hard negatives weigh more
+    assert math.isclose(float(soft_infonce(images, texts, ids, scale, hard_negative_beta=0.0)),
+                        _naive_infonce(images, texts, ids, float(scale)), rel_tol=1e-9)
+
+
+def test_hard_negatives_survive_a_batch_of_one_image():
+    """Every pair a positive: no negatives to weight, no nan."""
+    images, texts, _, _ = _batch(4, size=5)
+    ids = torch.zeros(5, dtype=torch.long)
+    value = soft_infonce(images, texts, ids, torch.tensor(10.0, dtype=torch.float64), hard_negative_beta=5.0)
+    assert torch.isfinite(value)

@@ -30,6 +30,8 @@ def train_command(
     same_caption_positives: bool = typer.Option(
         False, "--same-caption-positives/--image-positives-only",
         help="Count a caption that reads like the pair's own (other image) as a positive, not a negative."),
+    hard_negatives: float = typer.Option(0.0, "--hard-negatives",
+                                         help="β of HN-NCE: weight negatives by exp(β·cosine); 0 = plain InfoNCE."),
     freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
     unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone "
                                       "(with --feature-cache: from cached trunk outputs)."),
@@ -56,7 +58,7 @@ def train_command(
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
-        same_caption_positives=same_caption_positives, freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
+        same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives, freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device,
         amp=amp, num_workers=workers, instruction_weights=str(instruction_weights) if instruction_weights else None)

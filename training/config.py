@@ -35,6 +35,7 @@ class TrainConfig:
     use_affiliation: bool = True
     affiliation_weight: float = 1.0
     same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
+    hard_negative_beta: float = 0.0  # > 0: negatives weighted by exp(β·cosine) in InfoNCE (HN-NCE)
     freeze_backbones: bool = True
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
     backbone_lr_scale: float = 1.0  # learning rate of trained backbone weights = learning_rate x this
@@ -64,6 +65,7 @@ class TrainConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.grad_clip_norm > 0, "grad_clip_norm must be > 0"),
             (self.affiliation_weight >= 0, "affiliation_weight (--lambda-aff) must be >= 0"),
+            (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),

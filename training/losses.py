@@ -6,7 +6,12 @@ image; instead every pair sharing an image id is a positive and the target distr
 over its positives. Optionally (``same_caption_positives``) a caption that reads exactly like the row's own
 caption is a positive too, whichever image it belongs to: on UCM-captions most captions are shared by several
 images ("This is a dense forest."), and as negatives they would pull one text embedding towards several images
-and push it away from each of them in the same step. Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
+and push it away from each of them in the same step.
+
+Hard negatives (``hard_negative_beta`` β > 0, HN-NCE after Radenovic et al. 2023): in each row's softmax
+denominator a negative j is weighted by w_j = n_neg · exp(β cos_j) / Σ_negatives exp(β cos), so the weights
+average 1 and the negatives most similar to the anchor count more (β = 0 is plain InfoNCE). The weights are
+constants of the step (no gradient flows through them). Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
 loss is exactly the loss of one process that saw the whole global batch.
 """
 
@@ -45,17 +50,33 @@ class LearnableTemperature(nn.Module):
 
 
 def soft_infonce(image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
-                 scale: torch.Tensor, caption_groups: torch.Tensor | None = None) -> torch.Tensor:
+                 scale: torch.Tensor, caption_groups: torch.Tensor | None = None,
+                 hard_negative_beta: float = 0.0) -> torch.Tensor:
     """Symmetric InfoNCE where every pair (i, j) with the same image id is a positive (row-normalised targets);
     with ``caption_groups``, so is every pair whose captions are the same caption."""
-    logits = scale * image_emb @ text_emb.t()
+    cosines = image_emb @ text_emb.t()
+    logits = scale * cosines
     same = image_ids[:, None] == image_ids[None, :]
     if caption_groups is not None:
         same = same | (caption_groups[:, None] == caption_groups[None, :])
     positives = same.to(logits.dtype)
-    image_to_text = -(positives / positives.sum(dim=1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1)
-    text_to_image = -(positives.t() / positives.t().sum(dim=1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1)
+    row_logits, column_logits = logits, logits.t()
+    if hard_negative_beta > 0:
+        row_logits = row_logits + _negative_log_weights(cosines, same, hard_negative_beta)
+        column_logits = column_logits + _negative_log_weights(cosines.t(), same.t(), hard_negative_beta)
+    image_to_text = -(positives / positives.sum(dim=1, keepdim=True) * F.log_softmax(row_logits, dim=1)).sum(1)
+    text_to_image = -(positives.t() / positives.t().sum(dim=1, keepdim=True)
+                      * F.log_softmax(column_logits, dim=1)).sum(1)
     return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def _negative_log_weights(cosines: torch.Tensor, positive: torch.Tensor, beta: float) -> torch.Tensor:
+    """log w per entry: 0 on positives; on negatives log(n_neg · softmax over the row's negatives of β·cos)."""
+    negative = ~positive
+    scores = (beta * cosines.detach()).masked_fill(positive, float("-inf"))
+    count = negative.sum(dim=1, keepdim=True).to(cosines.dtype)
+    log_weights = scores - torch.logsumexp(scores, dim=1, keepdim=True) + count.log()
+    return log_weights.masked_fill(positive, 0.0)  # also clears rows without negatives (nan there)
 
 
 def affiliation(image_emb: torch.Tensor, text_emb: torch.Tensor, class_ids: torch.Tensor,
@@ -95,9 +116,10 @@ class PIRLoss(nn.Module):
 
     def __init__(self, use_affiliation: bool = True, affiliation_weight: float = 1.0,
                  temperature: float = DEFAULT_TEMPERATURE, affiliation_temperature: float = DEFAULT_TEMPERATURE,
-                 same_caption_positives: bool = False) -> None:
+                 same_caption_positives: bool = False, hard_negative_beta: float = 0.0) -> None:
         super().__init__()
         self.same_caption_positives = same_caption_positives
+        self.hard_negative_beta = hard_negative_beta
         self.use_affiliation = use_affiliation
         self.affiliation_weight = affiliation_weight
         self.contrastive_temperature = LearnableTemperature(temperature)
@@ -115,7 +137,8 @@ class PIRLoss(nn.Module):
             if caption_groups is None:
                 raise ValueError("same_caption_positives needs caption groups")
             groups_all = gather_labels(caption_groups)
-        contrastive = soft_infonce(image_all, text_all, ids_all, self.contrastive_temperature.scale(), groups_all)
+        contrastive = soft_infonce(image_all, text_all, ids_all, self.contrastive_temperature.scale(), groups_all,
+                                   self.hard_negative_beta)
         if not self.use_affiliation:
             return LossParts(contrastive, contrastive, None)
         if class_ids is None:

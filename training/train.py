@@ -94,7 +94,8 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
         model_ops.load_weights(model, resume / LAST_DIR if (resume / LAST_DIR).is_dir() else resume)
     data = prepare_data(dataset, config, model, device, info)
     criterion = PIRLoss(config.use_affiliation, config.affiliation_weight,
-                        same_caption_positives=config.same_caption_positives)
+                        same_caption_positives=config.same_caption_positives,
+                        hard_negative_beta=config.hard_negative_beta)
     step_module = TrainStep(model, criterion, cached=data.cached,
                             tail=config.unfreeze_last if data.cached else 0).to(device)
     optimizer = build_optimizer(step_module, config, backbones=[model.vision, model.text])
