@@ -51,6 +51,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                                "use_affiliation": True, "hard_negative_beta": 5.0}),
     "k-cl-aff-hn10": ("CL + affiliation, hard negatives β=10", {"use_vir": False, "use_lca": False,
                                                                  "use_affiliation": True, "hard_negative_beta": 10.0}),
+    "l-cl-aff-hn5-samecap": ("CL + affiliation, hard negatives β=5, identical captions as positives",
+                             {"use_vir": False, "use_lca": False, "use_affiliation": True,
+                              "hard_negative_beta": 5.0, "same_caption_positives": True}),
     # partial unfreezing: needs a trunk cache (features before the last blocks), so it is measured in its own
     # block with its own runs file (--block model-tail), not in the frozen-feature table
     "g-tail1": ("full PIR + last EfficientNet stage and last MiniLM layer trained (lr ×0.1), cached trunk",
