@@ -194,10 +194,12 @@ def main() -> None:
     parser.add_argument("--rerank-depth", type=int, default=50)
     parser.add_argument("--update-docs", action="store_true")
     parser.add_argument("--block", default="query", help="block of docs/benchmarks.md to rewrite")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="raw timings JSON (default docs/bench/query_<index folder name>.json)")
     args = parser.parse_args()
     report = measure(args.index, args.queries, args.rerank_depth, args.rerank_queries)
     report["command"] = "python -m bench.query_bench " + " ".join(sys.argv[1:])
-    out = DOCS / "bench" / f"query_{args.index.resolve().name}.json"
+    out = args.out or DOCS / "bench" / f"query_{args.index.resolve().name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = out.with_name(f".{out.name}.tmp")
     temp.write_text(json.dumps(report, indent=2) + "\n")
