@@ -11,7 +11,8 @@ text backbone with bfloat16 weights (half the memory traffic; the heads stay flo
 every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds every
 available kind, times them on the probes and keeps the fastest: on CPUs without native bfloat16 and without
 onnxruntime that is float32. Measured on the 2-core
-EPYC VM (avx512_bf16), one thread, the 1,050 UCM test captions (bench/text_precision_check.py, 2026-12-03):
+EPYC VM (avx512_bf16), compiled graphs on one thread and eager on two, the 1,050 UCM test captions
+(bench/text_precision_check.py, 2026-12-03):
 eager 20.7 ms, ONNX Runtime 8.6 ms, TorchScript float32 14.4 ms, bfloat16 10.4 ms per query (p50); minimum
 cosine with eager 0.9999996 for ONNX, 0.99980 for bfloat16.
 
