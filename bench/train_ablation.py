@@ -134,8 +134,8 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         f"Data: {meta['data']} (train for training, val for choosing the epoch, test scored once). Mean ± sample "
         f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
         f"{meta['lr']}, model config `{meta['model']}`, cached backbone features ({meta['views']} dihedral views "
-        "per training image; frozen backbones unless the row says which blocks train). s/run: mean training time per seed, leaving out "
-        "a run that first had to build the feature cache.",
+        "per training image; frozen backbones unless the row says which blocks train). s/run: mean training "
+        "time per seed, leaving out a run that first had to build the feature cache.",
         "",
         "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run "
         "| measured |",

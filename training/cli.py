@@ -58,10 +58,11 @@ def train_command(
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
-        same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives, freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
+        same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
+        freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
-        device=device,
-        amp=amp, num_workers=workers, instruction_weights=str(instruction_weights) if instruction_weights else None)
+        device=device, amp=amp, num_workers=workers,
+        instruction_weights=str(instruction_weights) if instruction_weights else None)
     if resume is not None and not resume.exists():
         raise ConfigError(f"--resume {resume}: no such run folder")
     result = train(load_dataset(data_dir), train_config, out, resume=resume, show_progress=not quiet)

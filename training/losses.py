@@ -3,16 +3,18 @@
 Why soft targets: a batch holds (image, caption) pairs, so the same image can appear several times with
 different captions. Treating only the diagonal as positive would push apart captions that describe the same
 image; instead every pair sharing an image id is a positive and the target distribution of a row is uniform
-over its positives. Optionally (``same_caption_positives``) a caption that reads exactly like the row's own
-caption is a positive too, whichever image it belongs to: on UCM-captions most captions are shared by several
-images ("This is a dense forest."), and as negatives they would pull one text embedding towards several images
-and push it away from each of them in the same step.
+over its positives. Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
+loss is exactly the loss of one process that saw the whole global batch.
+
+Optionally (``same_caption_positives``) a caption that reads exactly like the row's own caption is a positive
+too, whichever image it belongs to: on UCM-captions most captions are shared by several images ("This is a
+dense forest."), and as negatives they would pull one text embedding towards several images and push it away
+from each of them in the same step.
 
 Hard negatives (``hard_negative_beta`` β > 0, HN-NCE after Radenovic et al. 2023): in each row's softmax
 denominator a negative j is weighted by w_j = n_neg · exp(β cos_j) / Σ_negatives exp(β cos), so the weights
 average 1 and the negatives most similar to the anchor count more (β = 0 is plain InfoNCE). The weights are
-constants of the step (no gradient flows through them). Under torch.distributed the embeddings and ids are gathered (with gradient) first, so the
-loss is exactly the loss of one process that saw the whole global batch.
+constants of the step (no gradient flows through them).
 """
 
 from __future__ import annotations
