@@ -30,6 +30,8 @@ from bench.ablation_results import write_ablation_results  # noqa: E402
 from bench.docs_blocks import update_page  # noqa: E402
 from bench.machine import write_json_atomically  # noqa: E402
 
+# stands for the --aid-tail-instruction file in a variant's overrides
+AID_TAIL = "<--aid-tail-instruction>"
 # name -> (description, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "a-floor": ("frozen backbones + 2 linear projections, InfoNCE, no augmentation",
@@ -59,12 +61,28 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "g-tail1": ("full PIR + last EfficientNet stage and last MiniLM layer trained (lr ×0.1), cached trunk",
                 {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
                  "backbone_lr_scale": 0.1}),
+    # the same, from the AID-trained tail of `engine train-instruction --unfreeze-last 1` (--aid-tail-instruction)
+    "m-aidtail1": ("as g-tail1, but the last EfficientNet stage starts from its AID scene-classification training",
+                   {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
+                    "backbone_lr_scale": 0.1, "instruction_weights": AID_TAIL}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 
 
-def run_variant(dataset, base, name: str, seed: int, out: Path) -> dict:
+def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None):
+    """The TrainConfig of one (variant, seed) run; a variant that needs the AID-tail instruction weights gets
+    the --aid-tail-instruction file (and cannot run without it)."""
+    overrides = dict(VARIANTS[name][1])
+    if overrides.get("instruction_weights") == AID_TAIL:
+        if aid_tail_instruction is None:
+            raise SystemExit(f"variant {name} needs --aid-tail-instruction (from `engine train-instruction "
+                             "--unfreeze-last 1`)")
+        overrides["instruction_weights"] = str(aid_tail_instruction)
+    return dataclasses.replace(base, seed=seed, **overrides)
+
+
+def run_variant(dataset, config, name: str, out: Path) -> dict:
     import torch
 
     from encoders.checkpoint import load_model
@@ -74,7 +92,6 @@ def run_variant(dataset, base, name: str, seed: int, out: Path) -> dict:
     from training.pairs import build_pairs
     from training.train import train
 
-    config = dataclasses.replace(base, seed=seed, **VARIANTS[name][1])
     # the first run over a fresh cache folder also encodes every image: its time is not a training time
     built_cache = not any(Path(config.feature_cache).glob("features-*.safetensors"))
     started = time.perf_counter()
@@ -87,7 +104,7 @@ def run_variant(dataset, base, name: str, seed: int, out: Path) -> dict:
                                 DistInfo())
     test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
                            tail=config.unfreeze_last)
-    return {"variant": name, "seed": seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
+    return {"variant": name, "seed": config.seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
             "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache}
 
 
@@ -180,6 +197,8 @@ def main() -> None:
                         help="folder for one `engine eval` result JSON per variant (test-split means)")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "ablation-model.png")
     parser.add_argument("--block", default="model", help="block of --docs to rewrite")
+    parser.add_argument("--aid-tail-instruction", type=Path, default=None,
+                        help="instruction weights with an AID-trained backbone tail (variant m-aidtail1)")
     args = parser.parse_args()
 
     import torch
@@ -201,7 +220,8 @@ def main() -> None:
         for seed in args.seeds:
             if (name, seed) in done:
                 continue
-            run = run_variant(dataset, base, name, seed, args.out / f"{name}-seed{seed}")
+            config = variant_config(base, name, seed, args.aid_tail_instruction)
+            run = run_variant(dataset, config, name, args.out / f"{name}-seed{seed}")
             run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)
             write_json_atomically(args.runs_file, {"runs": runs, "earlier_summaries": earlier})

@@ -197,7 +197,10 @@ def changed_backbone_keys(model: PIRModel) -> list[str]:
             "include_backbones=False needs backbones that a dependency provides; this config has a randomly "
             "initialised backbone"
         )
-    reference = PIRModel(config.replace(head=_replace(config.head, use_vir=False, use_lca=False))).state_dict()
+    # The reference loads no instruction weights, so AID-trained shared-backbone tensors that came with them count
+    # as changed and are stored (the saved config drops the weights path).
+    reference = PIRModel(config.replace(head=_replace(config.head, use_vir=False, use_lca=False),
+                                        instruction=_replace(config.instruction, weights=None))).state_dict()
     return sorted(key for key, value in model.state_dict().items()
                   if key.startswith(BACKBONE_PREFIXES) and not torch.equal(value.cpu(), reference[key]))
 

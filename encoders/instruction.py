@@ -11,7 +11,10 @@ Sharing: with ``share_vision_backbone`` the encoder owns no backbone and reuses 
 backbone already computed (one forward pass instead of two, which halves image encoding time on CPU). This is
 only valid when the instruction backbone would be the very same network on the very same input, i.e. when only
 the classifier is trained on AID; use ``feature: "logits"`` then, otherwise the instruction carries no scene
-information beyond the vision feature itself.
+information beyond the vision feature itself. When ``engine train-instruction --unfreeze-last N`` also trained the
+last backbone stages on AID, the weights file carries those tensors under ``shared_backbone.`` and the model
+applies them to the shared vision backbone (``shared_backbone_state``), with or without VIR: still one network,
+now AID-adapted.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from encoders.config import InstructionConfig
 from encoders.vision import create_timm_model
 from encoders.strict_load import read_safetensors, state_problem
 from engine.errors import ConfigError
+
+SHARED_BACKBONE_PREFIX = "shared_backbone."
 
 
 class InstructionEncoder(nn.Module):
@@ -90,20 +95,46 @@ class InstructionEncoder(nn.Module):
     def instruction_feature(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.instruction_from_pooled(self.features(pixels))
 
-    def save_weights(self, path: Path) -> None:
-        """Write all weights (backbone + classifier) as safetensors, via a temporary file."""
+    def save_weights(self, path: Path, shared_backbone_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write all weights (backbone + classifier, plus any shared-backbone tensors) via a temporary file."""
+        if shared_backbone_state and not self.config.share_vision_backbone:
+            raise ConfigError("shared-backbone tensors only fit an instruction encoder with share_vision_backbone")
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.tmp")
         state = {key: value.detach().contiguous().cpu() for key, value in self.state_dict().items()}
+        state.update({SHARED_BACKBONE_PREFIX + key: value.detach().contiguous().cpu()
+                      for key, value in (shared_backbone_state or {}).items()})
         save_file(state, str(temp), metadata={"timm_name": self.config.timm_name, "classes": str(self.config.num_classes)})
         temp.replace(path)
 
     def load_weights(self, path: Path) -> None:
         """Strict load: every key present, nothing extra, every shape equal."""
-        state = read_safetensors(path, "instruction.weights")
+        state = _without_shared_backbone(read_safetensors(path, "instruction.weights"), self.config, path)[0]
         expected = self.state_dict()
         problem = state_problem(state, expected)
         if problem:
             raise ConfigError(f"instruction.weights: {path} does not fit {self.config.timm_name} with "
                               f"{self.config.num_classes} classes ({problem})")
         self.load_state_dict(state, strict=True)
+
+
+def shared_backbone_state(config: InstructionConfig) -> dict[str, torch.Tensor]:
+    """The AID-trained vision-backbone tensors stored with the instruction weights (names inside the timm
+    network); empty when there are none. Only a config that shares the vision backbone may carry them."""
+    if not config.weights:
+        return {}
+    path = Path(config.weights)
+    return _without_shared_backbone(read_safetensors(path, "instruction.weights"), config, path)[1]
+
+
+def _without_shared_backbone(state: dict[str, torch.Tensor], config: InstructionConfig,
+                             path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the encoder's own tensors, the shared-backbone tensors without their prefix); refuses the latter when the
+    config's encoder has a backbone of its own."""
+    own = {key: value for key, value in state.items() if not key.startswith(SHARED_BACKBONE_PREFIX)}
+    shared = {key.removeprefix(SHARED_BACKBONE_PREFIX): value for key, value in state.items()
+              if key.startswith(SHARED_BACKBONE_PREFIX)}
+    if shared and not config.share_vision_backbone:
+        raise ConfigError(f"instruction.weights: {path} holds shared-backbone tensors, but this config's "
+                          "instruction encoder has its own backbone (share_vision_backbone is false)")
+    return own, shared

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from encoders.config import ModelConfig
-from encoders.instruction import InstructionEncoder
+from encoders.instruction import InstructionEncoder, shared_backbone_state
 from encoders.pae import LanguageCycleAttention, VisualInstructionRefiner
 from encoders.text import TextBackbone, TextBatch
 from encoders.vision import VisionBackbone
@@ -61,7 +61,20 @@ class PIRModel(nn.Module):
             self.instruction = InstructionEncoder(config.instruction, shared_width=self.vision.width)
             self.vir = VisualInstructionRefiner(head, self.instruction.feature_dim)
         self.lca = LanguageCycleAttention(head) if head.use_lca else None
+        shared = shared_backbone_state(config.instruction)
+        if shared:
+            self._apply_shared_backbone_state(shared)
         self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
+
+    def _apply_shared_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the AID-trained backbone tensors of the instruction weights into the shared vision network."""
+        network = self.vision.model
+        current = network.state_dict()
+        wrong = [key for key in state if key not in current or current[key].shape != state[key].shape]
+        if wrong:
+            raise ConfigError(f"instruction.weights: shared-backbone tensor {wrong[0]!r} does not fit vision backbone "
+                              f"{self.config.vision.timm_name!r} ({len(wrong)} of {len(state)} do not)")
+        network.load_state_dict({**current, **state}, strict=True)
 
     @property
     def device(self) -> torch.device:

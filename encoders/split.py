@@ -45,20 +45,30 @@ def vision_tail_modules(network: nn.Module, tail: int) -> list[nn.Module]:
     return _efficientnet_parts(network, tail)[1]
 
 
-def vision_trunk(backbone, pixels: torch.Tensor, tail: int) -> torch.Tensor:
-    """(B, 3, H, W) -> the feature map entering the tail (frozen part; cache it)."""
+def network_trunk(network: nn.Module, pixels: torch.Tensor, tail: int) -> torch.Tensor:
+    """(B, 3, H, W) -> the feature map entering the last ``tail`` stages of a timm EfficientNet-style network."""
     x = pixels
-    for module in _efficientnet_parts(backbone.model, tail)[0]:
+    for module in _efficientnet_parts(network, tail)[0]:
         x = module(x)
     return x
 
 
+def network_tail(network: nn.Module, trunk: torch.Tensor, tail: int) -> torch.Tensor:
+    """Trunk map -> the network's ``forward_features`` output (the final feature map)."""
+    x = trunk
+    for module in _efficientnet_parts(network, tail)[1]:
+        x = module(x)
+    return x
+
+
+def vision_trunk(backbone, pixels: torch.Tensor, tail: int) -> torch.Tensor:
+    """(B, 3, H, W) -> the feature map entering the tail (frozen part; cache it)."""
+    return network_trunk(backbone.model, pixels, tail)
+
+
 def vision_tail(backbone, trunk: torch.Tensor, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Trunk map -> (global token, patch tokens), exactly as ``VisionBackbone.forward`` would give."""
-    x = trunk
-    for module in _efficientnet_parts(backbone.model, tail)[1]:
-        x = module(x)
-    return backbone.tokens_from_features(x)
+    return backbone.tokens_from_features(network_tail(backbone.model, trunk, tail))
 
 
 def _bert_layers(network: nn.Module, tail: int) -> list[nn.Module]:

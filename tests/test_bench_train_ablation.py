@@ -47,3 +47,16 @@ def test_partial_unfreezing_is_not_in_the_frozen_table_by_default() -> None:
     assert "g-tail1" in train_ablation.VARIANTS and "g-tail1" not in train_ablation.FROZEN_VARIANTS
     assert train_ablation.FROZEN_VARIANTS[:2] == ["a-floor", "b-cl-only"]
     assert train_ablation.VARIANTS["g-tail1"][1]["unfreeze_last"] == 1
+
+
+def test_aid_tail_variant_takes_its_instruction_weights_from_the_flag() -> None:
+    import pytest
+
+    from training.config import TrainConfig
+
+    base = TrainConfig(feature_cache="cache", instruction_weights="linear-probe.safetensors")
+    config = train_ablation.variant_config(base, "m-aidtail1", 2, Path("aid-tail.safetensors"))
+    assert (config.instruction_weights, config.seed, config.unfreeze_last) == ("aid-tail.safetensors", 2, 1)
+    assert train_ablation.variant_config(base, "g-tail1", 1, None).instruction_weights == "linear-probe.safetensors"
+    with pytest.raises(SystemExit, match="--aid-tail-instruction"):
+        train_ablation.variant_config(base, "m-aidtail1", 1, None)

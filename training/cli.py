@@ -79,6 +79,12 @@ def train_instruction_command(
     train_fraction: float = typer.Option(0.8, "--train-fraction", help="Per-class share of images used to train."),
     seed: int = typer.Option(42, "--seed"),
     views: int = typer.Option(4, "--views", help="Augmented views (flips/rotations) cached per training image."),
+    unfreeze_last: int = typer.Option(0, "--unfreeze-last",
+                                      help="Also train the backbone's last N stages (shared with the vision side)."),
+    backbone_lr_scale: float = typer.Option(0.1, "--backbone-lr-scale",
+                                            help="Learning rate of those stages, as a multiple of the classifier's."),
+    feature_cache: Optional[Path] = typer.Option(None, "--feature-cache",
+                                                 help="Folder for the cached trunk maps (--unfreeze-last)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Train the instruction encoder's scene classifier; reports held-out top-1 and writes its weights."""
@@ -86,7 +92,8 @@ def train_instruction_command(
     from training.instruction import InstructionTrainConfig, train_instruction
 
     settings = InstructionTrainConfig(model=config, epochs=epochs, train_fraction=train_fraction, seed=seed,
-                                      views=views)
+                                      views=views, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
+                                      feature_cache=str(feature_cache) if feature_cache else None)
     report = train_instruction(load_dataset(data_dir), settings, out, show_progress=not quiet)
     typer.echo(f"held-out top-1 {report.test_top1 * 100:.2f}% on {report.test_images} images "
                f"({report.classes} classes); weights: {report.weights_path}")

@@ -5,7 +5,8 @@ How: a deterministic stratified split (per class, a seeded shuffle of the files 
 image (and per augmented view for training images) and only the linear classifier is trained on those cached
 features. On 2 CPU cores the backbone pass costs minutes while classifier epochs cost milliseconds, so this is
 what makes AID training feasible here. PIR used a 20 % train / 80 % test split; we default to 80 / 20 because
-the classifier is a tool here, not the object of study.
+the classifier is a tool here, not the object of study. With ``--unfreeze-last N`` the backbone's last N stages
+train too, from cached trunk maps (``training/instruction_tail.py``).
 """
 
 from __future__ import annotations
@@ -43,12 +44,17 @@ class InstructionTrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
+    unfreeze_last: int = 0  # > 0: also train the backbone's last N stages (training/instruction_tail.py)
+    backbone_lr_scale: float = 0.1  # learning rate of those stages = learning_rate x this
+    feature_cache: str | None = None  # folder for the cached trunk maps (with unfreeze_last > 0)
 
     def __post_init__(self) -> None:
         if not 0 < self.train_fraction < 1:
             raise ConfigError(f"--train-fraction must be in (0, 1), got {self.train_fraction}")
         if self.epochs < 1 or self.views < 1:
             raise ConfigError("--epochs and --views must be >= 1")
+        if self.unfreeze_last < 0 or self.backbone_lr_scale <= 0:
+            raise ConfigError("--unfreeze-last must be >= 0 and --backbone-lr-scale > 0")
 
 
 @dataclass(frozen=True)
@@ -116,20 +122,25 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
     transform = VisionBackbone(image_config).image_transform(train=False)
     label_index = {name: index for index, name in enumerate(classes)}
     labels = torch.tensor([label_index[image.label] for image in dataset.images])
+    what = "trunk maps" if settings.unfreeze_last else "pooled features"
     if show_progress:
-        print(f"caching pooled features: {len(train_positions)} train images x {settings.views} views, "
+        print(f"caching {what}: {len(train_positions)} train images x {settings.views} views, "
               f"{len(test_positions)} held-out images", flush=True)
-    train_features = _pooled_features(encoder, dataset, train_positions, settings.views,
-                                      settings.feature_batch_size, transform)
-    test_features = _pooled_features(encoder, dataset, test_positions, 1, settings.feature_batch_size, transform)
     train_labels, test_labels = labels[train_positions], labels[test_positions]
-    _fit_classifier(encoder, train_features, train_labels, settings)
-    with torch.no_grad():
-        predictions = encoder.classifier(test_features[:, 0]).argmax(dim=1)
+    if settings.unfreeze_last:
+        predictions = _train_with_tail(encoder, dataset, train_positions, test_positions, train_labels, transform,
+                                       settings, show_progress)
+    else:
+        train_features = _pooled_features(encoder, dataset, train_positions, settings.views,
+                                          settings.feature_batch_size, transform)
+        test_features = _pooled_features(encoder, dataset, test_positions, 1, settings.feature_batch_size, transform)
+        _fit_classifier(encoder, train_features, train_labels, settings)
+        with torch.no_grad():
+            predictions = encoder.classifier(test_features[:, 0]).argmax(dim=1)
     top1 = float((predictions == test_labels).float().mean())
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / WEIGHTS_FILE
-    _save_for(target_config, encoder, weights_path)
+    _save_for(target_config, encoder, weights_path, settings.unfreeze_last)
     report = InstructionReport(weights_path, len(classes), len(train_positions), len(test_positions), top1)
     write_text_atomic(out / REPORT_FILE, json.dumps({
         "dataset": str(dataset.root), "classes": classes, "split": {"train_fraction": settings.train_fraction,
@@ -139,16 +150,33 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
     return report
 
 
-def _save_for(target_config, trained, path: Path) -> None:
-    """Save weights in the layout the model config loads: classifier only when it shares the vision backbone."""
+def _train_with_tail(encoder, dataset: Dataset, train_positions: list[int], test_positions: list[int],
+                     train_labels: torch.Tensor, transform, settings: InstructionTrainConfig,
+                     show_progress: bool) -> torch.Tensor:
+    """Cached trunk maps, then tail + classifier training; returns the held-out predictions."""
+    from training.instruction_tail import cached_trunks, fit_tail, predict
+
+    network, tail = encoder.backbone, settings.unfreeze_last
+    folder = Path(settings.feature_cache) if settings.feature_cache else None
+    batch = settings.feature_batch_size
+    test_trunks = cached_trunks(network, dataset, test_positions, 1, tail, transform, batch, folder)
+    train_trunks = cached_trunks(network, dataset, train_positions, settings.views, tail, transform, batch, folder)
+    fit_tail(network, encoder.classifier, train_trunks, train_labels, tail, settings, show_progress)
+    return predict(network, encoder.classifier, test_trunks, tail, settings.batch_size)
+
+
+def _save_for(target_config, trained, path: Path, tail: int) -> None:
+    """Save weights in the layout the model config loads: with a shared vision backbone, the classifier plus (when
+    the tail was trained) the tail's tensors for that backbone; otherwise the whole encoder."""
     from encoders.instruction import InstructionEncoder
+    from training.instruction_tail import tail_state
 
     if not target_config.share_vision_backbone:
         trained.save_weights(path)
         return
     target = InstructionEncoder(target_config, shared_width=trained.pooled_width)
     target.classifier.load_state_dict(trained.classifier.state_dict())
-    target.save_weights(path)
+    target.save_weights(path, tail_state(trained.backbone, tail) if tail else None)
 
 
 def _fit_classifier(encoder, features: torch.Tensor, labels: torch.Tensor, settings: InstructionTrainConfig) -> None:
