@@ -27,6 +27,14 @@ def _row(name: str, result: dict) -> str:
     return f"| {name} | " + " | ".join(f"{result['recalls'][key]:.2f}" for key in RECALL_KEYS) + " |"
 
 
+def _instruction_recipe(settings: dict) -> str:
+    tail = settings.get("unfreeze_last", 0)
+    stages = "the last backbone stage" if tail == 1 else f"the last {tail} backbone stages"
+    trained = (f"classifier and {stages}, lr ×{settings['backbone_lr_scale']} for the backbone"
+               if tail else "classifier only, frozen backbone")
+    return f"{trained}; {settings['epochs']} epochs over {settings['views']} views per image"
+
+
 def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -> str:
     config = json.loads((run / "train_config.json").read_text())
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
@@ -39,8 +47,8 @@ def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -
         _row(f"test ({test['dataset']['images']} images / {test['dataset']['captions']} captions)", test),
         _row("test, pessimistic ties", {"recalls": test["recalls_pessimistic"]}),
         "",
-        "Training settings (`train_config.json` of the run; the val mR column below was computed with the "
-        "pessimistic tie rule, the training-time default when this model was trained):",
+        "Training settings (`train_config.json` of the run; the val mR column below is training's own evaluation "
+        "in float32, before the float16 storage of the shipped weights):",
         "",
         "| setting | value |",
         "|---|---|",
@@ -48,7 +56,7 @@ def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -
         "",
         f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
         f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for training, "
-        f"split seed {instruction['split']['seed']}).",
+        f"split seed {instruction['split']['seed']}; {_instruction_recipe(instruction['settings'])}).",
         "",
         f"Shipped weights: `{weights.relative_to(REPO)}`, {weights.stat().st_size / 2**20:.2f} MiB.",
     ]

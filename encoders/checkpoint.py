@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -127,6 +128,7 @@ def save_model(
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _make_readable(staging)
         if folder.exists():
             backup = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
@@ -139,6 +141,16 @@ def save_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder and safetensors a 0600 file: give the checkpoint the usual umask modes instead,
+    so a model saved by one user (or shipped in the package) loads for another."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def load_weights(model: PIRModel, folder: Path) -> None:

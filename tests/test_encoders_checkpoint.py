@@ -148,3 +148,17 @@ def test_partially_fine_tuned_model_stores_only_the_changed_backbone_tensors(tmp
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="changed_backbone_keys"):
         encoders.load_model(folder)
+
+
+def test_saved_folder_gets_umask_modes_not_private_ones(tmp_path: Path) -> None:
+    """mkdtemp (0700) and safetensors (0600) would make a saved model unreadable to other users."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        folder = encoders.save_model(encoders.create_model("tiny-test"), tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {0o644}

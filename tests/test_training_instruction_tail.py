@@ -116,3 +116,12 @@ def test_checkpoint_keeps_the_aid_tail_without_the_instruction_file(tmp_path):
     pixels = torch.rand(1, 3, 224, 224)
     with torch.inference_mode():
         assert torch.equal(loaded.encode_image(pixels), model.encode_image(pixels))
+
+
+def test_cli_refuses_a_tail_longer_than_the_backbone(tmp_path, capsys):
+    folder = write_scene_folders(tmp_path / "aid", per_class=3)
+    code = engine_main(["train-instruction", str(folder), "--config", "tiny-test", "--out", str(tmp_path / "out"),
+                        "--epochs", "1", "--views", "1", "--unfreeze-last", "99", "--quiet"])
+    assert code != 0
+    assert "--unfreeze-last 99" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "instruction.safetensors").exists()
