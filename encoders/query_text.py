@@ -10,11 +10,9 @@ when ``onnxruntime`` is installed. ``float32`` reproduces ``encode_text`` to rou
 text backbone with bfloat16 weights (half the memory traffic; the heads stay float32) and is accepted only when
 every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds every
 available kind, times them on the probes and keeps the fastest: on CPUs without native bfloat16 and without
-onnxruntime that is float32. Measured on the 2-core
-EPYC VM (avx512_bf16), compiled graphs on one thread and eager on two, the 1,050 UCM test captions
-(bench/text_precision_check.py, 2026-12-03):
-eager 20.7 ms, ONNX Runtime 8.6 ms, TorchScript float32 14.4 ms, bfloat16 10.4 ms per query (p50); minimum
-cosine with eager 0.9999996 for ONNX, 0.99980 for bfloat16.
+onnxruntime that is float32. On the 2-core EPYC VM (avx512_bf16) ONNX Runtime is ~2× faster than eager with
+the same rankings, and bfloat16 sits between them at a minimum cosine of ~0.9998 with eager; the measured
+table (bench/text_precision_check.py, re-run for each shipped model) is in docs/ENCODERS.md.
 
 Threads: the graph runs with one intra-op thread (``QUERY_THREADS``). A 5-token query is too small to split,
 and a second OpenMP worker that has gone to sleep between queries must be woken for every operator: on the
