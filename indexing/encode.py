@@ -150,6 +150,6 @@ def encode_pixels(model: Any, pixels: torch.Tensor, device: torch.device) -> np.
 def encode_texts(model: Any, texts: list[str], batch_size: int, dim: int) -> np.ndarray:
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
-    parts = [_normalised(model.encode_text(texts[start:start + batch_size]))
-             for start in range(0, len(texts), batch_size)]
-    return np.concatenate(parts)
+    from engine.text_encoding import encode_distinct
+
+    return encode_distinct(lambda batch: _normalised(model.encode_text(batch)), texts, batch_size)

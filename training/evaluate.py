@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from engine.evaluation.metrics import retrieval_recalls
+from engine.text_encoding import encode_distinct
 from training import model_ops
 from training.feature_cache import SplitFeatures
 from training.pairs import PairSet
@@ -47,11 +48,11 @@ def evaluate_files(model, pairs: PairSet, batch_size: int, device: torch.device,
         for start in range(0, len(pairs.image_paths), batch_size):
             pixels = torch.stack([transform(load_rgb(p)) for p in pairs.image_paths[start:start + batch_size]])
             image_rows.append(model.encode_image(pixels.to(device)).float().cpu())
-        text_rows = [model.encode_text(pairs.texts[start:start + batch_size]).float().cpu()
-                     for start in range(0, len(pairs.texts), batch_size)]
+        texts = encode_distinct(lambda batch: model.encode_text(batch).float().cpu().numpy(), pairs.texts,
+                                batch_size)
     finally:
         model.train(was_training)
-    return _recalls(torch.cat(image_rows), torch.cat(text_rows), pairs, ks)
+    return _recalls(torch.cat(image_rows), torch.from_numpy(texts), pairs, ks)
 
 
 def _recalls(images: torch.Tensor, texts: torch.Tensor, pairs: PairSet, ks: tuple[int, ...]) -> dict[str, float]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.data.model import Dataset
 from engine.errors import DataError
+from engine.text_encoding import encode_distinct
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -84,18 +85,19 @@ def embed_split(
             image_chunks.append(model.encode_image(pixels.to(target)).float().cpu().numpy())
             progress.advance(task, len(pixels))
         texts = [caption.text for caption in dataset.captions]
-        text_chunks = []
-        task = progress.add_task("captions", total=len(texts))
-        for start in range(0, len(texts), batch_size * 4):
-            batch = texts[start : start + batch_size * 4]
-            text_chunks.append(model.encode_text(batch).float().cpu().numpy())
+        task = progress.add_task("captions", total=len(set(texts)))
+
+        def encode(batch: list[str]) -> np.ndarray:
             progress.advance(task, len(batch))
+            return model.encode_text(batch).float().cpu().numpy()
+
+        text_embeddings = encode_distinct(encode, texts, batch_size * 4)
     row_of = {image.image_id: row for row, image in enumerate(dataset.images)}
     return SplitEmbeddings(
         image_ids=np.array([image.image_id for image in dataset.images], dtype=np.int64),
         images=np.concatenate(image_chunks).astype(np.float32, copy=False),
         caption_ids=np.array([caption.caption_id for caption in dataset.captions], dtype=np.int64),
-        texts=np.concatenate(text_chunks).astype(np.float32, copy=False),
+        texts=text_embeddings.astype(np.float32, copy=False),
         text_to_image=np.array([row_of[caption.image_id] for caption in dataset.captions], dtype=np.int64),
     )
 

@@ -5,8 +5,9 @@ text→image: a caption's rank is the rank of its one image over all images of t
 R@K = % of queries whose 0-based rank < K; mR = mean of i2t R@1/5/10 and t2i R@1/5/10.
 
 Ties matter: UCM/RSICD hold many identical caption strings across images (only 377 of UCM's 1,050 test
-captions are distinct), and identical strings get identical embeddings, so an image's own caption ties exactly
-with the same sentence written for other images. Two deterministic rules are offered:
+captions are distinct), and identical strings get identical embeddings (``engine eval``, training's evaluation
+and ``engine index`` encode each distinct string once: ``engine.text_encoding``), so an image's own caption ties
+exactly with the same sentence written for other images. Two deterministic rules are offered:
 
 - ``ties="index"`` (the default, comparable with published numbers): a stable descending sort; among equal
   scores the item listed first in the split (lower position) ranks first. This is what a stable ``argsort`` of
