@@ -65,6 +65,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "m-aidtail1": ("as g-tail1, but the last EfficientNet stage starts from its AID scene-classification training",
                    {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
                     "backbone_lr_scale": 0.1, "instruction_weights": AID_TAIL}),
+    "n-aidtail1-lr3": ("as m-aidtail1, with the AID stage trained at lr ×0.3 instead of ×0.1 "
+                       "(train-instruction --backbone-lr-scale 0.3)",
+                       {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
+                        "backbone_lr_scale": 0.1, "instruction_weights": AID_TAIL}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
