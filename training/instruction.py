@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from engine.data.model import Dataset
 from engine.errors import ConfigError, DataError
 from training.feature_cache import apply_view
-from training.schedule import build_scheduler
 from training.seeding import seed_everything
 from engine.atomic import write_text_atomic
 
@@ -180,26 +178,9 @@ def _save_for(target_config, trained, path: Path, tail: int) -> None:
 
 
 def _fit_classifier(encoder, features: torch.Tensor, labels: torch.Tensor, settings: InstructionTrainConfig) -> None:
-    """Mini-batch AdamW on (image, view) samples, drawn in a seeded order."""
-    samples = features.flatten(0, 1)
-    sample_labels = labels.repeat_interleave(features.shape[1])
+    """The linear classifier alone, on cached pooled features (the same loop as the tail training)."""
+    from training.instruction_tail import fit_on_samples
+
     classifier = encoder.classifier
-    classifier.requires_grad_(True)
-    classifier.train()
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=settings.learning_rate,
-                                  weight_decay=settings.weight_decay)
-    steps_per_epoch = max(1, -(-len(samples) // settings.batch_size))
-    scheduler = build_scheduler(optimizer, steps_per_epoch * settings.epochs, warmup_fraction=0.1)
-    generator = torch.Generator().manual_seed(settings.seed)
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(samples), generator=generator)
-        for start in range(0, len(samples), settings.batch_size):
-            batch = order[start:start + settings.batch_size]
-            loss = F.cross_entropy(classifier(samples[batch]), sample_labels[batch],
-                                   label_smoothing=settings.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    classifier.requires_grad_(False)
-    classifier.eval()
+    fit_on_samples(classifier, classifier, [{"params": list(classifier.parameters()), "lr": settings.learning_rate}],
+                   features, labels, settings)

@@ -96,22 +96,30 @@ def pooled_from_trunk(network: nn.Module, trunks: torch.Tensor, tail: int) -> to
 
 def fit_tail(network: nn.Module, classifier: nn.Linear, trunks: torch.Tensor, labels: torch.Tensor, tail: int,
              settings, show_progress: bool = False) -> None:
-    """AdamW on (image, view) samples: classifier at ``learning_rate``, tail at ``learning_rate x backbone_lr_scale``.
+    """Classifier at ``learning_rate``, tail at ``learning_rate x backbone_lr_scale``, on (image, view) samples.
 
     ``settings`` is an ``InstructionTrainConfig``. The network stays in eval mode (fixed BatchNorm statistics)."""
-    samples = trunks.flatten(0, 1)
-    sample_labels = labels.repeat_interleave(trunks.shape[1])
     network.eval()
     network.requires_grad_(False)
     parameters = tail_parameters(network, tail)
     for parameter in parameters:
         parameter.requires_grad_(True)
+    groups = [{"params": list(classifier.parameters()), "lr": settings.learning_rate},
+              {"params": parameters, "lr": settings.learning_rate * settings.backbone_lr_scale}]
+    fit_on_samples(lambda batch: classifier(pooled_from_trunk(network, batch, tail)), classifier, groups, trunks,
+                   labels, settings, show_progress)
+    network.requires_grad_(False)
+
+
+def fit_on_samples(forward, classifier: nn.Linear, groups: list[dict], features: torch.Tensor, labels: torch.Tensor,
+                   settings, show_progress: bool = False) -> None:
+    """Mini-batch AdamW with linear warmup/decay and label smoothing over the (image, view) samples of
+    ``features`` (N, views, ...), drawn in a seeded order; ``forward`` maps a batch of samples to logits."""
+    samples = features.flatten(0, 1)
+    sample_labels = labels.repeat_interleave(features.shape[1])
     classifier.requires_grad_(True)
     classifier.train()
-    optimizer = torch.optim.AdamW(
-        [{"params": list(classifier.parameters()), "lr": settings.learning_rate},
-         {"params": parameters, "lr": settings.learning_rate * settings.backbone_lr_scale}],
-        weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, -(-len(samples) // settings.batch_size))
     scheduler = build_scheduler(optimizer, steps_per_epoch * settings.epochs, warmup_fraction=0.1)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -120,8 +128,8 @@ def fit_tail(network: nn.Module, classifier: nn.Linear, trunks: torch.Tensor, la
         total = 0.0
         for start in range(0, len(samples), settings.batch_size):
             batch = order[start:start + settings.batch_size]
-            logits = classifier(pooled_from_trunk(network, samples[batch], tail))
-            loss = F.cross_entropy(logits, sample_labels[batch], label_smoothing=settings.label_smoothing)
+            loss = F.cross_entropy(forward(samples[batch]), sample_labels[batch],
+                                   label_smoothing=settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -129,7 +137,6 @@ def fit_tail(network: nn.Module, classifier: nn.Linear, trunks: torch.Tensor, la
             total += loss.detach().item() * len(batch)
         if show_progress:
             print(f"  epoch {epoch + 1}/{settings.epochs}: loss {total / len(samples):.4f}", flush=True)
-    network.requires_grad_(False)
     classifier.requires_grad_(False)
     classifier.eval()
 
