@@ -32,6 +32,8 @@ from bench.machine import write_json_atomically  # noqa: E402
 
 # stands for the --aid-tail-instruction file in a variant's overrides
 AID_TAIL = "<--aid-tail-instruction>"
+# full PIR with the last backbone stage/layer trained from a trunk cache (the g/m/n rows)
+_TAIL1 = {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1, "backbone_lr_scale": 0.1}
 # name -> (description, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "a-floor": ("frozen backbones + 2 linear projections, InfoNCE, no augmentation",
@@ -59,16 +61,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # partial unfreezing: needs a trunk cache (features before the last blocks), so it is measured in its own
     # block with its own runs file (--block model-tail), not in the frozen-feature table
     "g-tail1": ("full PIR + last EfficientNet stage and last MiniLM layer trained (lr ×0.1), cached trunk",
-                {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
-                 "backbone_lr_scale": 0.1}),
-    # the same, from the AID-trained tail of `engine train-instruction --unfreeze-last 1` (--aid-tail-instruction)
+                _TAIL1),
+    # the same, from the AID-trained tail of `engine train-instruction --unfreeze-last 1` (--aid-tail-instruction);
+    # m and n differ only in the file passed there
     "m-aidtail1": ("as g-tail1, but the last EfficientNet stage starts from its AID scene-classification training",
-                   {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
-                    "backbone_lr_scale": 0.1, "instruction_weights": AID_TAIL}),
+                   {**_TAIL1, "instruction_weights": AID_TAIL}),
     "n-aidtail1-lr3": ("as m-aidtail1, with the AID stage trained at lr ×0.3 instead of ×0.1 "
                        "(train-instruction --backbone-lr-scale 0.3)",
-                       {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1,
-                        "backbone_lr_scale": 0.1, "instruction_weights": AID_TAIL}),
+                       {**_TAIL1, "instruction_weights": AID_TAIL}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "ablation-model.png")
     parser.add_argument("--block", default="model", help="block of --docs to rewrite")
     parser.add_argument("--aid-tail-instruction", type=Path, default=None,
-                        help="instruction weights with an AID-trained backbone tail (variant m-aidtail1)")
+                        help="instruction weights with an AID-trained backbone tail (variants m-, n-aidtail1*)")
     args = parser.parse_args()
 
     import torch

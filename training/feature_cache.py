@@ -61,6 +61,22 @@ def cache_key(model_fingerprint: str, pairs: PairSet, views: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def tensor_ids(modules: list[torch.nn.Module]) -> set[int]:
+    """Identities of the modules' parameters and buffers, to pick their entries out of ``state_dict(keep_vars=True)``."""
+    return {id(tensor) for module in modules for tensor in (*module.parameters(), *module.buffers())}
+
+
+def hash_state(digest, module: torch.nn.Module, skipped: set[int]) -> None:
+    """Feed ``digest`` every state entry of ``module`` except ``skipped`` ones: name, then raw bytes, in name order.
+
+    Cache keys hash the weights the cached tensors depend on; the trained tails are skipped."""
+    for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
+        if id(tensor) in skipped:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _stack_chunks(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
 

@@ -22,38 +22,29 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from encoders.split import vision_tail_modules
 from engine.data.model import Dataset
-from training.feature_cache import CACHE_DTYPE, apply_view
+from training.feature_cache import CACHE_DTYPE, apply_view, hash_state, tensor_ids
 from training.schedule import build_scheduler
 
 TRUNK_KEY = "trunk"
 
 
 def tail_parameters(network: nn.Module, tail: int) -> list[nn.Parameter]:
-    return [p for module in _tail_modules(network, tail) for p in module.parameters()]
+    return [p for module in vision_tail_modules(network, tail) for p in module.parameters()]
 
 
 def tail_state(network: nn.Module, tail: int) -> dict[str, torch.Tensor]:
     """The network's state entries (weights and BatchNorm buffers) that belong to the tail, by their names."""
-    owned = {id(t) for module in _tail_modules(network, tail) for t in (*module.parameters(), *module.buffers())}
+    owned = tensor_ids(vision_tail_modules(network, tail))
     return {name: tensor.detach().cpu().contiguous().clone()
             for name, tensor in network.state_dict(keep_vars=True).items() if id(tensor) in owned}
-
-
-def _tail_modules(network: nn.Module, tail: int) -> list[nn.Module]:
-    from encoders.split import vision_tail_modules
-
-    return vision_tail_modules(network, tail)
 
 
 def trunk_cache_key(network: nn.Module, image_paths: list[str], views: int, tail: int) -> str:
     """Hash of what the cached trunk maps depend on: trunk weights, images, views and the cut point."""
     digest = hashlib.sha256(json.dumps([image_paths, views, tail]).encode())
-    in_tail = {id(t) for module in _tail_modules(network, tail) for t in (*module.parameters(), *module.buffers())}
-    for name, tensor in sorted(network.state_dict(keep_vars=True).items()):
-        if id(tensor) not in in_tail:
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_state(digest, network, tensor_ids(vision_tail_modules(network, tail)))
     return digest.hexdigest()[:16]
 
 

@@ -16,6 +16,7 @@ import torch
 
 from engine.errors import ConfigError
 from training.config import TrainConfig
+from training.feature_cache import hash_state, tensor_ids
 
 
 def model_config_for(config: TrainConfig):
@@ -118,14 +119,9 @@ def backbone_identity(model, tail: int = 0) -> str:
     skipped: set[int] = set()
     if tail:
         digest.update(f"trunk before the last {tail} blocks".encode())
-        skipped = {id(t) for block in trainable_tail_modules(model, tail)
-                   for t in (*block.parameters(), *block.buffers())}
+        skipped = tensor_ids(trainable_tail_modules(model, tail))
     for module in modules:
-        for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
-            if id(tensor) in skipped:
-                continue
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_state(digest, module, skipped)
     return digest.hexdigest()
 
 
