@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from encoders.views import VIEW_NAMES
 from engine.atomic import write_text_atomic  # noqa: F401  (re-exported)
 from engine.errors import ConfigError
 
@@ -40,6 +41,9 @@ class VisionConfig:
     image_size: int = 224
     token_grid: int = 7  # side of the final feature map; tokens = token_grid ** 2 (checked when built)
     timm_kwargs: dict[str, TimmKwarg] = field(default_factory=dict)
+    # encode_image averages the embedding over the first N dihedral views (encoders.views): N times the image
+    # encoding cost; 1 = the plain single-view embedding. Part of the config, so it is part of the fingerprint.
+    test_time_views: int = 1
 
     def validate(self) -> None:
         _check_choice("vision.pretrained", self.pretrained, VISION_SOURCES)
@@ -50,6 +54,9 @@ class VisionConfig:
             )
         _check_positive("vision.image_size", self.image_size)
         _check_positive("vision.token_grid", self.token_grid)
+        if not 1 <= self.test_time_views <= len(VIEW_NAMES):
+            raise ConfigError(f"vision.test_time_views must be 1..{len(VIEW_NAMES)} (the dihedral views "
+                              f"{', '.join(VIEW_NAMES)}), got {self.test_time_views}")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def vision_attention(model, pixels: torch.Tensor, layer: int = -1) -> AttentionR
             )
         blocks = [block.attention for block in model.vir.self_blocks]
         index = _resolve(layer, len(blocks), "VIR Spatial-PAE self-attention")
-        records = _record(blocks, lambda: model.encode_image(pixels))
+        records = _record(blocks, lambda: model.encode_image_view(pixels))
         selection = model.vir.last_selection
         return _result("vir", index, f"vir.self_blocks.{index % len(blocks)}", records, index,
                        token_indices=selection.indices if selection is not None else None)

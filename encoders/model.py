@@ -5,14 +5,16 @@ Encoding is split in two so that training can cache the outputs of frozen backbo
     v = model.encode_image_from_tokens(*tokens)         # projections + VIR (cheap)
     text = model.forward_text_tokens(texts)
     t = model.encode_text_from_tokens(text.hidden, text.mask)
-``encode_image`` / ``encode_text`` chain both halves. They follow the caller's grad mode (training calls them
-too); for indexing, call ``model.eval()`` and wrap them in ``torch.inference_mode()``.
+``encode_image_view`` / ``encode_text`` chain both halves; ``encode_image`` averages ``encode_image_view`` over
+the configured dihedral views (``vision.test_time_views``, 1 unless a model says otherwise). They follow the
+caller's grad mode (training calls them too); for indexing, call ``model.eval()`` and wrap them in
+``torch.inference_mode()``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from encoders.config import ModelConfig
 from encoders.instruction import InstructionEncoder, shared_backbone_state
 from encoders.pae import LanguageCycleAttention, VisualInstructionRefiner
 from encoders.text import TextBackbone, TextBatch
+from encoders.views import view_averaged
 from encoders.vision import VisionBackbone
 from engine.errors import ConfigError
 
@@ -109,6 +112,12 @@ class PIRModel(nn.Module):
         return F.normalize(embedding.float(), dim=-1)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D): the embedding averaged over ``vision.test_time_views`` dihedral views."""
+        self._check_pixels(pixels)
+        return view_averaged(self.encode_image_view, pixels, self.config.vision.test_time_views)
+
+    def encode_image_view(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D) from these pixels only: one backbone pass, whatever ``test_time_views`` says."""
         tokens = self.forward_image_tokens(pixels)
         return self.encode_image_from_tokens(tokens.global_token, tokens.patch_tokens, tokens.instruction_feature)
 
@@ -139,6 +148,12 @@ class PIRModel(nn.Module):
     def encode_text(self, texts: list[str] | TextBatch) -> torch.Tensor:
         tokens = self.forward_text_tokens(texts)
         return self.encode_text_from_tokens(tokens.hidden, tokens.mask)
+
+    def set_test_time_views(self, views: int) -> PIRModel:
+        """Use ``views`` dihedral views in ``encode_image`` from now on (validated); the fingerprint follows."""
+        self.config = self.config.replace(vision=replace(self.config.vision, test_time_views=views))
+        self._fingerprint_cache = None
+        return self
 
     # ---- identity and inspection --------------------------------------------------------------------------
     def fingerprint(self) -> str:

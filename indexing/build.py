@@ -41,6 +41,7 @@ class IndexOptions:
     overwrite: bool = False
     mask: MaskOptions = field(default_factory=MaskOptions)
     with_text: bool = True
+    test_time_views: int | None = None  # dihedral views averaged per image; None = what the model's config says
 
 
 @dataclass
@@ -87,7 +88,7 @@ def _validate(options: IndexOptions) -> None:
         raise ConfigError(f"--out {options.out}: exists and is not a folder")
 
 
-def _prepare_out(options: IndexOptions, fingerprint: str) -> Manifest | None:
+def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifest | None:
     """Existing manifest to continue, or None for a fresh build; refuses foreign folders and other models."""
     out = options.out
     if not out.exists():
@@ -97,6 +98,9 @@ def _prepare_out(options: IndexOptions, fingerprint: str) -> Manifest | None:
         raise ConfigError(f"--out {out}: folder holds files that are not part of an index ({', '.join(foreign[:3])}); "
                           "choose an empty or new folder")
     manifest = Manifest.load(out)
+    if manifest is not None and manifest.test_time_views not in (None, views) and not options.overwrite:
+        raise ConfigError(f"--out {out}: built with --test-time-views {manifest.test_time_views}, this run would "
+                          f"use {views}; repeat --test-time-views {manifest.test_time_views} or pass --overwrite")
     if manifest is not None and manifest.model_fingerprint != fingerprint and not options.overwrite:
         raise ConfigError(f"--out {out}: holds an index of model {manifest.model_fingerprint[:16]} "
                           f"({manifest.model_spec}), not of the requested model {fingerprint[:16]} "
@@ -137,10 +141,13 @@ def run_index(options: IndexOptions) -> IndexSummary:
     budget = parse_memory(options.memory_budget)
     device = encode.resolve_device(options.device)
     model = encode.load_encoder(options.model_spec, device)
+    if options.test_time_views is not None:
+        model.set_test_time_views(options.test_time_views)
+    views = model.config.vision.test_time_views
     fingerprint, dim = model.fingerprint(), int(model.config.embed_dim)
     if options.factory:
         validate_factory(options.factory, dim)
-    manifest = _prepare_out(options, fingerprint)
+    manifest = _prepare_out(options, fingerprint, views)
     out = options.out
     for folder in (out, out / SHARDS_DIR, out / TEXT_SHARDS_DIR, out / PLAN_DIR):
         remove_stale_temps(folder)
@@ -148,7 +155,8 @@ def run_index(options: IndexOptions) -> IndexSummary:
     if manifest is None:
         manifest = Manifest(model_fingerprint=fingerprint, model_spec=options.model_spec or "default",
                             embed_dim=dim, shard_size=options.shard_size or DEFAULT_SHARD_SIZE,
-                            with_text=options.with_text, mask=options.mask, tool_version=tool_version())
+                            with_text=options.with_text, mask=options.mask, tool_version=tool_version(),
+                            test_time_views=views)
     dataset = load_dataset(options.data_dir)
     data_root = str(dataset.root.resolve())
     last = manifest.segments[-1] if manifest.segments else None
@@ -216,7 +224,8 @@ def _write_index_json(out: Path, manifest: Manifest, built, summary: IndexSummar
         mask=manifest.mask, data_roots=[segment.data_root for segment in manifest.segments],
         build_seconds=round(seconds, 3), built_on=built.device, tool_version=tool_version(),
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        calibration=asdict(built.calibration) if built.calibration is not None else None)
+        calibration=asdict(built.calibration) if built.calibration is not None else None,
+        test_time_views=manifest.test_time_views)
     config.save(out)
 
 

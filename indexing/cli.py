@@ -45,6 +45,9 @@ def build_command(
     sigma: float = typer.Option(DEFAULT_SIGMA, "--sigma", help="Soft-mask background factor, 0 < sigma < 1."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of foreground PNG masks (same stem)."),
     no_text: bool = typer.Option(False, "--no-text", help="Do not embed captions."),
+    test_time_views: Optional[int] = typer.Option(
+        None, "--test-time-views", help="Dihedral views averaged per image embedding, 1-8 (default: the model's; the "
+        "shipped model uses 4). Image encoding time grows with N; see docs/MODEL_CARD.md for what each N buys."),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
@@ -53,7 +56,7 @@ def build_command(
     options = IndexOptions(data_dir=data_dir, out=out, model_spec=model, batch_size=batch_size, workers=workers,
                            shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
-                           with_text=not no_text)
+                           with_text=not no_text, test_time_views=test_time_views)
     print_summary(run_index(options))
 
 

@@ -66,6 +66,7 @@ class Manifest:
     segments: list[Segment] = field(default_factory=list)
     tool_version: str = ""
     format_version: int = FORMAT_VERSION
+    test_time_views: int | None = None  # None: built before the field existed, i.e. with the model's own setting
 
     @property
     def shard_total(self) -> int:
@@ -121,6 +122,9 @@ class IndexConfig:
     faiss_file: str = FAISS_FILE
     format_version: int = FORMAT_VERSION
     calibration: dict | None = None  # indexing.calibrate.Calibration as a dict; None for exact indexes
+    # Dihedral views each image embedding averages; the query engine encodes image queries the same way.
+    # None: an index built before the field existed, with the model's own setting.
+    test_time_views: int | None = None
 
     def save(self, index_dir: Path) -> None:
         write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / INDEX_JSON)

@@ -20,8 +20,14 @@ SLOW_SECONDS_PER_BATCH = 0.15
 
 
 @dataclass(frozen=True)
+class FakeVision:
+    test_time_views: int = 1
+
+
+@dataclass(frozen=True)
 class FakeConfig:
     embed_dim: int = EMBED_DIM
+    vision: FakeVision = FakeVision()
 
 
 class FakeEncoder(nn.Module):
@@ -41,9 +47,21 @@ class FakeEncoder(nn.Module):
 
         return transform
 
+    def set_test_time_views(self, views: int) -> "FakeEncoder":
+        from encoders.config import VisionConfig
+
+        VisionConfig(test_time_views=views).validate()  # the real model's check and message
+        self.config = FakeConfig(vision=FakeVision(views))
+        return self
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        from encoders.views import view_averaged
+
         if self.slow:
             time.sleep(SLOW_SECONDS_PER_BATCH)
+        return view_averaged(self._encode_view, pixels, self.config.vision.test_time_views)
+
+    def _encode_view(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = nn.functional.adaptive_avg_pool2d(pixels, 4).flatten(1)
         return nn.functional.normalize(pooled @ self.image_head, dim=1)
 
@@ -55,7 +73,7 @@ class FakeEncoder(nn.Module):
         return nn.functional.normalize(features @ self.text_head, dim=1)
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(f"fake-encoder:{self.seed}".encode())
+        digest = hashlib.sha256(f"fake-encoder:{self.seed}:{self.config.vision.test_time_views}".encode())
         for parameter in self.parameters():
             digest.update(parameter.detach().numpy().tobytes())
         return digest.hexdigest()

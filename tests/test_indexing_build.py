@@ -223,3 +223,30 @@ def test_disk_full_or_permission_during_shard_write_leaves_nothing(karpathy: Pat
     assert err.endswith(f"error: cannot write {out / 'shards' / 'part-00001.parquet'}: {message}\n")
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["part-00000.parquet"]  # no temp, no part-1
     assert not (out / "index.json").exists()
+
+
+def test_test_time_views_are_recorded_applied_and_must_be_repeated(karpathy: Path, tmp_path: Path, capsys) -> None:
+    import torch
+    from PIL import Image
+
+    from encoders.views import view_averaged
+
+    out = tmp_path / "index"
+    assert build(karpathy, out, "--test-time-views", "2") == 0
+    assert json.loads((out / "index.json").read_text())["test_time_views"] == 2
+    table = pq.read_table(out / "shards", columns=["image_id", "embedding"])
+    stored = np.asarray(table.column("embedding").to_pylist()[0], dtype=np.float32)
+    fake = indexing_fakes.fake_load_model("fake-1")
+    pixels = fake.image_transform()(Image.open(karpathy / "images" / "tile_0000.png"))
+    with torch.no_grad():
+        two = view_averaged(fake._encode_view, pixels.unsqueeze(0), 2)[0].numpy()
+        one = fake._encode_view(pixels.unsqueeze(0))[0].numpy()
+    np.testing.assert_allclose(stored, two, atol=1e-6)
+    assert np.abs(stored - one).max() > 1e-3
+    capsys.readouterr()
+    assert build(karpathy, out) == 2  # the model's own setting is 1: refused, naming what to repeat
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--test-time-views 2" in err and err.count("\n") == 1
+    assert build(karpathy, out, "--test-time-views", "2") == 0  # repeating it is an up-to-date no-op
+    assert build(karpathy, tmp_path / "bad", "--test-time-views", "9") == 2
+    assert "vision.test_time_views must be 1..8" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -176,3 +176,37 @@ def test_serve_refuses_an_unknown_text_encoder(built, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: --text-encoder must be one of")
     assert "Traceback" not in err
+
+
+def test_index_built_with_test_time_views_encodes_image_queries_the_same_way(built, capsys, tmp_path: Path) -> None:
+    index_dir, model_dir, data_dir = built
+    averaged = tmp_path / "index-2views"
+    assert main(["index", str(data_dir), "--out", str(averaged), "--model", str(model_dir), "--workers", "0",
+                 "--test-time-views", "2"]) == 0
+    capsys.readouterr()
+    image = str(data_dir / "images" / "tile_005.png")
+    for index, other in ((averaged, index_dir), (index_dir, averaged)):
+        code = main(["query", "--image", image, "-k", "2", "--index", str(index), "--json"])
+        top = json.loads(capsys.readouterr().out)["results"][0]
+        assert code == 0 and top["image_id"] == 105 and top["score"] == pytest.approx(1, abs=1e-5)
+    # the stored vectors of the two indexes differ, so the match above is not a coincidence of the setting
+    import pyarrow.parquet as pq
+
+    def stored(folder: Path) -> list[float]:
+        table = pq.read_table(folder / "shards", columns=["image_id", "embedding"])
+        return dict(zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist()))[105]
+
+    vectors = [stored(averaged), stored(index_dir)]
+    assert max(abs(a - b) for a, b in zip(*vectors)) > 1e-3
+
+
+def test_eval_records_test_time_views_and_refuses_them_with_an_index(built, capsys, tmp_path: Path) -> None:
+    index_dir, model_dir, data_dir = built
+    result_file = tmp_path / "eval.json"
+    assert main(["eval", str(data_dir), "--checkpoint", str(model_dir), "--test-time-views", "3",
+                 "--out", str(result_file)]) == 0
+    assert json.loads(result_file.read_text())["settings"]["test_time_views"] == 3
+    assert "3 dihedral image views averaged" in " ".join(capsys.readouterr().out.split())
+    code = main(["eval", str(data_dir), "--index", str(index_dir), "--test-time-views", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "--test-time-views" in err and err.count("\n") == 1

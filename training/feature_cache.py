@@ -18,28 +18,11 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from encoders.views import apply_view
 from training.pairs import PairSet
 from engine.atomic import write_text_atomic
 
-# Views in the order they are cached; view 0 (identity) is the one used for evaluation.
-VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
 CACHE_DTYPE = torch.float16
-
-
-def apply_view(pixels: torch.Tensor, view: int) -> torch.Tensor:
-    """One of the 8 dihedral transforms of a (B, 3, H, W) batch of square images."""
-    name = VIEW_NAMES[view]
-    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "identity": lambda x: x,
-        "hflip": lambda x: x.flip(-1),
-        "vflip": lambda x: x.flip(-2),
-        "rot90": lambda x: x.rot90(1, (-2, -1)),
-        "rot180": lambda x: x.rot90(2, (-2, -1)),
-        "rot270": lambda x: x.rot90(3, (-2, -1)),
-        "transpose": lambda x: x.transpose(-2, -1),
-        "antitranspose": lambda x: x.rot90(1, (-2, -1)).flip(-1),
-    }
-    return transforms[name](pixels)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 
 from engine.data.model import Dataset
 from engine.errors import ConfigError, DataError
-from training.feature_cache import apply_view
+from encoders.views import apply_view
 from training.seeding import seed_everything
 from engine.atomic import write_text_atomic
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from encoders.split import vision_tail_modules
 from engine.data.model import Dataset
-from training.feature_cache import CACHE_DTYPE, apply_view, hash_state, tensor_ids
+from encoders.views import apply_view
+from training.feature_cache import CACHE_DTYPE, hash_state, tensor_ids
 from training.schedule import build_scheduler
 
 TRUNK_KEY = "trunk"

@@ -42,6 +42,8 @@ def eval_command(
                                          "through its faiss search (default: re-encode and search exactly)"),
     rerank: str = typer.Option("none", "--rerank", help="with --index: rerank text→image lists: none, aas or par"),
     rerank_depth: int = typer.Option(50, "--rerank-depth", help="with --rerank: first-stage images reranked per caption"),
+    test_time_views: Optional[int] = typer.Option(None, "--test-time-views", help="dihedral views averaged per image "
+                                                  "embedding, 1-8 (default: the model's own setting)"),
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
@@ -52,8 +54,11 @@ def eval_command(
         raise ConfigError("engine eval takes one DATA_DIR (use --compare to compare result files)")
     if index is None and rerank != "none":
         raise ConfigError("--rerank needs --index INDEX_DIR (reranking reads the index's attention-feature cache)")
+    if index is not None and test_time_views is not None:
+        raise ConfigError("--test-time-views re-encodes images; with --index the index's own setting applies "
+                          "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
-                      index=index, rerank=rerank, rerank_depth=rerank_depth)
+                      index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views)
     if out is not None:
         write_result(result, out)
     if json_output:
@@ -68,6 +73,7 @@ def eval_command(
 def evaluate(
     data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
     label: str | None = None, index: Path | None = None, rerank: str = "none", rerank_depth: int = 50,
+    test_time_views: int | None = None,
 ) -> EvalResult:
     """Load data and model, encode the split and score it exactly, or (``index``) score what the index holds."""
     from engine.data import default_dataset_path, load_dataset
@@ -98,6 +104,8 @@ def evaluate(
             git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             seconds=round(time.perf_counter() - started, 2))
     model = encoders.load_model(checkpoint)
+    if test_time_views is not None:
+        model.set_test_time_views(test_time_views)
     embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
     recalls = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image)
     pessimistic = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image,
@@ -108,7 +116,8 @@ def evaluate(
         search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings"},
         recalls=recalls,
         recalls_pessimistic=pessimistic,
-        settings={"batch_size": batch_size, "device": device, "label": label},
+        settings={"batch_size": batch_size, "device": device, "label": label,
+                  "test_time_views": model.config.vision.test_time_views},
         git_commit=git_commit(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 2),
@@ -148,6 +157,9 @@ def _title(result: EvalResult) -> str:
             latency = search["rerank"]["latency_per_query"]
             how += (f", rerank {search['rerank']['method']} depth {search['rerank']['depth']} "
                     f"(p50 {latency.get('p50_ms', 0):.1f} ms, p95 {latency.get('p95_ms', 0):.1f} ms per query)")
+    views = result.settings.get("test_time_views") or search.get("test_time_views") or 1
+    if views > 1:
+        how += f", {views} dihedral image views averaged"
     return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, {how}"
 
 

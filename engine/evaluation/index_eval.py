@@ -70,7 +70,8 @@ def index_description(engine) -> dict:
     inner = config.factory.replace(" ", "").removeprefix("IDMap2,").removeprefix("IDMap,")
     return {"index_dir": str(Path(engine.root).resolve()), "factory": config.factory, "search_params": params,
             "exact": inner == "Flat",
-            "metric": config.metric, "index_images": config.image_count, "mask": config.mask.describe()}
+            "metric": config.metric, "index_images": config.image_count, "mask": config.mask.describe(),
+            "test_time_views": config.test_time_views}
 
 
 def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEvalOptions,

@@ -51,6 +51,8 @@ class QueryEngine:
 
         def prepare():
             model = encoders.load_model(None if spec == DEFAULT_MODEL_SPEC else spec)
+            if self.loaded.config.test_time_views is not None:  # image queries are encoded as the index's images
+                model.set_test_time_views(self.loaded.config.test_time_views)
             model.to(self.device).eval()
             self.loaded.check_model(model)
             traced = None
