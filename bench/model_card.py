@@ -1,7 +1,8 @@
 """Render the numbers of docs/MODEL_CARD.md from the files the shipped model's training and evaluation wrote.
 
     python bench/model_card.py --run runs/shipped --val runs/shipped/eval-val.json \
-        --test runs/shipped/eval-test.json --instruction runs/instruction-aid/instruction_report.json
+        --test runs/shipped/eval-test.json --instruction runs/instruction-aid/instruction_report.json \
+        --also runs/shipped/eval-val-1view.json runs/shipped/eval-test-1view.json
 
 Fills the ``card`` block (settings, val/test Recall@K both ways, mR, per-epoch val history, weight size) of
 docs/MODEL_CARD.md; the prose around the block is written by hand and left untouched.
@@ -35,7 +36,17 @@ def _instruction_recipe(settings: dict) -> str:
     return f"{trained}; {settings['epochs']} epochs over {settings['views']} views per image"
 
 
-def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -> str:
+def _views(result: dict) -> str:
+    views = result.get("settings", {}).get("test_time_views") or 1
+    return f"{views} view" + ("s" if views > 1 else "")
+
+
+def _split_row(result: dict) -> str:
+    data = result["dataset"]
+    return _row(f"{data['split']} ({data['images']} images / {data['captions']} captions), {_views(result)}", result)
+
+
+def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path, also: list[dict]) -> str:
     config = json.loads((run / "train_config.json").read_text())
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
     lines = [
@@ -43,9 +54,10 @@ def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path) -
         f"{test.get('created', '?')}; model fingerprint `{test['model']['fingerprint'][:16]}…`.",
         "",
         HEADERS,
-        _row(f"val ({val['dataset']['images']} images / {val['dataset']['captions']} captions)", val),
-        _row(f"test ({test['dataset']['images']} images / {test['dataset']['captions']} captions)", test),
-        _row("test, pessimistic ties", {"recalls": test["recalls_pessimistic"]}),
+        _split_row(val),
+        _split_row(test),
+        _row(f"test, {_views(test)}, pessimistic ties", {"recalls": test["recalls_pessimistic"]}),
+        *(_split_row(result) for result in also),
         "",
         "Training settings (`train_config.json` of the run; the val mR column below is training's own evaluation "
         "in float32, before the float16 storage of the shipped weights):",
@@ -72,11 +84,14 @@ def main() -> None:
     parser.add_argument("--val", type=Path, required=True, help="engine eval --split val --out JSON")
     parser.add_argument("--test", type=Path, required=True, help="engine eval --split test --out JSON")
     parser.add_argument("--instruction", type=Path, required=True, help="instruction_report.json")
+    parser.add_argument("--also", type=Path, nargs="*", default=[],
+                        help="more engine eval JSONs of the shipped model (e.g. --test-time-views 1) to list")
     parser.add_argument("--weights", type=Path, default=REPO / "encoders" / "weights" / "model.safetensors")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "MODEL_CARD.md")
     args = parser.parse_args()
     content = render(args.run, read_result(args.val), read_result(args.test),
-                     json.loads(args.instruction.read_text()), args.weights.resolve())
+                     json.loads(args.instruction.read_text()), args.weights.resolve(),
+                     [read_result(path) for path in args.also])
     update_page(args.docs, "card", content)
     print(content)
 
