@@ -47,7 +47,7 @@ def build_command(
     no_text: bool = typer.Option(False, "--no-text", help="Do not embed captions."),
     test_time_views: Optional[int] = typer.Option(
         None, "--test-time-views", help="Dihedral views averaged per image embedding, 1-8 (default: the model's own; "
-        "the shipped model uses 1). Image encoding time grows with N; see docs/MODEL_CARD.md for what each N buys."),
+        "the shipped model uses 4). Image encoding time grows with N; see docs/MODEL_CARD.md for what each N buys."),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
