@@ -40,7 +40,9 @@ def main() -> None:
         difference = (shipped.encode_text(probe) - model.encode_text(probe)).abs().max().item()
     size = (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size / 2**20
     print(f"shipped {args.checkpoint} -> {DEFAULT_MODEL_DIR} ({size:.2f} MiB, fingerprint "
-          f"{shipped.fingerprint()[:16]}, test_time_views {shipped.config.vision.test_time_views}, max |Δ text embedding| after float16 storage {difference:.2e})")
+          f"{shipped.fingerprint()[:16]}, test_time_views {shipped.config.vision.test_time_views}, "
+          f"max |Δ text embedding| after float16 storage {difference:.2e})")
+    print("now re-run engine eval for docs/results/shipped-*.json (tests/test_shipped_model_docs.py checks them)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""The model card's numbers belong to the model that ships: a re-ship without re-running the evals fails here.
+
+The eval result files record the fingerprint of the model they scored; the shipped model, loaded as a user
+loads it, must report the same one (with its own views for shipped-*.json, with one view for *-1view.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+
+
+def _fingerprint(name: str) -> str:
+    return json.loads((RESULTS / name).read_text())["model"]["fingerprint"]
+
+
+def _views(name: str) -> int:
+    return json.loads((RESULTS / name).read_text())["settings"]["test_time_views"]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import encoders
+
+    return encoders.load_model(None)
+
+
+def test_eval_results_are_of_the_shipped_model(shipped) -> None:
+    shipped_views = shipped.config.vision.test_time_views
+    for split in ("val", "test"):
+        name = f"shipped-{split}.json"
+        assert _fingerprint(name) == shipped.fingerprint(), f"{name} scored another model: re-run engine eval"
+        assert _views(name) == shipped_views
+
+
+def test_one_view_results_are_of_the_same_weights(shipped) -> None:
+    shipped_views = shipped.config.vision.test_time_views
+    try:
+        shipped.set_test_time_views(1)
+        for split in ("val", "test"):
+            name = f"shipped-{split}-1view.json"
+            assert _fingerprint(name) == shipped.fingerprint(), f"{name} scored another model"
+            assert _views(name) == 1
+    finally:
+        shipped.set_test_time_views(shipped_views)
+
+
+def test_model_card_names_the_shipped_fingerprint(shipped) -> None:
+    card = (REPO / "docs" / "MODEL_CARD.md").read_text()
+    assert f"model fingerprint `{shipped.fingerprint()[:16]}" in card
