@@ -2,6 +2,7 @@
 
     python bench/index_bench.py --data ../shared/data/ucm_captions          # real data, shipped model
     python bench/index_bench.py --images 100000 --model tiny-test           # synthetic, bounded-memory check
+    python bench/index_bench.py --data ../shared/data/ucm_captions --test-time-views 1   # one pass per image
 
 Synthetic images are generated into a temporary folder first (not timed). The index run is timed end to end
 in a child process, so its peak RSS (``ru_maxrss`` of children) is the indexing process alone; with DataLoader
@@ -49,6 +50,8 @@ def run_index(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, f
         command += ["--model", args.model]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
+    if args.test_time_views is not None:
+        command += ["--test-time-views", str(args.test_time_views)]
     start = time.perf_counter()
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"HF_HUB_OFFLINE": "1"})
@@ -61,20 +64,26 @@ def run_index(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, f
     return seconds, peak_mib, summary
 
 
+def _model_label(run: dict) -> str:
+    """Model name plus the image views averaged (runs before the views existed encoded one)."""
+    return f"{run['model']} ({run.get('test_time_views', 1)})"
+
+
 def render(runs: list[dict]) -> str:
-    rows = [[r["date"], r["data"], str(r["images"]), r["model"], str(r["shard_size"]), f"{r['seconds']:.0f}",
-             f"{r['images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}", r["load_before"]] for r in runs]
+    rows = [[r["date"], r["machine"].get("cpu_model") or "?", r["data"], str(r["images"]), _model_label(r),
+             str(r["shard_size"]), f"{r['seconds']:.0f}", f"{r['images_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
+             r["load_before"]] for r in runs]
     machine = runs[-1]["machine"] if runs else {}
     return "\n".join([
         "## Indexing throughput and memory (`bench/index_bench.py`)",
         "",
-        f"Machine: {machine.get('nproc')} cores ({machine.get('cpu_model')}), "
-        f"{(machine.get('ram_bytes') or 0) / 2**30:.1f} GiB RAM. End to end: process start, model load, image "
+        f"Machine of the last run: {machine.get('nproc')} cores ({machine.get('cpu_model')}), "
+        f"{(machine.get('ram_bytes') or 0) / 2**30:.1f} GiB RAM; compare rows of the same cpu only. End to end: process start, model load, image "
         "decode, encoding, caption encoding (real data), Parquet shards, FAISS build. Peak RSS is the indexing "
         "process's. Commands: `python bench/index_bench.py --data ../shared/data/ucm_captions` and "
         "`python bench/index_bench.py --images N --model tiny-test --shard-size S`.",
         "",
-        markdown_table(["date", "data", "images", "model", "shard size", "seconds", "images/s", "peak RSS MiB",
+        markdown_table(["date", "cpu", "data", "images", "model (image views)", "shard size", "seconds", "images/s", "peak RSS MiB",
                         "load avg before"], rows),
         "",
         "Each run's own summary lines (encoding rate, search calibration) are kept in `docs/bench/indexing.json`.",
@@ -90,6 +99,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--test-time-views", type=int, default=None,
+                        help="passed to engine index (default: the model's own setting)")
     args = parser.parse_args()
     load_before = " ".join(f"{value:.1f}" for value in load_average())
     with tempfile.TemporaryDirectory(prefix="index-bench-") as scratch:
@@ -100,10 +111,11 @@ def main() -> int:
             data, count, label = Path(scratch) / "images", args.images, "synthetic random tiles"
             generate(data, args.images)
         seconds, peak_mib, summary = run_index(data, out, args)
-        if count is None:
-            count = json.loads((out / "index.json").read_text())["image_count"]
+        built = json.loads((out / "index.json").read_text())
+        count = built["image_count"] if count is None else count
     run = {"date": time.strftime("%Y-%m-%d"), "data": label, "images": count, "model": args.model or "shipped",
-           "shard_size": args.shard_size, "seconds": round(seconds, 1), "images_per_s": count / seconds,
+           "test_time_views": built.get("test_time_views") or 1, "shard_size": args.shard_size,
+           "seconds": round(seconds, 1), "images_per_s": count / seconds,
            "peak_rss_mib": peak_mib, "load_before": load_before, "summary": summary, "machine": machine_info(),
            "command": "python " + " ".join(sys.argv)}
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
