@@ -3,8 +3,9 @@
 Views: ``images`` (one row per indexed image, columns of the image shards) and ``captions`` (caption shards).
 Embeddings are stored as fixed-size lists, which DuckDB reads as ``FLOAT[]``; cast to ``FLOAT[d]`` before
 array functions (``array_inner_product(embedding::FLOAT[512], ...)``).
-User ``WHERE`` fragments are run as written (the catalog is the user's own data), but a ``;`` is refused so a
-fragment can never become a second statement.
+A third view, ``query_images``, adds ``class`` as an alias of ``label``; user ``--where`` conditions run
+against it only after ``indexing.sql_filter`` has checked them, on a connection that is locked right after the
+views are created (no file access outside the index's shard folders, no extensions).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError
 from indexing.shards import SHARD_PATTERN, SHARDS_DIR, TEXT_SHARDS_DIR
+from indexing.sql_filter import FILTER_VIEW, filter_columns, lock_connection, run_filter
 
 METADATA_COLUMNS = "image_id, source_id, path, split, label, captions, width, height"
 
@@ -65,6 +67,9 @@ class Catalog:
         if self.has_captions:
             text_glob = self.index_dir / TEXT_SHARDS_DIR / SHARD_PATTERN
             self.connection.execute(f"CREATE VIEW captions AS SELECT * FROM read_parquet({_quote(text_glob)})")
+        self.connection.execute(f'CREATE VIEW {FILTER_VIEW} AS SELECT *, label AS "class" FROM images')
+        self.filter_columns = filter_columns(self.connection)
+        lock_connection(self.connection, [self.index_dir / SHARDS_DIR, self.index_dir / TEXT_SHARDS_DIR])
 
     def close(self) -> None:
         self.connection.close()
@@ -82,14 +87,7 @@ class Catalog:
 
     def filter_ids(self, where: str) -> np.ndarray:
         """Ids of images matching a user SQL condition, e.g. ``split = 'test' AND label = 'airplane'``."""
-        if ";" in where:
-            raise EngineError(f"--where {where!r}: a single SQL condition is expected (no ';')")
-        try:
-            result = self.connection.execute(f"SELECT image_id FROM images WHERE ({where}) ORDER BY image_id")
-            return np.asarray([row[0] for row in result.fetchall()], dtype=np.int64)
-        except duckdb.Error as error:
-            message = " ".join(str(error).split())
-            raise EngineError(f"--where {where!r}: invalid SQL condition: {message}") from None
+        return np.asarray(run_filter(self.connection, where, self.filter_columns), dtype=np.int64)
 
     def stats(self) -> CatalogStats:
         stats = CatalogStats()

@@ -1,8 +1,9 @@
 """Per-thread SQL access to an index folder's catalog, with ``class`` accepted as an alias of ``label``.
 
 DuckDB connections must not be shared between threads, so every thread gets its own ``cursor()`` of the
-catalog's in-memory database (cursors see the same views). The ``hits`` view adds the ``class`` column so that
-``--where "class = 'airport'"`` and ``--where "label = 'airport'"`` both work.
+catalog's in-memory database (cursors see the same views and share its locked configuration). The catalog's
+``query_images`` view adds the ``class`` column so that ``--where "class = 'airport'"`` and
+``--where "label = 'airport'"`` both work; ``indexing.sql_filter`` checks every condition before it runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 
 from engine.errors import EngineError
 
-FILTER_VIEW = "query_images"
 IMAGE_COLUMNS = "image_id, path, split, label, captions"
 
 
@@ -40,7 +40,6 @@ class MetadataStore:
         # reads of a read-only index folder)
         self.rows = RowStore.open(Path(catalog.index_dir))
         self.connection = catalog.connection
-        self.connection.execute(f'CREATE OR REPLACE VIEW {FILTER_VIEW} AS SELECT *, label AS "class" FROM images')
         self.local = threading.local()
         self.data_root_of = _data_root_ranges(Path(catalog.index_dir), index_config)
 
@@ -51,11 +50,10 @@ class MetadataStore:
         return cursor
 
     def filter_ids(self, where: str) -> np.ndarray:
-        """Image ids matching a user SQL condition (DuckDB's own message on an error, in one line)."""
-        if ";" in where:
-            raise EngineError(f"--where {where!r}: a single SQL condition is expected (no ';')")
-        rows = self._run(f"SELECT image_id FROM {FILTER_VIEW} WHERE ({where}) ORDER BY image_id", where=where)
-        return np.asarray([row[0] for row in rows], dtype=np.int64)
+        """Image ids matching a user SQL condition (checked by ``indexing.sql_filter``; one-line errors)."""
+        from indexing.sql_filter import run_filter
+
+        return np.asarray(run_filter(self.cursor(), where, self.catalog.filter_columns), dtype=np.int64)
 
     def embeddings_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, (n, D) float32 embeddings) of the given image ids, in id order."""
@@ -102,15 +100,6 @@ class MetadataStore:
         return (table.column("caption_id").to_numpy().astype(np.int64),
                 table.column("image_id").to_numpy().astype(np.int64),
                 table.column("text").to_pylist(), matrix)
-
-    def _run(self, sql: str, where: str) -> list[tuple]:
-        import duckdb
-
-        try:
-            return self.cursor().execute(sql).fetchall()
-        except duckdb.Error as error:
-            message = " ".join(str(error).split())
-            raise EngineError(f"--where {where!r}: invalid SQL condition: {message}") from None
 
 
 def _data_root_ranges(index_dir: Path, index_config) -> list[tuple[int, int, str]]:

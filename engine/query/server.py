@@ -53,8 +53,9 @@ def request_from_fields(fields: dict, image_bytes: bytes | None = None) -> Query
     if unknown:
         raise BadRequest(400, f"unknown field(s) {', '.join(unknown)}; expected {', '.join(JSON_FIELDS)}")
     text = fields.get("q")
-    if text is not None and not isinstance(text, str):
-        raise BadRequest(400, "q must be a string")
+    for name in ("q", "where", "rerank", "target"):
+        if fields.get(name) is not None and not isinstance(fields[name], str):
+            raise BadRequest(400, f"{name} must be a string")
     if image_bytes is None and text is None:
         raise BadRequest(400, "missing q (text query) or an image body")
     return QueryRequest(text=None if image_bytes is not None else text, image_bytes=image_bytes,
