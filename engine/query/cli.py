@@ -61,10 +61,33 @@ def query_command(
         print_table(result)
 
 
+def _check_index_folder(index: Path) -> None:
+    """Cheap checks of an explicit --index before anything slow (binding, loading a model)."""
+    from engine.errors import ConfigError
+
+    if not index.is_dir():
+        raise ConfigError(f"{index}: index folder not found" if not index.exists()
+                          else f"--index {index}: not a folder")
+
+
+def _open_engine(index: Optional[Path], **options):
+    from engine.query.engine import QueryEngine
+    from engine.query.state import resolve_index_dir
+
+    return QueryEngine(resolve_index_dir(index), **options)
+
+
 def serve_command(
     index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: the last one built)."),
     port: int = typer.Option(8080, "--port", help="TCP port (0 = any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to bind; anything beyond loopback (0.0.0.0, ::, a LAN address) needs "
+                                  "--token or --insecure."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="ENGINE_SERVE_TOKEN", show_envvar=True,
+                                        help="Require 'Authorization: Bearer TOKEN' on every route but /healthz "
+                                             "(at least 16 characters; the environment variable keeps it out of "
+                                             "the process list)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without --token."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model folder (default: the index's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     text_encoder: str = typer.Option(
@@ -74,15 +97,22 @@ def serve_command(
              "bfloat16 (TorchScript, bfloat16 backbone), eager (no compiled graph)."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
-    from engine.query.engine import QueryEngine
-    from engine.query.server import serve_forever
-    from engine.query.state import resolve_index_dir
-
     from encoders.query_text import TEXT_ENCODER_KINDS
     from engine.errors import ConfigError
+    from engine.query.access import check_exposure
+    from engine.query.server import make_server, serve_forever
 
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_encoder)
-    serve_forever(engine, host, port)
+    check_exposure(host, token, insecure)
+    if index is not None:
+        _check_index_folder(index)
+    # bind before the slow part: a busy port or a bad address is one line at once, not after the model load
+    server = make_server(None, host, port, token.strip() if token else None)
+    try:
+        engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder)
+    except BaseException:
+        server.server_close()
+        raise
+    serve_forever(engine, host, port, server=server)
