@@ -48,6 +48,7 @@ class IndexOptions:
     mask: MaskOptions = field(default_factory=MaskOptions)
     with_text: bool = True
     test_time_views: int | None = None  # dihedral views averaged per image; None = what the model's config says
+    remember: bool = True  # record the folder as this project's last index (engine.query.state)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class IndexSummary:
     calibration: str = ""  # how the approximate index's search setting was tuned (empty: exact index)
     seconds: float = 0.0
     up_to_date: bool = False
+    nothing_new: bool = False  # --append found no image that is not indexed yet
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
@@ -85,6 +87,8 @@ class IndexSummary:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
         if self.up_to_date:
             result.append("  nothing to do: all shards were complete (use --append to add new images)")
+        if self.nothing_new:
+            result.append(f"  nothing new to add: all {self.duplicates} images of the data are already indexed")
         return result
 
 
@@ -242,6 +246,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
         if not segment_plan.images and last is None:
             raise DataError(f"{options.data_dir}: no images to index")
         summary.duplicates, summary.renumbered = segment_plan.duplicates, segment_plan.renumbered
+        summary.nothing_new = last is not None and not segment_plan.images
         if segment_plan.images:
             manifest.segments.append(segment_plan.segment)
             out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +271,8 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
     summary.calibration = built.calibration.describe() if built.calibration is not None else ""
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
-    record_last_index(out)  # the default index of `engine query`
+    if options.remember:
+        record_last_index(out)  # the default index of `engine query` in this project
     return summary
 
 

@@ -36,17 +36,25 @@ def query_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
+    from engine import preflight
     from engine.query.config import QueryRequest, validate_request
-    from engine.query.engine import QueryEngine
     from engine.query.output import print_json, print_table
-    from engine.query.state import resolve_index_dir
 
     options = RerankOptions(layer=layer, prf_references=prf_references, aas_text_weight=aas_weight, par_ccs=par_ccs,
                             par_ascs=par_ascs, par_top_fraction=par_top, par_beta=par_beta)
     request = QueryRequest(text=text, image_path=str(image) if image is not None else None, k=k, target=target,
                            where=where, rerank=rerank, rerank_depth=rerank_depth, options=options)
-    validate_request(request)  # before the (slow) model load: bad flags answer at once
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device)
+    # everything that can be checked before the (slow) model load answers at once
+    validate_request(request)
+    preflight.check_device(device)
+    preflight.check_checkpoint_folder(checkpoint)
+    if image is not None:
+        preflight.check_image_file(image)
+    if html_out is not None:
+        preflight.check_output_file(html_out, "--html")
+    if index is not None:
+        _check_index_folder(index)
+    engine = _open_engine(index, checkpoint=checkpoint, device=device)
     try:
         result = engine.search(request)
     finally:
@@ -62,19 +70,24 @@ def query_command(
 
 
 def _check_index_folder(index: Path) -> None:
-    """Cheap checks of an explicit --index before anything slow (binding, loading a model)."""
-    from engine.errors import ConfigError
+    """Cheap checks of an index folder before anything slow (binding, loading a model)."""
+    from indexing.config import check_index_folder
 
-    if not index.is_dir():
-        raise ConfigError(f"{index}: index folder not found" if not index.exists()
-                          else f"--index {index}: not a folder")
+    check_index_folder(index)
 
 
 def _open_engine(index: Optional[Path], **options):
-    from engine.query.engine import QueryEngine
-    from engine.query.state import resolve_index_dir
+    """The engine over ``--index``, or over the project's default index, saying which one was chosen."""
+    import sys
 
-    return QueryEngine(resolve_index_dir(index), **options)
+    from engine.query.engine import QueryEngine
+    from engine.query.state import resolve_index
+
+    folder, chosen = resolve_index(index)
+    if chosen is not None:
+        _check_index_folder(folder)
+        print(f"note: {chosen}", file=sys.stderr)
+    return QueryEngine(folder, **options)
 
 
 def serve_command(
@@ -102,9 +115,13 @@ def serve_command(
     from engine.query.access import check_exposure
     from engine.query.server import make_server, serve_forever
 
+    from engine import preflight
+
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
+    preflight.check_device(device)
+    preflight.check_checkpoint_folder(checkpoint)
     check_exposure(host, token, insecure)
     if index is not None:
         _check_index_folder(index)
