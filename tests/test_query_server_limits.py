@@ -18,31 +18,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from engine.cli import main  # noqa: E402
 from query_fixtures import build_query_index  # noqa: E402
+from server_fakes import FakeEngine  # noqa: E402
 
 pytest.importorskip("faiss")
 TOKEN = "t0ken-for-tests-0123456789"
-
-
-class FakeEngine:
-    """What the server needs of a QueryEngine, with a search that can be made slow."""
-
-    image_count = 3
-    fingerprint = "f" * 64
-    text_query_encoder = None
-    root = Path("fake-index")
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-
-    def search(self, request):
-        from engine.query.config import QueryResult
-
-        time.sleep(self.delay)
-        return QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
-                           rerank=request.rerank)
-
-    def close(self) -> None:
-        pass
 
 
 def start(engine, **limits):
