@@ -293,3 +293,24 @@ def test_serve_reports_bind_errors_at_once_before_loading(tmp_path_factory, tmp_
     line = serve_error(capsys, "--index", str(index), "--host", "0.0.0.0", "--port", "0")
     assert "--token" in line and "--insecure" in line
     assert "index folder not found" in serve_error(capsys, "--index", str(tmp_path / "nope"), "--port", "0")
+
+
+def test_health_check_jumps_the_queue_under_load(fake) -> None:
+    """20 slow searches queued on 2 workers take ~3 s to drain; /healthz waits only for the next free worker."""
+    port, engine, _ = fake
+    engine.delay = 0.3
+    from engine.query.http_pool import ServerLimits  # noqa: F401
+
+    server, thread = start(engine, workers=2, max_queue=64)
+    port = server.server_address[1]
+    try:
+        threads = [threading.Thread(target=request, args=(port, "GET", f"/query?q=x{n}"), kwargs={"timeout": 30})
+                   for n in range(20)]
+        for client in threads:
+            client.start()
+        time.sleep(0.3)  # the searches are queued
+        assert timed_health(port, timeout=5) < 1.0
+        for client in threads:
+            client.join(timeout=30)
+    finally:
+        stop(server, thread)

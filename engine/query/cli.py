@@ -14,7 +14,7 @@ _DEFAULTS = RerankOptions()
 
 def query_command(
     text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"airport with runways\"."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: the last one built)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: this project's last index, named on stderr)."),
     k: int = typer.Option(DEFAULT_K, "-k", "--k", help="Number of results."),
     image: Optional[Path] = typer.Option(None, "--image", help="Search with an image instead of text."),
     target: str = typer.Option("images", "--target", help="images | captions"),
@@ -91,7 +91,7 @@ def _open_engine(index: Optional[Path], **options):
 
 
 def serve_command(
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: the last one built)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: this project's last index, named on stderr)."),
     port: int = typer.Option(8080, "--port", help="TCP port (0 = any free port)."),
     host: str = typer.Option("127.0.0.1", "--host",
                              help="Address to bind; anything beyond loopback (0.0.0.0, ::, a LAN address) needs "
@@ -111,11 +111,10 @@ def serve_command(
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from encoders.query_text import TEXT_ENCODER_KINDS
+    from engine import preflight
     from engine.errors import ConfigError
     from engine.query.access import check_exposure
     from engine.query.server import make_server, serve_forever
-
-    from engine import preflight
 
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:

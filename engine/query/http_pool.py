@@ -13,7 +13,9 @@ dispatcher. So an idle connection costs a file descriptor, never a worker. Limit
 * ``request_timeout_s``: from the first byte of a request to its last byte (head and declared body); a request
   still incomplete then gets 408 and the connection is closed (slowloris, short bodies);
 * ``max_connections`` open sockets; one more is answered 503 and closed;
-* ``max_queue`` complete requests waiting for a worker; one more is answered 503 (the client may retry);
+* ``max_queue`` complete requests waiting for a worker; one more is answered 503 (the client may retry).
+  Requests for ``priority_paths`` (``/healthz``) go to the head of the queue, so a health check under full
+  load waits for the next free worker, not behind every queued search;
 * ``max_requests_per_connection``: the last one is answered with ``Connection: close``;
 * ``max_head_bytes`` (431), ``max_body_bytes`` (the handler answers 413 without the body being read);
 * ``write_timeout_s``: a client that stops reading its answer is dropped.
@@ -27,7 +29,9 @@ line, never a traceback.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import queue
 import selectors
 import socket
 import sys
@@ -35,7 +39,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -60,7 +63,8 @@ class ServerLimits:
 _LOG_LOCK = threading.Lock()
 _RECV_BYTES = 65536
 _POLL_S = 0.5
-_LINGER_S = 1.0  # how long a refused connection is drained so the client reads the answer, not a reset
+_LINGER_S = 1.0
+_STOP_PRIORITY = 2  # worker sentinels sort after every request  # how long a refused connection is drained so the client reads the answer, not a reset
 
 
 def log_line(text: str) -> None:
@@ -258,12 +262,20 @@ class PooledHTTPServer:
     long-lived threads: a fresh thread per request pays for its own torch/OpenMP team and malloc arena on its
     first query (docs/query.md)."""
 
-    def __init__(self, address: tuple[str, int], handler_class, limits: ServerLimits | None = None) -> None:
+    def __init__(self, address: tuple[str, int], handler_class, limits: ServerLimits | None = None,
+                 priority_paths: tuple[str, ...] = ()) -> None:
         self.limits = limits or ServerLimits()
         self.handler_class = handler_class
         self.listener = _listen(address, self.limits.max_connections)
         self.server_address = self.listener.getsockname()
-        self.pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="engine-serve")
+        self._priority_lines = tuple(f" {path} ".encode() for path in priority_paths) + \
+            tuple(f" {path}?".encode() for path in priority_paths)
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO within a priority
+        self._workers = [threading.Thread(target=self._worker_loop, name=f"engine-serve-{number}", daemon=True)
+                         for number in range(self.limits.workers)]
+        for worker in self._workers:
+            worker.start()
         self.selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
@@ -299,7 +311,10 @@ class PooledHTTPServer:
 
     def server_close(self) -> None:
         self.listener.close()
-        self.pool.shutdown(wait=True)
+        for _ in self._workers:  # after the queued work: a worker stops when it takes its sentinel
+            self._jobs.put((_STOP_PRIORITY, next(self._order), None, b""))
+        for worker in self._workers:
+            worker.join()
         with self._lock:
             remaining = list(self._open)
             self._open.clear()
@@ -409,7 +424,9 @@ class PooledHTTPServer:
             return False
         if connection.sock in self.selector.get_map():
             self.selector.unregister(connection.sock)
-        self.pool.submit(self._work, connection, raw)
+        first_line = raw.split(b"\n", 1)[0]
+        priority = 0 if any(marker in first_line for marker in self._priority_lines) else 1
+        self._jobs.put((priority, next(self._order), connection, raw))
         return True
 
     def _take_back(self) -> None:
@@ -486,6 +503,13 @@ class PooledHTTPServer:
             pass
 
     # ---- workers -------------------------------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        while True:
+            _, _, connection, raw = self._jobs.get()
+            if connection is None:
+                return
+            self._work(connection, raw)
+
     def _work(self, connection: _Connection, raw: bytes) -> None:
         with self._lock:
             self._waiting -= 1

@@ -181,7 +181,7 @@ def make_server(engine, host: str, port: int, token: str | None = None,
     attached later with ``attach_engine``."""
     handler = type("BoundQueryHandler", (QueryHandler,), {"engine": engine, "token": token})
     limits = replace(limits or DEFAULT_LIMITS, max_body_bytes=MAX_BODY_BYTES)
-    return PooledHTTPServer((host, port), handler, limits)
+    return PooledHTTPServer((host, port), handler, limits, priority_paths=("/healthz",))
 
 
 def attach_engine(server: PooledHTTPServer, engine) -> None:
