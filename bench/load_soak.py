@@ -230,7 +230,10 @@ def measure(index: Path, clients: list[int], seconds: float, queries: int, warmu
     log_path = Path(tempfile.mkstemp(prefix="load-soak-serve-", suffix=".log")[1])
     started = time.perf_counter()
     server = Server(index, log_path, text_encoder)
-    report = {"index": str(index), "queries": len(params), "filtered_every": FILTER_EVERY, "k": K,
+    config = json.loads((index / "index.json").read_text())
+    report = {"index": str(index), "images": config["image_count"], "factory": config["factory"],
+              "test_time_views": config.get("test_time_views"), "queries": len(params),
+              "filtered_every": FILTER_EVERY, "k": K,
               "start_seconds": round(time.perf_counter() - started, 1), "machine": machine_info(),
               "rss_loaded_mib": round(rss_bytes(server.pid) / 2**20, 1), "warmup_s": warmup_s,
               "text_encoder": text_encoder, "phases": []}
@@ -254,7 +257,10 @@ def measure(index: Path, clients: list[int], seconds: float, queries: int, warmu
 def markdown(report: dict) -> str:
     meta = report.get("meta", {})
     lines = ["## Load and soak (`bench/load_soak.py`)", "",
-             f"`engine serve` on `{report['index']}` in its own process, loopback clients in another, each on a "
+             f"`engine serve` on `{report['index']}` ({report.get('images', '?'):,} images, faiss "
+             f"`{report.get('factory', '?')}`, image embeddings of {report.get('test_time_views', '?')} test-time "
+             "view(s): text queries are encoded the same whatever that number) in its own process, loopback "
+             "clients in another, each on a "
              f"keep-alive connection sending k={report['k']} text queries back to back ({report['queries']} "
              f"distinct sentences, every {report['filtered_every']}th with a `where` filter), one phase per client "
              f"count; a probe asks `/healthz` once a second. Date {meta.get('date', '?')}, commit "
@@ -282,7 +288,9 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--index", type=Path, help="index folder to serve (required unless --from-json)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="re-render the docs block from a saved results file instead of measuring")
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--queries", type=int, default=500, help="distinct query sentences cycled by the clients")
@@ -292,6 +300,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="raw results JSON (default docs/bench/load_soak_<index folder name>.json)")
     args = parser.parse_args()
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        print(markdown(report))
+        if args.update_docs:
+            from bench.docs_blocks import update_page
+
+            update_page(DOCS / "benchmarks.md", "load-soak", markdown(report))
+        return
+    if args.index is None:
+        parser.error("--index is required")
     report = measure(args.index.resolve(), args.clients, args.seconds, args.queries, args.warmup_seconds,
                      args.text_encoder)
     report["index"] = str(args.index)
