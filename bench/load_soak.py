@@ -254,10 +254,14 @@ def measure(index: Path, clients: list[int], seconds: float, queries: int, warmu
     return report
 
 
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
 def markdown(report: dict) -> str:
     meta = report.get("meta", {})
     lines = ["## Load and soak (`bench/load_soak.py`)", "",
-             f"`engine serve` on `{report['index']}` ({report.get('images', '?'):,} images, faiss "
+             f"`engine serve` on `{report['index']}` ({_count(report.get('images'))} images, faiss "
              f"`{report.get('factory', '?')}`, image embeddings of {report.get('test_time_views', '?')} test-time "
              "view(s): text queries are encoded the same whatever that number) in its own process, loopback "
              "clients in another, each on a "

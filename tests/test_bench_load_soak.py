@@ -44,11 +44,13 @@ def test_phases_measure_every_column() -> None:
         assert row["ok"] > 0 and row["errors"] == 0, row
         assert row["p50_ms"] <= row["p95_ms"] <= row["max_ms"] and row["rss_after_mib"] > 0
         assert row["healthz_probes"] >= 1 and not row["healthz_failures"]
-    report = {"index": "runs/x", "queries": 12, "filtered_every": 5, "k": 10, "warmup_s": 1.0, "phases": rows,
+    report = {"index": "runs/x", "images": 2100, "factory": "IDMap,Flat", "test_time_views": 1, "queries": 12, "filtered_every": 5, "k": 10, "warmup_s": 1.0, "phases": rows,
               "machine": {"nproc": 2, "cpu_model": "cpu", "ram_bytes": 2**30, "python": "3"}, "server_tracebacks": 0,
               "meta": {"date": "today", "commit": "abc", "command": "python -m bench.load_soak --index X"}}
     text = load_soak.markdown(report)
-    assert "| 12 |" in text and "Tracebacks in the server log: 0" in text and "python -m bench.load_soak" in text
+    assert "2,100 images" in text and "| 12 |" in text and "Tracebacks in the server log: 0" in text and "python -m bench.load_soak" in text
+    del report["images"]  # an older results file without the index facts still renders
+    assert "(? images" in load_soak.markdown(report)
 
 
 def test_index_sentences_and_labels(tmp_path_factory) -> None:
