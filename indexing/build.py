@@ -1,9 +1,12 @@
 """``engine index``: dataset → Parquet shards → FAISS index + index.json, resumable and appendable.
 
-Order of work, chosen so that a ``kill -9`` at any point is harmless: (1) validate flags and the output folder,
-(2) load the model, (3) plan the segment and store the plan + manifest, (4) encode pending shards, each
-written atomically (caption shard first, image shard last — the image shard's existence marks completion),
-(5) build faiss.index, (6) write index.json last. Rerunning the same command skips completed shards.
+Order of work, chosen so that a ``kill -9`` at any point is harmless and mistakes surface before the slow part:
+(1) validate flags, paths and the output folder, (2) take the folder's build lock (``indexing.lock``: a second
+build into it stops here), (3) read the dataset, (4) load the model, (5) plan the segment and store the plan +
+manifest, (6) encode pending shards, each written atomically (caption shard first, image shard last — the
+image shard's existence marks completion; unreadable images are skipped and recorded in it), (7) write
+``skipped.jsonl``, build faiss.index, (8) write index.json last. Rerunning the same command skips completed
+shards.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from pathlib import Path
 from engine.errors import ConfigError, DataError
 from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest, MaskOptions,
                              ShardInfo, tool_version)
+from indexing.lock import LOCK_FILE, BuildLock
 from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
+from indexing.skipped import SKIPPED_FILE
 
 DEFAULT_SHARD_SIZE = 10_000
+SKIPPED_SHOWN = 5  # skipped images named in the summary; all of them are in skipped.jsonl
 # attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
 OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention",
-               "rows.arrow")
+               "rows.arrow", SKIPPED_FILE, LOCK_FILE)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class IndexOptions:
     mask: MaskOptions = field(default_factory=MaskOptions)
     with_text: bool = True
     test_time_views: int | None = None  # dihedral views averaged per image; None = what the model's config says
+    remember: bool = True  # record the folder as this project's last index (engine.query.state)
 
 
 @dataclass
@@ -49,7 +56,8 @@ class IndexSummary:
     out: Path
     images_total: int = 0
     encoded: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # paths skipped by this run
+    skipped_records: list[dict] = field(default_factory=list)  # every skipped image of the index (skipped.jsonl)
     duplicates: int = 0
     renumbered: bool = False
     shards_written: int = 0
@@ -59,19 +67,28 @@ class IndexSummary:
     calibration: str = ""  # how the approximate index's search setting was tuned (empty: exact index)
     seconds: float = 0.0
     up_to_date: bool = False
+    nothing_new: bool = False  # --append found no image that is not indexed yet
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
         result = [f"index {self.out}: {self.images_total} images, faiss {self.factory}",
                   f"  encoded {self.encoded} images ({rate:.1f} images/s) and {self.captions_encoded} captions; "
                   f"shards written {self.shards_written}, reused {self.shards_reused}",
-                  f"  skipped unreadable: {len(self.skipped)}; duplicate paths skipped: {self.duplicates}"]
+                  f"  skipped unreadable: {len(self.skipped_records)}"
+                  + (f" (listed in {self.out / SKIPPED_FILE})" if self.skipped_records else "")
+                  + f"; duplicate paths skipped: {self.duplicates}"]
+        for record in self.skipped_records[:SKIPPED_SHOWN]:
+            result.append(f"    {record['path']}: {record['reason']}")
+        if len(self.skipped_records) > SKIPPED_SHOWN:
+            result.append(f"    ... and {len(self.skipped_records) - SKIPPED_SHOWN} more")
         if self.calibration:
             result.append(f"  search tuned: {self.calibration}")
         if self.renumbered:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
         if self.up_to_date:
             result.append("  nothing to do: all shards were complete (use --append to add new images)")
+        if self.nothing_new:
+            result.append(f"  nothing new to add: all {self.duplicates} images of the data are already indexed")
         return result
 
 
@@ -86,6 +103,35 @@ def _validate(options: IndexOptions) -> None:
         raise ConfigError("--append and --overwrite contradict each other; pick one")
     if options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"--out {options.out}: exists and is not a folder")
+    if not Path(options.data_dir).expanduser().exists():
+        raise DataError(f"{options.data_dir}: no such file or folder")
+    if options.mask.masks_dir and not Path(options.mask.masks_dir).is_dir():
+        raise ConfigError(f"--masks {options.mask.masks_dir}: folder not found")
+    if options.model_spec and _looks_like_path(options.model_spec) and not Path(options.model_spec).exists():
+        raise ConfigError(f"--model {options.model_spec}: no such checkpoint folder")
+    _check_out_location(options.out)
+    if options.out.is_dir():
+        foreign = sorted(entry.name for entry in options.out.iterdir() if entry.name not in OWN_ENTRIES)
+        if foreign:
+            raise ConfigError(f"--out {options.out}: folder holds files that are not part of an index "
+                              f"({', '.join(foreign[:3])}); choose an empty or new folder")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or spec.startswith(".") or spec.startswith("~")
+
+
+def _check_out_location(out: Path) -> None:
+    """The nearest existing folder at or above ``out`` must be a writable folder (checked before any work)."""
+    import os
+
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not writable")
 
 
 def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifest | None:
@@ -93,10 +139,6 @@ def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifes
     out = options.out
     if not out.exists():
         return None
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in OWN_ENTRIES)
-    if foreign:
-        raise ConfigError(f"--out {out}: folder holds files that are not part of an index ({', '.join(foreign[:3])}); "
-                          "choose an empty or new folder")
     manifest = Manifest.load(out)
     if manifest is not None and manifest.test_time_views not in (None, views) and not options.overwrite:
         raise ConfigError(f"--out {out}: built with --test-time-views {manifest.test_time_views}, this run would "
@@ -107,6 +149,8 @@ def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifes
                           f"({options.model_spec or 'default'}); pass --overwrite to replace it")
     if options.overwrite:
         for name in OWN_ENTRIES:
+            if name == LOCK_FILE:
+                continue  # ours: this build holds it
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -127,19 +171,46 @@ def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifes
 
 def run_index(options: IndexOptions) -> IndexSummary:
     """Build or continue the index described by ``options``; returns the end-of-run summary."""
+    _validate(options)
+    with BuildLock(options.out):
+        return _run_index_locked(options)
+
+
+def _load_readable_dataset(data_dir: Path):
+    """The dataset, keeping listed images that are missing or empty (they are skipped and listed later); but
+    when not one listed image exists, the data folder is wrong: say so now, not after the model loads."""
     from engine.data import load_dataset
+
+    dataset = load_dataset(data_dir, skip_unreadable=True)
+    if dataset.images and not any(_usable_file(record.path) for record in dataset.images):
+        raise DataError(f"{data_dir}: none of the {len(dataset.images)} listed images exists as a non-empty file "
+                        f"(first: {dataset.images[0].path}); check the dataset folder")
+    return dataset
+
+
+def _usable_file(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _run_index_locked(options: IndexOptions) -> IndexSummary:
     from engine.query.state import record_last_index
     from indexing import encode, plan as planning
     from indexing.choose import parse_memory, validate_factory
     from indexing.encode_loop import encode_segment
     from indexing.faiss_build import build_faiss, check_unique_ids
     from indexing.masking import check_masks_present
+    import pyarrow.parquet as pq
+
     from indexing.row_store import write_row_file
+    from indexing.skipped import write_skipped_list
 
     started = time.perf_counter()
-    _validate(options)
     budget = parse_memory(options.memory_budget)
     device = encode.resolve_device(options.device)
+    dataset = _load_readable_dataset(options.data_dir)
     model = encode.load_encoder(options.model_spec, device)
     if options.test_time_views is not None:
         model.set_test_time_views(options.test_time_views)
@@ -157,7 +228,6 @@ def run_index(options: IndexOptions) -> IndexSummary:
                             embed_dim=dim, shard_size=options.shard_size or DEFAULT_SHARD_SIZE,
                             with_text=options.with_text, mask=options.mask, tool_version=tool_version(),
                             test_time_views=views)
-    dataset = load_dataset(options.data_dir)
     data_root = str(dataset.root.resolve())
     last = manifest.segments[-1] if manifest.segments else None
     if last is not None and planning.pending_shards(last, out):
@@ -176,6 +246,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
         if not segment_plan.images and last is None:
             raise DataError(f"{options.data_dir}: no images to index")
         summary.duplicates, summary.renumbered = segment_plan.duplicates, segment_plan.renumbered
+        summary.nothing_new = last is not None and not segment_plan.images
         if segment_plan.images:
             manifest.segments.append(segment_plan.segment)
             out.mkdir(parents=True, exist_ok=True)
@@ -190,13 +261,18 @@ def run_index(options: IndexOptions) -> IndexSummary:
         encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
                        workers, summary)
     check_unique_ids(out)
+    summary.skipped_records = write_skipped_list(out)
+    if not any(pq.ParquetFile(file).metadata.num_rows for file in shard_files(out)):
+        raise DataError(f"{options.data_dir}: no image could be read ({len(summary.skipped_records)} unreadable; "
+                        f"reasons in {out / SKIPPED_FILE})")
     built = build_faiss(out, dim, budget, options.factory, options.device)
     write_row_file(out)
     summary.factory, summary.images_total = built.spec.factory, built.count
     summary.calibration = built.calibration.describe() if built.calibration is not None else ""
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
-    record_last_index(out)  # the default index of `engine query`
+    if options.remember:
+        record_last_index(out)  # the default index of `engine query` in this project
     return summary
 
 

@@ -133,7 +133,7 @@ class IndexConfig:
     def load(cls, index_dir: Path) -> "IndexConfig":
         raw = _read_json(index_dir / INDEX_JSON)
         if raw is None:
-            raise ConfigError(f"{index_dir}: not an index folder (no {INDEX_JSON}); build it with `engine index`")
+            raise ConfigError(missing_index_message(Path(index_dir)))
         try:
             if raw.get("format_version") != FORMAT_VERSION:
                 raise ConfigError(f"{index_dir / INDEX_JSON}: format_version {raw.get('format_version')!r}, "
@@ -143,6 +143,37 @@ class IndexConfig:
             return cls(**raw)
         except (KeyError, TypeError) as error:
             raise ConfigError(f"{index_dir / INDEX_JSON}: malformed ({error}); rebuild the index") from None
+
+
+def missing_index_message(index_dir: Path) -> str:
+    """Why ``index_dir`` has no ``index.json``: a build still running, an interrupted build, or no index at all."""
+    from indexing.lock import LOCK_FILE, owner_is_running, read_owner
+
+    owner = read_owner(index_dir) if (index_dir / LOCK_FILE).exists() else None
+    if owner is not None and owner_is_running(owner) is not False:
+        return (f"{index_dir}: a build is still running into this folder (pid {owner.get('pid')} on "
+                f"{owner.get('host')}); query it when it has finished")
+    if (index_dir / MANIFEST_FILE).is_file():
+        try:
+            manifest = Manifest.load(index_dir)
+        except ConfigError:
+            manifest = None
+        root = manifest.segments[-1].data_root if manifest is not None and manifest.segments else "DATA_DIR"
+        return (f"{index_dir}: interrupted build: rerun the same command to finish "
+                f"(engine index {root} --out {index_dir} ...)")
+    return f"{index_dir}: not an index folder (no {INDEX_JSON}); build one with `engine index DATA_DIR --out {index_dir}`"
+
+
+def check_index_folder(index_dir: Path) -> None:
+    """Cheap checks (no faiss, no model) that ``index_dir`` holds a finished index; one line naming the problem."""
+    index_dir = Path(index_dir)
+    if not index_dir.exists():
+        raise ConfigError(f"{index_dir}: index folder not found")
+    if not index_dir.is_dir():
+        raise ConfigError(f"{index_dir}: not a folder; expected an index folder built by `engine index`")
+    if not (index_dir / INDEX_JSON).is_file():
+        raise ConfigError(missing_index_message(index_dir))
+    IndexConfig.load(index_dir)  # parses: a corrupt index.json is reported here too
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -106,8 +106,8 @@ class ImageItems(Dataset):
             item["ok"] = True
         except EngineError as error:
             item["error"] = str(error)
-        except (OSError, ValueError) as error:
-            item["error"] = f"{planned.path}: {error}"
+        except Exception as error:  # noqa: BLE001 -- one file must never stop a build: report it and go on
+            item["error"] = f"{planned.path}: {type(error).__name__}: {error}"
         return item
 
     def _masked(self, image: Image.Image, planned: PlannedImage, item: dict[str, Any]) -> Image.Image:

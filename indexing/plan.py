@@ -84,7 +84,7 @@ def new_segment_plan(dataset: Dataset, index_dir: Path, manifest: Manifest, shar
             "label": pa.array([image.label for image in images], pa.string()),
         })
         write_table_atomically(table, index_dir / segment.plan_file)
-    return SegmentPlan(segment=segment, images=images, duplicates=duplicates, renumbered=renumber)
+    return SegmentPlan(segment=segment, images=images, duplicates=duplicates, renumbered=renumber and bool(images))
 
 
 def load_segment_plan(segment: Segment, index_dir: Path) -> SegmentPlan:

@@ -11,8 +11,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The query engine remembers the last index built under ENGINE_HOME; tests must not touch the user's cache.
+# The query engine remembers the last index built in the project folder (and builds its default index under
+# ENGINE_HOME); tests must touch neither the checkout nor the user's cache.
 os.environ["ENGINE_HOME"] = tempfile.mkdtemp(prefix="engine-home-tests-")
+os.environ["ENGINE_PROJECT"] = tempfile.mkdtemp(prefix="engine-project-tests-")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

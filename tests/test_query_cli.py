@@ -27,6 +27,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 @pytest.fixture(autouse=True)
 def engine_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ENGINE_PROJECT", str(tmp_path / "project"))
     monkeypatch.delenv("ENGINE_INDEX", raising=False)
 
 

@@ -17,9 +17,11 @@ _RESOLVE_PROBES = 8
 
 
 def read_json(path: Path) -> Any:
-    """Parsed JSON, or ``DataError`` naming the file and the position of the syntax error."""
+    """Parsed JSON, or ``DataError`` naming the file and the position of the syntax error.
+
+    A UTF-8 byte-order mark (Windows editors write one) is accepted and ignored."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text (byte {error.start}); expected a JSON annotation file") from None
     except OSError as error:

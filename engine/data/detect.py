@@ -78,13 +78,19 @@ def read_dataset(path: str | Path, log: ProblemLog) -> Dataset:
     return dataset
 
 
-def load_dataset(path: str | Path) -> Dataset:
+UNREADABLE_IMAGE_CODES = frozenset({"missing-image", "empty-image"})
+
+
+def load_dataset(path: str | Path, skip_unreadable: bool = False) -> Dataset:
     """The dataset at ``path`` (folder or annotation JSON), auto-detected; ``DataError`` on the first problem.
 
     Checks structure, ids, splits, captions and that every listed image file exists and is non-empty; pixel
-    decoding is left to ``load_rgb`` at use time and to ``engine data check``.
+    decoding is left to ``load_rgb`` at use time and to ``engine data check``. ``skip_unreadable`` (indexing:
+    one bad file must not stop a million-image job) keeps missing and empty image files in the dataset; the
+    indexer then skips and lists them like any other image it cannot decode.
     """
-    return read_dataset(path, ProblemLog(strict=True))
+    log = ProblemLog(strict=True, tolerated=UNREADABLE_IMAGE_CODES if skip_unreadable else frozenset())
+    return read_dataset(path, log)
 
 
 def default_dataset_path() -> Path:

@@ -33,12 +33,17 @@ class Problem:
 
 @dataclass
 class ProblemLog:
-    """Ordered findings; ``strict=True`` turns the first error into a ``DataError``."""
+    """Ordered findings; ``strict=True`` turns the first error into a ``DataError`` (codes in ``tolerated`` stay
+    warnings)."""
 
     strict: bool = True
     problems: list[Problem] = field(default_factory=list)
+    tolerated: frozenset[str] = frozenset()  # error codes recorded as warnings (indexing skips such images)
 
     def error(self, code: str, where: str, message: str) -> None:
+        if code in self.tolerated:
+            self.warning(code, where, message)
+            return
         problem = Problem("error", code, where, message)
         if self.strict:
             raise DataError(problem.line())

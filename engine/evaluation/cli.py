@@ -57,6 +57,7 @@ def eval_command(
     if index is not None and test_time_views is not None:
         raise ConfigError("--test-time-views re-encodes images; with --index the index's own setting applies "
                           "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
+    _preflight(paths[0] if paths else None, split, checkpoint, device, out, index)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
                       index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views)
     if out is not None:
@@ -68,6 +69,25 @@ def eval_command(
                       ("  ties pessimistic", {"recalls": result.recalls_pessimistic})], title=_title(result))
         if out is not None:
             typer.echo(f"result written to {out}")
+
+
+def _preflight(data_dir: Path | None, split: str, checkpoint: str | None, device: str, out: Path | None,
+               index: Path | None) -> None:
+    """Paths and flags checked before the data and model load (an evaluation can take many minutes)."""
+    from engine import preflight
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    if data_dir is not None and not Path(data_dir).exists():
+        raise DataError(f"{data_dir}: no such file or folder")
+    preflight.check_device(device)
+    preflight.check_checkpoint_folder(checkpoint)
+    if out is not None:
+        preflight.check_output_file(out, "--out")
+    if index is not None:
+        from indexing.config import check_index_folder
+
+        check_index_folder(index)
 
 
 def evaluate(

@@ -14,7 +14,7 @@ _DEFAULTS = RerankOptions()
 
 def query_command(
     text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"airport with runways\"."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: the last one built)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: this project's last index, named on stderr)."),
     k: int = typer.Option(DEFAULT_K, "-k", "--k", help="Number of results."),
     image: Optional[Path] = typer.Option(None, "--image", help="Search with an image instead of text."),
     target: str = typer.Option("images", "--target", help="images | captions"),
@@ -36,17 +36,25 @@ def query_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
+    from engine import preflight
     from engine.query.config import QueryRequest, validate_request
-    from engine.query.engine import QueryEngine
     from engine.query.output import print_json, print_table
-    from engine.query.state import resolve_index_dir
 
     options = RerankOptions(layer=layer, prf_references=prf_references, aas_text_weight=aas_weight, par_ccs=par_ccs,
                             par_ascs=par_ascs, par_top_fraction=par_top, par_beta=par_beta)
     request = QueryRequest(text=text, image_path=str(image) if image is not None else None, k=k, target=target,
                            where=where, rerank=rerank, rerank_depth=rerank_depth, options=options)
-    validate_request(request)  # before the (slow) model load: bad flags answer at once
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device)
+    # everything that can be checked before the (slow) model load answers at once
+    validate_request(request)
+    preflight.check_device(device)
+    preflight.check_checkpoint_folder(checkpoint)
+    if image is not None:
+        preflight.check_image_file(image)
+    if html_out is not None:
+        preflight.check_output_file(html_out, "--html")
+    if index is not None:
+        _check_index_folder(index)
+    engine = _open_engine(index, checkpoint=checkpoint, device=device)
     try:
         result = engine.search(request)
     finally:
@@ -61,10 +69,38 @@ def query_command(
         print_table(result)
 
 
+def _check_index_folder(index: Path) -> None:
+    """Cheap checks of an index folder before anything slow (binding, loading a model)."""
+    from indexing.config import check_index_folder
+
+    check_index_folder(index)
+
+
+def _open_engine(index: Optional[Path], **options):
+    """The engine over ``--index``, or over the project's default index, saying which one was chosen."""
+    import sys
+
+    from engine.query.engine import QueryEngine
+    from engine.query.state import resolve_index
+
+    folder, chosen = resolve_index(index)
+    if chosen is not None:
+        _check_index_folder(folder)
+        print(f"note: {chosen}", file=sys.stderr)
+    return QueryEngine(folder, **options)
+
+
 def serve_command(
-    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: the last one built)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder (default: this project's last index, named on stderr)."),
     port: int = typer.Option(8080, "--port", help="TCP port (0 = any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to bind; anything beyond loopback (0.0.0.0, ::, a LAN address) needs "
+                                  "--token or --insecure."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="ENGINE_SERVE_TOKEN", show_envvar=True,
+                                        help="Require 'Authorization: Bearer TOKEN' on every route but /healthz "
+                                             "(at least 16 characters; the environment variable keeps it out of "
+                                             "the process list)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without --token."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model folder (default: the index's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     text_encoder: str = typer.Option(
@@ -74,15 +110,25 @@ def serve_command(
              "bfloat16 (TorchScript, bfloat16 backbone), eager (no compiled graph)."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
-    from engine.query.engine import QueryEngine
-    from engine.query.server import serve_forever
-    from engine.query.state import resolve_index_dir
-
     from encoders.query_text import TEXT_ENCODER_KINDS
+    from engine import preflight
     from engine.errors import ConfigError
+    from engine.query.access import check_exposure
+    from engine.query.server import make_server, serve_forever
 
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_encoder)
-    serve_forever(engine, host, port)
+    preflight.check_device(device)
+    preflight.check_checkpoint_folder(checkpoint)
+    check_exposure(host, token, insecure)
+    if index is not None:
+        _check_index_folder(index)
+    # bind before the slow part: a busy port or a bad address is one line at once, not after the model load
+    server = make_server(None, host, port, token.strip() if token else None)
+    try:
+        engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder)
+    except BaseException:
+        server.server_close()
+        raise
+    serve_forever(engine, host, port, server=server)

@@ -88,6 +88,7 @@ def write_gallery(result: QueryResult, out: Path) -> None:
     out = Path(out)
     temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         temp.write_text(render_gallery(result), encoding="utf-8")
         os.replace(temp, out)
     except OSError as error:

@@ -1,11 +1,12 @@
-"""``engine serve``: a warm HTTP server over one QueryEngine (stdlib HTTPServer on a thread pool, no extra dependency).
+"""``engine serve``: a warm HTTP server over one QueryEngine (stdlib only: ``engine.query.http_pool``).
 
 Routes: ``GET /healthz``; ``GET /query?q=&k=&where=&rerank=&target=&rerank_depth=`` → JSON; ``POST /query`` with
 a JSON body ``{"q": ..., "k": ...}``, or the raw bytes of an image (``Content-Type: image/*`` or
 ``application/octet-stream``, parameters in the query string), or ``multipart/form-data`` with an ``image``
 field → JSON; ``GET /`` → the HTML gallery (with a search form; ``/?q=...`` shows results).
-Bodies over ``MAX_BODY_BYTES`` get 413, k over ``MAX_K`` and every other bad request get 400, all as JSON
-``{"error": "..."}``; engine errors never become 500s.
+Bodies over ``MAX_BODY_BYTES`` get 413, k over ``MAX_K`` and every other bad request get 400, a missing or wrong
+bearer token (``--token``) 401, all as JSON ``{"error": "..."}``; engine errors never become 500s. Timeouts,
+connection and queue limits and the access log are ``http_pool``'s.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import html
 import json
 import sys
 import threading
+from dataclasses import replace
 from email.parser import BytesParser
 from email.policy import HTTP
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from engine.errors import EngineError
+from engine.query.access import OPEN_PATHS, authorized
 from engine.query.config import DEFAULT_K, DEFAULT_RERANK_DEPTH, QueryRequest
+from engine.query.http_pool import PooledHTTPServer, PooledRequestHandler, ServerLimits
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-WORKER_THREADS = 8  # requests handled at once; more wait in the listen backlog
+WORKER_THREADS = 8  # requests handled at once; idle connections hold no worker (http_pool)
 MAX_K = 1000
 JSON_FIELDS = ("q", "k", "where", "rerank", "target", "rerank_depth")
 
@@ -64,23 +66,19 @@ def request_from_fields(fields: dict, image_bytes: bytes | None = None) -> Query
                         rerank_depth=_integer(fields.get("rerank_depth"), "rerank_depth", DEFAULT_RERANK_DEPTH))
 
 
-class QueryHandler(BaseHTTPRequestHandler):
-    engine = None  # set by make_server
-    server_version = "rs-engine"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 -- the stdlib's signature
-        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+class QueryHandler(PooledRequestHandler):
+    engine = None  # set by make_server / attach_engine
+    token: str | None = None  # bearer token every route but /healthz requires (None: no authentication)
 
     def do_GET(self) -> None:  # noqa: N802 -- the stdlib's name
         url = urlparse(self.path)
         fields = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        self._answer(lambda: self._route_get(url.path, fields))
+        self._answer(lambda: self._route_get(url.path, fields), url.path)
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
         fields = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        self._answer(lambda: self._route_post(url.path, fields))
+        self._answer(lambda: self._route_post(url.path, fields), url.path)
 
     def _route_get(self, path: str, fields: dict):
         if path == "/healthz":
@@ -150,8 +148,12 @@ class QueryHandler(BaseHTTPRequestHandler):
             return render_gallery(empty, form)
         return render_gallery(self.engine.search(request_from_fields(fields)), form)
 
-    def _answer(self, route) -> None:
+    def _answer(self, route, path: str) -> None:
+        headers = {}
         try:
+            if path not in OPEN_PATHS and not authorized(self.headers.get("Authorization"), self.token):
+                headers["WWW-Authenticate"] = 'Bearer realm="rs-engine"'
+                raise BadRequest(401, "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'")
             status, kind, payload = route()
         except BadRequest as error:
             status, kind, payload = error.status, "application/json", {"error": str(error)}
@@ -164,56 +166,38 @@ class QueryHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
 
-class PooledHTTPServer(HTTPServer):
-    """HTTPServer answering each request on one of a fixed set of long-lived threads.
-
-    Why not the stdlib's ThreadingHTTPServer: it starts a new thread per request, and a fresh thread pays for
-    its own torch/OpenMP thread team and a fresh malloc arena on its first query (page faults for every buffer
-    faiss and torch allocate). Measured on the 1 M-vector index: text encoding took 35–43 ms p50 in
-    per-request threads against 14 ms on a reused thread, and the HNSW search 6 ms against about 1 ms.
-    """
-
-    daemon_threads = True
-
-    def __init__(self, address, handler, workers: int = WORKER_THREADS) -> None:
-        super().__init__(address, handler)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine-serve")
-
-    def process_request(self, request, client_address) -> None:
-        self.pool.submit(self._handle, request, client_address)
-
-    def _handle(self, request, client_address) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 -- the stdlib's contract: report, close, keep serving
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self.pool.shutdown(wait=True)
+DEFAULT_LIMITS = ServerLimits(workers=WORKER_THREADS, max_body_bytes=MAX_BODY_BYTES)
 
 
-def make_server(engine, host: str, port: int) -> PooledHTTPServer:
-    handler = type("BoundQueryHandler", (QueryHandler,), {"engine": engine})
-    try:
-        return PooledHTTPServer((host, port), handler)
-    except OSError as error:
-        raise EngineError(f"--host {host} --port {port}: cannot listen ({error.strerror or error})") from None
+def make_server(engine, host: str, port: int, token: str | None = None,
+                limits: ServerLimits | None = None) -> PooledHTTPServer:
+    """Bind and listen at once (a busy port fails here, before any model is loaded); ``engine`` may be
+    attached later with ``attach_engine``."""
+    handler = type("BoundQueryHandler", (QueryHandler,), {"engine": engine, "token": token})
+    limits = replace(limits or DEFAULT_LIMITS, max_body_bytes=MAX_BODY_BYTES)
+    return PooledHTTPServer((host, port), handler, limits, priority_paths=("/healthz",))
 
 
-def serve_forever(engine, host: str, port: int) -> None:
-    server = make_server(engine, host, port)
+def attach_engine(server: PooledHTTPServer, engine) -> None:
+    server.handler_class.engine = engine
+
+
+def serve_forever(engine, host: str, port: int, token: str | None = None,
+                  server: PooledHTTPServer | None = None) -> None:
+    server = server or make_server(engine, host, port, token)
+    attach_engine(server, engine)
     bound_host, bound_port = server.server_address[:2]
     traced = engine.text_query_encoder
     encoder = f"compiled text encoder ({traced.describe()})" if traced is not None else "eager text encoder"
-    print(f"serving {engine.root} ({engine.image_count} images; {encoder}) on http://{bound_host}:{bound_port}/ "
-          "— Ctrl-C stops", file=sys.stderr, flush=True)
+    auth = "bearer token required" if server.handler_class.token else "no authentication"
+    print(f"serving {engine.root} ({engine.image_count} images; {encoder}; {auth}) on "
+          f"http://{bound_host}:{bound_port}/ — Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     finally:
@@ -221,9 +205,10 @@ def serve_forever(engine, host: str, port: int) -> None:
         engine.close()
 
 
-def serve_in_thread(engine, host: str = "127.0.0.1", port: int = 0) -> tuple[PooledHTTPServer, threading.Thread]:
+def serve_in_thread(engine, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                    limits: ServerLimits | None = None) -> tuple[PooledHTTPServer, threading.Thread]:
     """Start a server on a background thread (tests, benchmarks); stop with ``server.shutdown()``."""
-    server = make_server(engine, host, port)
+    server = make_server(engine, host, port, token, limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread

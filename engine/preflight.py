@@ -1,0 +1,54 @@
+"""Cheap checks of paths and flags that commands run *before* loading a model (which takes seconds).
+
+A missing ``--image``, an unwritable ``--html`` or ``--out`` or a mistyped ``--checkpoint`` should be one
+error line at once, not after the model has loaded (or after a ten-minute evaluation). Each function raises an
+``EngineError`` subclass naming the flag and what was expected, and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.errors import ConfigError, DataError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str, flag: str = "--device") -> None:
+    if device not in DEVICES:
+        raise ConfigError(f"{flag}: expected auto, cpu or cuda, got {device!r}")
+
+
+def check_checkpoint_folder(spec: str | None, flag: str = "--checkpoint", named: tuple[str, ...] = ("default",)
+                            ) -> None:
+    """A model folder must exist (``named`` specs are not paths)."""
+    if spec is None or spec in named:
+        return
+    if not Path(spec).expanduser().is_dir():
+        raise ConfigError(f"{flag} {spec}: model checkpoint folder not found")
+
+
+def check_image_file(path: Path, flag: str = "--image") -> None:
+    """The query image exists and decodes (the header and all pixels: cheap next to a model load)."""
+    from engine.data.images import probe_image
+
+    probe = probe_image(path, full_decode=True)
+    if not probe.ok:
+        raise DataError(f"{flag} {path}: {probe.problem}")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """``path`` can be written: not a folder, and its folder exists (or can be created below a writable one)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {path}: file is not writable")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: folder {existing} is not writable")
