@@ -19,6 +19,7 @@ from engine.errors import ConfigError, DataError
 from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest, MaskOptions,
                              ShardInfo, tool_version)
 from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
+from indexing.stages import StageTimes
 
 DEFAULT_SHARD_SIZE = 10_000
 # attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
@@ -59,6 +60,7 @@ class IndexSummary:
     calibration: str = ""  # how the approximate index's search setting was tuned (empty: exact index)
     seconds: float = 0.0
     up_to_date: bool = False
+    stages: StageTimes = field(default_factory=StageTimes)
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
@@ -70,6 +72,8 @@ class IndexSummary:
             result.append(f"  search tuned: {self.calibration}")
         if self.renumbered:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
+        if self.stages.seconds:
+            result.append(f"  time per stage: {self.stages.describe()}")
         if self.up_to_date:
             result.append("  nothing to do: all shards were complete (use --append to add new images)")
         return result
@@ -140,7 +144,9 @@ def run_index(options: IndexOptions) -> IndexSummary:
     _validate(options)
     budget = parse_memory(options.memory_budget)
     device = encode.resolve_device(options.device)
-    model = encode.load_encoder(options.model_spec, device)
+    times = StageTimes()
+    with times.timed("model load"):
+        model = encode.load_encoder(options.model_spec, device)
     if options.test_time_views is not None:
         model.set_test_time_views(options.test_time_views)
     views = model.config.vision.test_time_views
@@ -151,7 +157,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
     out = options.out
     for folder in (out, out / SHARDS_DIR, out / TEXT_SHARDS_DIR, out / PLAN_DIR):
         remove_stale_temps(folder)
-    summary = IndexSummary(out=out)
+    summary = IndexSummary(out=out, stages=times)
     if manifest is None:
         manifest = Manifest(model_fingerprint=fingerprint, model_spec=options.model_spec or "default",
                             embed_dim=dim, shard_size=options.shard_size or DEFAULT_SHARD_SIZE,
@@ -189,9 +195,12 @@ def run_index(options: IndexOptions) -> IndexSummary:
         workers = encode.default_workers() if options.workers is None else options.workers
         encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
                        workers, summary)
-    check_unique_ids(out)
-    built = build_faiss(out, dim, budget, options.factory, options.device)
-    write_row_file(out)
+    with times.timed("ids check"):
+        check_unique_ids(out)
+    with times.timed("faiss"):
+        built = build_faiss(out, dim, budget, options.factory, options.device)
+    with times.timed("row file"):
+        write_row_file(out)
     summary.factory, summary.images_total = built.spec.factory, built.count
     summary.calibration = built.calibration.describe() if built.calibration is not None else ""
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)

@@ -8,6 +8,7 @@ before the model's own transform.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,34 +93,44 @@ class ImageItems(Dataset):
         return len(self.images)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        from engine.data.images import load_rgb
+        return {"position": position, **decode_planned(self.images[position], self.transform, self.mask,
+                                                       self.masks_dir, self.blank)}
 
-        planned = self.images[position]
-        item: dict[str, Any] = {"position": position, "ok": False, "error": "", "width": 0, "height": 0,
-                                "mask_resized": "", "pixels": self.blank}
-        try:
-            image = load_rgb(planned.path)
-            item["width"], item["height"] = image.size
-            if self.mask.mode != "none":
-                image = self._masked(image, planned, item)
-            item["pixels"] = self.transform(image)
-            item["ok"] = True
-        except EngineError as error:
-            item["error"] = str(error)
-        except (OSError, ValueError) as error:
-            item["error"] = f"{planned.path}: {error}"
-        return item
 
-    def _masked(self, image: Image.Image, planned: PlannedImage, item: dict[str, Any]) -> Image.Image:
-        rgb = np.asarray(image)
-        if self.masks_dir is None:
-            foreground = estimate_foreground(rgb)
-        else:
-            mask_file = mask_path_for(self.masks_dir, planned.path)
-            foreground, resized = load_mask(mask_file, image.width, image.height)
-            if resized:
-                item["mask_resized"] = str(mask_file)
-        return Image.fromarray(apply_mask(rgb, foreground, self.mask))
+def decode_planned(planned: PlannedImage, transform: Any, mask: MaskOptions, masks_dir: Path | None,
+                   blank: torch.Tensor) -> dict[str, Any]:
+    """Read, mask and transform one planned image: the decode stage of every indexing path (DataLoader
+    workers here, Ray tasks in ``indexing.ray_index``). Never raises for a bad file: ``ok`` False + ``error``."""
+    from engine.data.images import load_rgb
+
+    started = time.perf_counter()
+    item: dict[str, Any] = {"ok": False, "error": "", "width": 0, "height": 0, "mask_resized": "", "pixels": blank}
+    try:
+        image = load_rgb(planned.path)
+        item["width"], item["height"] = image.size
+        if mask.mode != "none":
+            image = _masked(image, planned, item, mask, masks_dir)
+        item["pixels"] = transform(image)
+        item["ok"] = True
+    except EngineError as error:
+        item["error"] = str(error)
+    except (OSError, ValueError) as error:
+        item["error"] = f"{planned.path}: {error}"
+    item["decode_seconds"] = time.perf_counter() - started
+    return item
+
+
+def _masked(image: Image.Image, planned: PlannedImage, item: dict[str, Any], mask: MaskOptions,
+            masks_dir: Path | None) -> Image.Image:
+    rgb = np.asarray(image)
+    if masks_dir is None:
+        foreground = estimate_foreground(rgb)
+    else:
+        mask_file = mask_path_for(masks_dir, planned.path)
+        foreground, resized = load_mask(mask_file, image.width, image.height)
+        if resized:
+            item["mask_resized"] = str(mask_file)
+    return Image.fromarray(apply_mask(rgb, foreground, mask))
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,6 +150,16 @@ def _normalised(embeddings: torch.Tensor) -> np.ndarray:
     matrix = embeddings.detach().float().cpu().numpy()
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def encode_decoded(model: Any, pixels: torch.Tensor, ok: list[bool], device: torch.device) -> np.ndarray:
+    """The image-encode stage of every indexing path: (B, D) embeddings of a decoded batch; the rows of items
+    that failed to decode are zeros and must not be used."""
+    good = [slot for slot, fine in enumerate(ok) if fine]
+    vectors = np.zeros((len(ok), int(model.config.embed_dim)), np.float32)
+    if good:
+        vectors[good] = encode_pixels(model, pixels[good], device)
+    return vectors
 
 
 @torch.inference_mode()
