@@ -16,15 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.errors import ConfigError, DataError
-from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest, MaskOptions,
-                             ShardInfo, tool_version)
+from indexing.config import (FAISS_FILE, FAISS_SHARDS_DIR, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig,
+                             Manifest, MaskOptions, ShardInfo, tool_version)
 from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
 from indexing.stages import StageTimes
 
 DEFAULT_SHARD_SIZE = 10_000
 # attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
-OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention",
-               "rows.arrow")
+OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, FAISS_SHARDS_DIR,
+               "attention", "rows.arrow")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class IndexOptions:
     mask: MaskOptions = field(default_factory=MaskOptions)
     with_text: bool = True
     test_time_views: int | None = None  # dihedral views averaged per image; None = what the model's config says
+    ray: str | None = None  # encode on a Ray cluster: "auto" or its address (indexing.ray_index); None = this process
+    ray_workers: int | None = None  # Ray encoder actors (default: one per GPU, else one per 4 CPUs)
+    faiss_shards: int = 1  # split the faiss part into this many files for sharded serving
 
 
 @dataclass
@@ -57,6 +60,7 @@ class IndexSummary:
     shards_reused: int = 0
     captions_encoded: int = 0
     factory: str = ""
+    faiss_shards: int = 1
     calibration: str = ""  # how the approximate index's search setting was tuned (empty: exact index)
     seconds: float = 0.0
     up_to_date: bool = False
@@ -64,7 +68,8 @@ class IndexSummary:
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
-        result = [f"index {self.out}: {self.images_total} images, faiss {self.factory}",
+        split = f" in {self.faiss_shards} faiss shards" if self.faiss_shards > 1 else ""
+        result = [f"index {self.out}: {self.images_total} images, faiss {self.factory}{split}",
                   f"  encoded {self.encoded} images ({rate:.1f} images/s) and {self.captions_encoded} captions; "
                   f"shards written {self.shards_written}, reused {self.shards_reused}",
                   f"  skipped unreadable: {len(self.skipped)}; duplicate paths skipped: {self.duplicates}"]
@@ -90,6 +95,15 @@ def _validate(options: IndexOptions) -> None:
         raise ConfigError("--append and --overwrite contradict each other; pick one")
     if options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"--out {options.out}: exists and is not a folder")
+    if options.faiss_shards < 1:
+        raise ConfigError(f"--faiss-shards must be 1 or more, got {options.faiss_shards}")
+    if options.ray_workers is not None and options.ray is None:
+        raise ConfigError("--ray-workers needs --ray")
+    if options.ray is not None:
+        from indexing.ray_index import probe_address, require_ray
+
+        require_ray()
+        probe_address(options.ray)  # an unreachable cluster fails here, before the model loads or a file is written
 
 
 def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifest | None:
@@ -127,6 +141,13 @@ def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifes
         raise ConfigError(f"--shard-size {options.shard_size}: this index uses {manifest.shard_size}; "
                           "omit --shard-size to continue it")
     return manifest
+
+
+def _check_faiss_shards(shards: int, manifest: Manifest, unsaved: int) -> None:
+    planned = sum(segment.planned_images for segment in manifest.segments) + unsaved
+    if shards > planned:
+        raise ConfigError(f"--faiss-shards {shards}: more faiss shards than the {planned} images planned for this "
+                          f"index; use at most {planned}")
 
 
 def run_index(options: IndexOptions) -> IndexSummary:
@@ -178,6 +199,7 @@ def run_index(options: IndexOptions) -> IndexSummary:
         segment_plan = None
         summary.up_to_date = True
     else:
+        _check_faiss_shards(options.faiss_shards, manifest, len(dataset.images))  # before the plan is written
         segment_plan = planning.new_segment_plan(dataset, out, manifest, manifest.shard_size)
         if not segment_plan.images and last is None:
             raise DataError(f"{options.data_dir}: no images to index")
@@ -186,22 +208,29 @@ def run_index(options: IndexOptions) -> IndexSummary:
             manifest.segments.append(segment_plan.segment)
             out.mkdir(parents=True, exist_ok=True)
             manifest.save(out)
+    _check_faiss_shards(options.faiss_shards, manifest, 0)
     if segment_plan is not None and segment_plan.images:
         pending = planning.pending_shards(segment_plan.segment, out)
         summary.shards_reused = segment_plan.segment.shard_count - len(pending)
         if options.mask.masks_dir:
             todo = [image.path for local in pending for image in segment_plan.shard_images(local, manifest.shard_size)]
             check_masks_present(Path(options.mask.masks_dir), todo)
-        workers = encode.default_workers() if options.workers is None else options.workers
-        encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
-                       workers, summary)
+        if options.ray is not None:
+            from indexing.ray_index import encode_segment_ray
+
+            encode_segment_ray(model, dataset, segment_plan, pending, manifest, out, options, summary)
+        else:
+            workers = encode.default_workers() if options.workers is None else options.workers
+            encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
+                           workers, summary)
     with times.timed("ids check"):
         check_unique_ids(out)
     with times.timed("faiss"):
-        built = build_faiss(out, dim, budget, options.factory, options.device)
+        built = build_faiss(out, dim, budget, options.factory, options.device, options.faiss_shards)
     with times.timed("row file"):
         write_row_file(out)
     summary.factory, summary.images_total = built.spec.factory, built.count
+    summary.faiss_shards = max(1, len(built.shard_files))
     summary.calibration = built.calibration.describe() if built.calibration is not None else ""
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
@@ -234,7 +263,7 @@ def _write_index_json(out: Path, manifest: Manifest, built, summary: IndexSummar
         build_seconds=round(seconds, 3), built_on=built.device, tool_version=tool_version(),
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         calibration=asdict(built.calibration) if built.calibration is not None else None,
-        test_time_views=manifest.test_time_views)
+        test_time_views=manifest.test_time_views, faiss_shards=list(built.shard_files))
     config.save(out)
 
 

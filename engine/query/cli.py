@@ -72,6 +72,10 @@ def serve_command(
         help="Single-query text encoder: auto (the fastest verified of onnx/float32/bfloat16), onnx "
              "(ONNX Runtime, float32), float32 (TorchScript; both give engine query's embeddings), "
              "bfloat16 (TorchScript, bfloat16 backbone), eager (no compiled graph)."),
+    shard_backend: str = typer.Option(
+        "local", "--shard-backend", help="How a sharded faiss index (engine index --faiss-shards N) is served: local "
+        "(faiss IndexShards in this process) or ray (one Ray actor per shard, top-k merged here)."),
+    ray: str = typer.Option("auto", "--ray", help="With --shard-backend ray: auto (local cluster) or HOST:PORT."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from engine.query.engine import QueryEngine
@@ -84,5 +88,6 @@ def serve_command(
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
-    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_encoder)
+    engine = QueryEngine(resolve_index_dir(index), checkpoint=checkpoint, device=device, text_encoder=text_encoder,
+                         shard_backend=shard_backend, ray_address=ray)
     serve_forever(engine, host, port)

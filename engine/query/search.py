@@ -74,6 +74,8 @@ def search_batch_selected(index, queries: np.ndarray, k: int, allowed: np.ndarra
     """
     import faiss
 
+    if hasattr(index, "search_selected"):  # served by Ray shard actors: each filters its own part
+        return index.search_selected(queries, k, allowed)
     selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
     params = _parameters_like(index)
     params.sel = selector  # ``selector`` stays referenced until the search returns
@@ -82,6 +84,8 @@ def search_batch_selected(index, queries: np.ndarray, k: int, allowed: np.ndarra
 
 def search_parameters(index) -> dict[str, int]:
     """The search-time parameters the index actually uses (efSearch or nprobe), for reports; {} for exact."""
+    if hasattr(index, "search_parameters"):  # served by Ray shard actors
+        return index.search_parameters()
     params = _parameters_like(index)
     return {name: int(getattr(params, name)) for name in ("efSearch", "nprobe") if hasattr(params, name)}
 
@@ -90,6 +94,8 @@ def _parameters_like(index):
     """Search parameters of the index's own kind, carrying its nprobe/efSearch (defaults would override them)."""
     import faiss
 
+    if isinstance(index, faiss.IndexShards):  # every part carries the same nprobe/efSearch (calibrated together)
+        index = faiss.downcast_index(index.at(0))
     inner = index
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         inner = faiss.downcast_index(index.index)
