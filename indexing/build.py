@@ -46,6 +46,7 @@ class IndexOptions:
     ray: str | None = None  # encode on a Ray cluster: "auto" or its address (indexing.ray_index); None = this process
     ray_workers: int | None = None  # Ray encoder actors (default: one per GPU, else one per 4 CPUs)
     faiss_shards: int = 1  # split the faiss part into this many files for sharded serving
+    image_runtime: str = "auto"  # eager | channels_last | torchscript | onnx | auto (encoders.image_runtime)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class IndexSummary:
     seconds: float = 0.0
     up_to_date: bool = False
     stages: StageTimes = field(default_factory=StageTimes)
+    image_runtime: str = ""
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
@@ -77,6 +79,8 @@ class IndexSummary:
             result.append(f"  search tuned: {self.calibration}")
         if self.renumbered:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
+        if self.image_runtime:
+            result.append(f"  image encoder runtime: {self.image_runtime}")
         if self.stages.seconds:
             result.append(f"  time per stage: {self.stages.describe()}")
         if self.up_to_date:
@@ -95,6 +99,10 @@ def _validate(options: IndexOptions) -> None:
         raise ConfigError("--append and --overwrite contradict each other; pick one")
     if options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"--out {options.out}: exists and is not a folder")
+    from encoders.image_runtime import KINDS
+
+    if options.image_runtime not in (*KINDS, "auto"):
+        raise ConfigError(f"--image-runtime must be one of auto, {', '.join(KINDS)}, got {options.image_runtime!r}")
     if options.faiss_shards < 1:
         raise ConfigError(f"--faiss-shards must be 1 or more, got {options.faiss_shards}")
     if options.ray_workers is not None and options.ray is None:
@@ -215,14 +223,18 @@ def run_index(options: IndexOptions) -> IndexSummary:
         if options.mask.masks_dir:
             todo = [image.path for local in pending for image in segment_plan.shard_images(local, manifest.shard_size)]
             check_masks_present(Path(options.mask.masks_dir), todo)
+        runtime = encode.runtime_for(options.image_runtime, len(pending) * manifest.shard_size, device)
         if options.ray is not None:
             from indexing.ray_index import encode_segment_ray
 
-            encode_segment_ray(model, dataset, segment_plan, pending, manifest, out, options, summary)
+            encode_segment_ray(model, dataset, segment_plan, pending, manifest, out, options, summary, runtime)
         else:
+            with times.timed("runtime build"):
+                encoder = encode.image_encoder(model, runtime)
+            summary.image_runtime = encoder.describe()
             workers = encode.default_workers() if options.workers is None else options.workers
             encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
-                           workers, summary)
+                           workers, summary, encoder)
     with times.timed("ids check"):
         check_unique_ids(out)
     with times.timed("faiss"):

@@ -61,6 +61,10 @@ def build_command(
     ray: Optional[str] = typer.Option(
         None, "--ray", help="Encode on a Ray cluster: `--ray` / `--ray auto` (the running local cluster, else a new "
         "one) or `--ray HOST:PORT`. Needs the extra: pip install -e \".[ray]\". See docs/indexing.md."),
+    image_runtime: str = typer.Option(
+        "auto", "--image-runtime", help="Image encoder runtime: auto | eager | channels_last | torchscript | onnx. "
+        "A compiled one is kept only if it matches eager float32 to cosine >= 0.9999 on probe images, else eager; "
+        "auto = the fastest faithful one on CPU from 512 images up, eager otherwise (docs/benchmarks.md)."),
     faiss_shards: int = typer.Option(
         1, "--faiss-shards", help="Split the faiss index into N files for sharded serving (engine serve "
         "--shard-backend local|ray); rerun with another N to re-split without re-encoding."),
@@ -75,7 +79,7 @@ def build_command(
                            shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
                            with_text=not no_text, test_time_views=test_time_views, ray=ray,
-                           ray_workers=ray_workers, faiss_shards=faiss_shards)
+                           ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime)
     print_summary(run_index(options))
 
 

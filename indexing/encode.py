@@ -28,6 +28,8 @@ from indexing.config import MaskOptions  # noqa: E402
 from indexing.masking import apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
 
 PROBE_SIDE = 32  # size of the blank image used to learn the transform's output shape
+# ``--image-runtime auto`` compiles the image encoder (an ONNX export: seconds) only for at least this many images
+AUTO_RUNTIME_MIN_IMAGES = 512
 MAX_DEFAULT_WORKERS = 8
 NAMED_CONFIG_SEED = 0
 
@@ -51,6 +53,34 @@ def resolve_device(requested: str) -> torch.device:
         raise ConfigError("--device cuda: no CUDA device is visible to torch on this machine")
     use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_cuda else "cpu")
+
+
+def runtime_for(requested: str, images: int, device: torch.device) -> str:
+    """The image runtime to build (encoders.image_runtime): ``auto`` means eager on CUDA or for a few hundred
+    images (a compiled graph would not pay back its build time), else the fastest faithful one."""
+    if requested != "auto":
+        return requested
+    return "eager" if device.type != "cpu" or images < AUTO_RUNTIME_MIN_IMAGES else "auto"
+
+
+def image_encoder(model: Any, runtime: str, threads: int | None = None) -> Any:
+    """The model's image encoder on ``runtime`` (falls back to eager when that runtime is not faithful)."""
+    from encoders.image_runtime import best_image_runtime
+
+    if not hasattr(model, "encode_image_view"):  # a stand-in model without the one-view API (tests' fakes)
+        return _PlainEncoder(model)
+    return best_image_runtime(model, runtime, threads)
+
+
+class _PlainEncoder:
+    def __init__(self, model: Any) -> None:
+        self.model, self.config = model, model.config
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def describe(self) -> str:
+        return "eager"
 
 
 def default_workers() -> int:

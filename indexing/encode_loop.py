@@ -148,8 +148,11 @@ def decoded_batch(batch: dict[str, Any], vectors: np.ndarray) -> list[Decoded]:
 
 
 def encode_segment(model: Any, dataset: Dataset, plan: SegmentPlan, pending: list[int], manifest: Manifest,
-                   out: Path, device, batch_size: int, workers: int, summary) -> None:
-    """Encode and write every pending shard of ``plan`` (local shard numbers), updating ``summary``."""
+                   out: Path, device, batch_size: int, workers: int, summary, encoder: Any = None) -> None:
+    """Encode and write every pending shard of ``plan`` (local shard numbers), updating ``summary``; images go
+    through ``encoder`` (an ``encoders.image_runtime`` runtime; default the model itself), captions through the
+    model."""
+    encoder = model if encoder is None else encoder
     captions_of = captions_by_image(dataset)
     times = summary.stages
 
@@ -170,7 +173,7 @@ def encode_segment(model: Any, dataset: Dataset, plan: SegmentPlan, pending: lis
         for batch in loader:
             times.add("decode", sum(batch["decode_seconds"]))
             with times.timed("image encode"):
-                vectors = encode_decoded(model, batch["pixels"], batch["ok"], device)
+                vectors = encode_decoded(encoder, batch["pixels"], batch["ok"], device)
             for result in decoded_batch(batch, vectors):
                 assembler.add(result)
             progress.advance(task, len(batch["position"]))

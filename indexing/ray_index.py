@@ -185,12 +185,16 @@ def decode_batch(batch: dict[str, np.ndarray], transform: bytes, mask, blank_sha
 class ImageEncoder:
     """Ray Data actor: one model, ``encode.encode_decoded`` per batch (pixels are not sent back)."""
 
-    def __init__(self, spec: str | None, views: int, fingerprint: str, threads: int, fault: dict | None) -> None:
+    def __init__(self, spec: str | None, views: int, fingerprint: str, threads: int, runtime: str,
+                 fault: dict | None) -> None:
         import ray
+
+        from indexing.encode import image_encoder
 
         gpu = bool(ray.get_gpu_ids())
         self.device = "cuda" if gpu else "cpu"
         self.model = _load_checked(spec, views, fingerprint, self.device, threads)
+        self.encoder = image_encoder(self.model, runtime if not gpu else "eager", threads)
         self.fault, self.batches = fault, 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,7 +204,7 @@ class ImageEncoder:
 
         self._maybe_die()
         started = time.perf_counter()
-        vectors = encode_decoded(self.model, torch.from_numpy(np.ascontiguousarray(batch["pixels"])),
+        vectors = encode_decoded(self.encoder, torch.from_numpy(np.ascontiguousarray(batch["pixels"])),
                                  [bool(value) for value in batch["ok"]], torch.device(self.device))
         seconds = time.perf_counter() - started
         result = {key: value for key, value in batch.items() if key != "pixels"}
@@ -260,8 +264,10 @@ def _worker_error(error: Exception) -> EngineError:
     return EngineError(f"--ray: a worker failed: {first.strip()}")
 
 
-def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, out: Path, options, summary) -> None:
-    """Encode and write every pending shard of ``plan`` on the Ray cluster named by ``options.ray``."""
+def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, out: Path, options, summary,
+                       runtime: str = "eager") -> None:
+    """Encode and write every pending shard of ``plan`` on the Ray cluster named by ``options.ray``; each encoder
+    actor builds the image ``runtime`` (``indexing.encode.image_encoder``) itself."""
     import ray
 
     from indexing.encode_loop import ShardAssembler, _progress, captions_by_image
@@ -297,7 +303,7 @@ def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, 
         writers = [writer_class.remote(options.model_spec, views, fingerprint, layout.threads, manifest, str(out),
                                        plan.segment.data_root, options.batch_size) for _ in range(layout.writers)]
         try:  # the writers load their models while the pipeline starts; a wrong model fails at the first write
-            dataset_rows = _pipeline(model, assembler, manifest, options, layout, views, fingerprint)
+            dataset_rows = _pipeline(model, assembler, manifest, options, layout, views, fingerprint, runtime)
             with _progress() as progress:
                 assembler.log = progress.console.print
                 task = progress.add_task("encoding", total=len(assembler.queue))
@@ -322,7 +328,7 @@ def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, 
             ray.shutdown()
 
 
-def _pipeline(model, assembler, manifest, options, layout: RayPlan, views: int, fingerprint: str):
+def _pipeline(model, assembler, manifest, options, layout: RayPlan, views: int, fingerprint: str, runtime: str):
     import cloudpickle
     import ray
     from PIL import Image
@@ -345,7 +351,7 @@ def _pipeline(model, assembler, manifest, options, layout: RayPlan, views: int, 
                             compute=ray.data.ActorPoolStrategy(size=layout.actors), num_cpus=1, num_gpus=layout.gpus_per_actor or None,
                             fn_constructor_kwargs={"spec": options.model_spec, "views": views,
                                                    "fingerprint": fingerprint, "threads": layout.threads,
-                                                   "fault": FAULT})
+                                                   "runtime": runtime, "fault": FAULT})
 
 
 def _deliver(batch: dict[str, np.ndarray], assembler, summary) -> None:

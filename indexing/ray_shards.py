@@ -16,7 +16,6 @@ import numpy as np
 
 from engine.errors import ConfigError
 
-MISSING_ID = -1
 SEARCH_THREADS = 1  # one query at a time per actor; parallelism comes from the actors
 
 
@@ -64,18 +63,6 @@ class ShardSearcher:
         return search_parameters(self.index)
 
 
-def merge_top_k(scores: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the k best (inner product: highest) of all shards' answers; missing slots stay ``-1``."""
-    all_scores = np.concatenate(scores, axis=1)
-    all_ids = np.concatenate(ids, axis=1)
-    all_scores = np.where(all_ids == MISSING_ID, -np.inf, all_scores)
-    order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-    best_ids = np.take_along_axis(all_ids, order, axis=1)
-    best_scores = np.take_along_axis(all_scores, order, axis=1).astype(np.float32)
-    best_scores[best_ids == MISSING_ID] = -np.finfo(np.float32).max  # what faiss reports for an empty slot
-    return best_scores, best_ids
-
-
 class RayShardedIndex:
     """Looks like a faiss index to the query engine (``d``, ``ntotal``, ``search``) but lives in Ray actors."""
 
@@ -117,6 +104,8 @@ class RayShardedIndex:
         import ray
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        from engine.query.search import merge_top_k
+
         answers = ray.get([actor.search.remote(queries, k, allowed) for actor in self.actors])
         return merge_top_k([scores for scores, _ in answers], [ids for _, ids in answers], k)
 
