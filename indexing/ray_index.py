@@ -210,6 +210,7 @@ class ImageEncoder:
         result = {key: value for key, value in batch.items() if key != "pixels"}
         result["vector"] = vectors
         result["encode_seconds"] = np.full(len(vectors), seconds / max(1, len(vectors)))
+        result["runtime"] = np.array([self.encoder.describe()] * len(vectors))
         return result
 
     def _maybe_die(self) -> None:
@@ -308,7 +309,8 @@ def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, 
                 assembler.log = progress.console.print
                 task = progress.add_task("encoding", total=len(assembler.queue))
                 for batch in dataset_rows.iter_batches(batch_size=None, batch_format="numpy"):
-                    _deliver(batch, assembler, summary)
+                    with summary.stages.timed("assemble"):  # the driver's own work per image (scaling limit)
+                        _deliver(batch, assembler, summary)
                     progress.advance(task, len(batch["position"]))
                     collect(ray.wait(list(writes), num_returns=len(writes), timeout=0)[0] if writes else [])
                 collect(list(writes))
@@ -358,6 +360,8 @@ def _deliver(batch: dict[str, np.ndarray], assembler, summary) -> None:
     from indexing.encode_loop import Decoded
 
     summary.stages.add("decode", float(np.sum(batch["decode_seconds"])))
+    if not summary.image_runtime and len(batch["runtime"]):
+        summary.image_runtime = f"{batch['runtime'][0]} (in each encoder actor)"
     summary.stages.add("image encode", float(np.sum(batch["encode_seconds"])))
     for slot in range(len(batch["position"])):
         assembler.add(Decoded(position=int(batch["position"][slot]),

@@ -1,10 +1,11 @@
 """Where an indexing run spends its time: seconds per stage, summed over the run (and over Ray workers).
 
-Stages: ``model load``, ``decode`` (read + mask + transform, summed over the decode workers, which run beside
-the encoder, so it overlaps the others), ``image encode``, ``caption encode``, ``shard write``, ``faiss``
-(choose, train, add, calibrate, save), ``row file`` (``rows.arrow``), ``ids check``. Rerank attention caches are
-not a stage: ``engine index`` does not compute them (the query engine fills ``INDEX_DIR/attention`` lazily, for
-the candidates a rerank actually needs; see engine/query/features.py).
+Stages: ``model load``, ``runtime build`` (compiling the image encoder, ``--image-runtime``), ``decode`` (read
++ mask + transform, summed over the decode workers, which run beside the encoder, so it overlaps the others),
+``image encode``, ``caption encode``, ``shard write``, ``assemble`` (the Ray driver putting rows back into
+shards), ``faiss`` (choose, train, add, calibrate, save), ``row file`` (``rows.arrow``), ``ids check``. Rerank
+attention caches are not a stage: ``engine index`` does not compute them (the query engine fills
+``INDEX_DIR/attention`` lazily, for the candidates a rerank actually needs; see engine/query/features.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-ORDER = ("model load", "decode", "image encode", "caption encode", "shard write", "faiss", "row file", "ids check")
+ORDER = ("model load", "runtime build", "decode", "image encode", "caption encode", "shard write", "assemble",
+         "faiss", "row file", "ids check")
 
 
 @dataclass
