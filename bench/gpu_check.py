@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 DIM = 128
 K = 10
 QUERIES = 1000
-IVF_FACTORY = "IVF4096,Flat"
+IVF_LISTS = 4096
 NPROBE = 32
 FLAT_AGREEMENT_MIN = 0.999
 IVF_RECALL_SLACK = 0.02
@@ -56,7 +56,7 @@ def _to_device(index, gpu: bool):
     return faiss.index_cpu_to_gpu(resources, 0, index), resources
 
 
-def check_faiss(vectors_count: int, cpu_fallback: bool) -> dict:
+def check_faiss(vectors_count: int, cpu_fallback: bool, lists: int = IVF_LISTS) -> dict:
     import faiss
 
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -80,7 +80,7 @@ def check_faiss(vectors_count: int, cpu_fallback: bool) -> dict:
     flat_agreement = overlap(exact, device_exact)
     recalls = {}
     for side, on_gpu in (("cpu", False), ("device", gpu)):
-        index = faiss.index_factory(DIM, IVF_FACTORY, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(DIM, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
         index, resources = _to_device(index, on_gpu)
         started = time.perf_counter()
         index.train(base[: min(len(base), 256 * 1024)])
@@ -95,7 +95,7 @@ def check_faiss(vectors_count: int, cpu_fallback: bool) -> dict:
     passed = flat_agreement >= FLAT_AGREEMENT_MIN and recalls["device"] >= recalls["cpu"] - IVF_RECALL_SLACK
     return {"check": "faiss", "device": "cuda" if gpu else "cpu (fallback)", "vectors": vectors_count,
             "flat_top10_agreement": round(flat_agreement, 5), "ivf_recall_cpu": round(recalls["cpu"], 4),
-            "ivf_recall_device": round(recalls["device"], 4), "nprobe": NPROBE,
+            "ivf_recall_device": round(recalls["device"], 4), "ivf_lists": lists, "nprobe": NPROBE,
             "seconds": {name: round(value, 3) for name, value in timings.items()}, "passed": passed}
 
 
@@ -140,6 +140,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="check", required=True)
     faiss_parser = sub.add_parser("faiss")
     faiss_parser.add_argument("--vectors", type=int, default=1_000_000)
+    faiss_parser.add_argument("--lists", type=int, default=IVF_LISTS, help="IVF lists (nlist)")
     faiss_parser.add_argument("--cpu-fallback", action="store_true")
     embed_parser = sub.add_parser("embeddings")
     embed_parser.add_argument("--index", type=Path, required=True)
@@ -147,7 +148,7 @@ def main() -> int:
     embed_parser.add_argument("--cpu-fallback", action="store_true")
     args = parser.parse_args()
     if args.check == "faiss":
-        result = check_faiss(args.vectors, args.cpu_fallback)
+        result = check_faiss(args.vectors, args.cpu_fallback, args.lists)
     else:
         result = check_embeddings(args.index, args.sample, args.cpu_fallback)
     print(json.dumps(result), flush=True)

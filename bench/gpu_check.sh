@@ -65,7 +65,7 @@ assert torch.cuda.is_available(), 'torch sees no GPU'; print(torch.cuda.get_devi
     --device cuda --workers 4 --quiet
 else
   echo "dry run: no installs, Python checks in CPU fallback at small sizes, no training"
-  step faiss "$PYTHON" bench/gpu_check.py faiss --vectors 20000 --cpu-fallback
+  step faiss "$PYTHON" bench/gpu_check.py faiss --vectors 20000 --lists 256 --cpu-fallback
   SMALL="$OUT/ucm-small"
   if [ ! -d "$SMALL" ]; then
     "$PYTHON" - "$DATA" "$SMALL" <<'EOF'
