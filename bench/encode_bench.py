@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, machine_text, run_meta, write_json_atomically  # noqa: E402
+from bench.machine import load_average, run_meta, write_json_atomically  # noqa: E402
+from indexing.stages import ORDER  # noqa: E402
 
 RESULTS = REPO / "docs" / "bench" / "encode.json"
 GOAL_RATIO = 0.8  # issue 18: end-to-end indexing at 1 view >= 0.8x the raw forward of the runtime it uses
@@ -207,7 +208,7 @@ def render(result: dict) -> str:
                               "loop × raw", "× single process"], run_rows), "",
               "Seconds per stage (decode is summed over the decode workers, which run beside the encoder):", ""]
     stage_names = sorted({name for run in result["runs"] for name in run["stages"]},
-                         key=lambda name: list(_STAGE_ORDER).index(name) if name in _STAGE_ORDER else 99)
+                         key=lambda name: ORDER.index(name) if name in ORDER else 99)
     stage_rows = [[("Ray" if run["ray"] else "single") + ("" if run["with_text"] else ", no text")] +
                   [f"{run['stages'].get(name, 0.0):.1f}" for name in stage_names] for run in result["runs"]]
     lines += [markdown_table(["build", *stage_names], stage_rows), "",
@@ -215,10 +216,6 @@ def render(result: dict) -> str:
               f"candidates a rerank needs): computing them would cost {result['attention_s_per_image'] * 1000:.0f} ms "
               "per image on this machine (batch 16, default layer), measured in this run."]
     return "\n".join(lines)
-
-
-_STAGE_ORDER = ("model load", "runtime build", "decode", "image encode", "caption encode", "shard write", "faiss",
-                "row file", "ids check")
 
 
 if __name__ == "__main__":

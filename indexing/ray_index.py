@@ -290,7 +290,8 @@ def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, 
         writer = writers[shard_index % len(writers)]
         writes[writer.write.remote(shard_index, rows, subset)] = (shard_index, len(rows))
         while len(writes) > WRITES_IN_FLIGHT_PER_WRITER * len(writers):
-            done, _ = ray.wait(list(writes), num_returns=1)
+            with summary.stages.timed("writer wait"):  # back-pressure: the writers are behind
+                done, _ = ray.wait(list(writes), num_returns=1)
             collect(done)
 
     assembler = ShardAssembler(plan, pending, manifest.shard_size, captions_of, write, summary)
@@ -309,8 +310,10 @@ def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, 
                 assembler.log = progress.console.print
                 task = progress.add_task("encoding", total=len(assembler.queue))
                 for batch in dataset_rows.iter_batches(batch_size=None, batch_format="numpy"):
-                    with summary.stages.timed("assemble"):  # the driver's own work per image (scaling limit)
-                        _deliver(batch, assembler, summary)
+                    waited, started = summary.stages.seconds.get("writer wait", 0.0), time.perf_counter()
+                    _deliver(batch, assembler, summary)  # may submit shards to the writers (and wait for them)
+                    waited = summary.stages.seconds.get("writer wait", 0.0) - waited
+                    summary.stages.add("assemble", time.perf_counter() - started - waited)  # the driver's own work
                     progress.advance(task, len(batch["position"]))
                     collect(ray.wait(list(writes), num_returns=len(writes), timeout=0)[0] if writes else [])
                 collect(list(writes))

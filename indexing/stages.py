@@ -3,9 +3,10 @@
 Stages: ``model load``, ``runtime build`` (compiling the image encoder, ``--image-runtime``), ``decode`` (read
 + mask + transform, summed over the decode workers, which run beside the encoder, so it overlaps the others),
 ``image encode``, ``caption encode``, ``shard write``, ``assemble`` (the Ray driver putting rows back into
-shards), ``faiss`` (choose, train, add, calibrate, save), ``row file`` (``rows.arrow``), ``ids check``. Rerank
-attention caches are not a stage: ``engine index`` does not compute them (the query engine fills
-``INDEX_DIR/attention`` lazily, for the candidates a rerank actually needs; see engine/query/features.py).
+shards), ``writer wait`` (the Ray driver waiting for busy shard writers), ``faiss`` (choose, train, add,
+calibrate, save), ``row file`` (``rows.arrow``), ``ids check``. Rerank attention caches are not a stage:
+``engine index`` does not compute them (the query engine fills ``INDEX_DIR/attention`` lazily, for the
+candidates a rerank actually needs; see engine/query/features.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 ORDER = ("model load", "runtime build", "decode", "image encode", "caption encode", "shard write", "assemble",
-         "faiss", "row file", "ids check")
+         "writer wait", "faiss", "row file", "ids check")
 
 
 @dataclass
