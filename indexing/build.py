@@ -223,7 +223,8 @@ def run_index(options: IndexOptions) -> IndexSummary:
         if options.mask.masks_dir:
             todo = [image.path for local in pending for image in segment_plan.shard_images(local, manifest.shard_size)]
             check_masks_present(Path(options.mask.masks_dir), todo)
-        runtime = encode.runtime_for(options.image_runtime, len(pending) * manifest.shard_size, device)
+        images = sum(len(segment_plan.shard_images(local, manifest.shard_size)) for local in pending)
+        runtime = encode.runtime_for(options.image_runtime, images, device)
         if options.ray is not None:
             from indexing.ray_index import encode_segment_ray
 
