@@ -47,6 +47,7 @@ class IndexOptions:
     ray_workers: int | None = None  # Ray encoder actors (default: one per GPU, else one per 4 CPUs)
     faiss_shards: int = 1  # split the faiss part into this many files for sharded serving
     image_runtime: str = "auto"  # eager | channels_last | torchscript | onnx | auto (encoders.image_runtime)
+    text_runtime: str = "auto"  # eager | onnx | auto: the caption encoder (encoders.batch_text)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class IndexSummary:
     up_to_date: bool = False
     stages: StageTimes = field(default_factory=StageTimes)
     image_runtime: str = ""
+    text_runtime: str = ""
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
@@ -80,7 +82,8 @@ class IndexSummary:
         if self.renumbered:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
         if self.image_runtime:
-            result.append(f"  image encoder runtime: {self.image_runtime}")
+            text = f"; captions: {self.text_runtime}" if self.text_runtime else ""
+            result.append(f"  encoder runtime: images {self.image_runtime}{text}")
         if self.stages.seconds:
             result.append(f"  time per stage: {self.stages.describe()}")
         if self.up_to_date:
@@ -101,8 +104,12 @@ def _validate(options: IndexOptions) -> None:
         raise ConfigError(f"--out {options.out}: exists and is not a folder")
     from encoders.image_runtime import KINDS
 
+    from encoders.batch_text import KINDS as TEXT_KINDS
+
     if options.image_runtime not in (*KINDS, "auto"):
         raise ConfigError(f"--image-runtime must be one of auto, {', '.join(KINDS)}, got {options.image_runtime!r}")
+    if options.text_runtime not in (*TEXT_KINDS, "auto"):
+        raise ConfigError(f"--text-runtime must be one of auto, {', '.join(TEXT_KINDS)}, got {options.text_runtime!r}")
     if options.faiss_shards < 1:
         raise ConfigError(f"--faiss-shards must be 1 or more, got {options.faiss_shards}")
     if options.ray_workers is not None and options.ray is None:
@@ -225,17 +232,22 @@ def run_index(options: IndexOptions) -> IndexSummary:
             check_masks_present(Path(options.mask.masks_dir), todo)
         images = sum(len(segment_plan.shard_images(local, manifest.shard_size)) for local in pending)
         runtime = encode.runtime_for(options.image_runtime, images, device)
+        text_runtime = encode.runtime_for(options.text_runtime, images, device, "onnx") if manifest.with_text \
+            else "eager"
         if options.ray is not None:
             from indexing.ray_index import encode_segment_ray
 
-            encode_segment_ray(model, dataset, segment_plan, pending, manifest, out, options, summary, runtime)
+            encode_segment_ray(model, dataset, segment_plan, pending, manifest, out, options, summary, runtime,
+                               text_runtime)
         else:
             with times.timed("runtime build"):
                 encoder = encode.image_encoder(model, runtime)
+                text_encoder = encode.text_encoder_for(model, text_runtime)
             summary.image_runtime = encoder.describe()
+            summary.text_runtime = text_encoder.describe() if manifest.with_text else ""
             workers = encode.default_workers() if options.workers is None else options.workers
             encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
-                           workers, summary, encoder)
+                           workers, summary, encoder, text_encoder)
     with times.timed("ids check"):
         check_unique_ids(out)
     with times.timed("faiss"):

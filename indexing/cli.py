@@ -65,6 +65,8 @@ def build_command(
         "auto", "--image-runtime", help="Image encoder runtime: auto | eager | channels_last | torchscript | onnx. "
         "A compiled one is kept only if it matches eager float32 to cosine >= 0.9999 on probe images, else eager; "
         "auto = the fastest faithful one on CPU from 512 images up, eager otherwise (docs/benchmarks.md)."),
+    text_runtime: str = typer.Option(
+        "auto", "--text-runtime", help="Caption encoder runtime: auto | eager | onnx (checked like --image-runtime)."),
     faiss_shards: int = typer.Option(
         1, "--faiss-shards", help="Split the faiss index into N files for sharded serving (engine serve "
         "--shard-backend local|ray); rerun with another N to re-split without re-encoding."),
@@ -79,7 +81,8 @@ def build_command(
                            shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
                            with_text=not no_text, test_time_views=test_time_views, ray=ray,
-                           ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime)
+                           ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime,
+                           text_runtime=text_runtime)
     print_summary(run_index(options))
 
 

@@ -55,12 +55,12 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def runtime_for(requested: str, images: int, device: torch.device) -> str:
-    """The image runtime to build (encoders.image_runtime): ``auto`` means eager on CUDA or for a few hundred
-    images (a compiled graph would not pay back its build time), else the fastest faithful one."""
+def runtime_for(requested: str, images: int, device: torch.device, compiled: str = "auto") -> str:
+    """The runtime to build (encoders.image_runtime / encoders.batch_text): ``auto`` means eager on CUDA or for a
+    few hundred images (a compiled graph would not pay back its build time), else ``compiled``."""
     if requested != "auto":
         return requested
-    return "eager" if device.type != "cpu" or images < AUTO_RUNTIME_MIN_IMAGES else "auto"
+    return "eager" if device.type != "cpu" or images < AUTO_RUNTIME_MIN_IMAGES else compiled
 
 
 def image_encoder(model: Any, runtime: str, threads: int | None = None) -> Any:
@@ -198,9 +198,18 @@ def encode_pixels(model: Any, pixels: torch.Tensor, device: torch.device) -> np.
 
 
 @torch.inference_mode()
-def encode_texts(model: Any, texts: list[str], batch_size: int, dim: int) -> np.ndarray:
+def encode_texts(model: Any, texts: list[str], batch_size: int, dim: int, text_encoder: Any = None) -> np.ndarray:
+    """Caption embeddings, each distinct string once; ``text_encoder`` (``encoders.batch_text``) or the model."""
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
     from engine.text_encoding import encode_distinct
 
-    return encode_distinct(lambda batch: _normalised(model.encode_text(batch)), texts, batch_size)
+    encode = text_encoder if text_encoder is not None else model.encode_text
+    return encode_distinct(lambda batch: _normalised(encode(batch)), texts, batch_size)
+
+
+def text_encoder_for(model: Any, runtime: str, threads: int | None = None) -> Any:
+    """The caption encoder on ``runtime`` (``onnx`` falls back to eager when unfaithful or not exportable)."""
+    from encoders.batch_text import build_batch_text_encoder
+
+    return build_batch_text_encoder(model, runtime, threads) or build_batch_text_encoder(model, "eager")

@@ -56,7 +56,8 @@ def captions_by_image(dataset: Dataset) -> dict[int, list[tuple[int, str]]]:
 
 
 def write_shard(model: Any, rows: ImageRows, captions_of: dict[int, list[tuple[int, str]]], manifest: Manifest,
-                out: Path, shard_index: int, data_root: str, batch_size: int, times: StageTimes | None = None) -> int:
+                out: Path, shard_index: int, data_root: str, batch_size: int, times: StageTimes | None = None,
+                text_encoder: Any = None) -> int:
     """Encode the shard's captions, then write the caption shard and the image shard last (its existence marks
     the shard complete); returns the caption count. Every indexing path writes its shards through here."""
     times = times if times is not None else StageTimes()
@@ -69,7 +70,7 @@ def write_shard(model: Any, rows: ImageRows, captions_of: dict[int, list[tuple[i
                 texts.image_id.append(image_id)
                 texts.text.append(text)
         with times.timed("caption encode"):
-            texts.embeddings = encode_texts(model, texts.text, batch_size, manifest.embed_dim)
+            texts.embeddings = encode_texts(model, texts.text, batch_size, manifest.embed_dim, text_encoder)
         with times.timed("shard write"):
             write_table_atomically(text_table(texts, manifest.embed_dim, metadata),
                                    out / TEXT_SHARDS_DIR / shard_name(shard_index))
@@ -148,17 +149,18 @@ def decoded_batch(batch: dict[str, Any], vectors: np.ndarray) -> list[Decoded]:
 
 
 def encode_segment(model: Any, dataset: Dataset, plan: SegmentPlan, pending: list[int], manifest: Manifest,
-                   out: Path, device, batch_size: int, workers: int, summary, encoder: Any = None) -> None:
+                   out: Path, device, batch_size: int, workers: int, summary, encoder: Any = None,
+                   text_encoder: Any = None) -> None:
     """Encode and write every pending shard of ``plan`` (local shard numbers), updating ``summary``; images go
-    through ``encoder`` (an ``encoders.image_runtime`` runtime; default the model itself), captions through the
-    model."""
+    through ``encoder`` (an ``encoders.image_runtime`` runtime; default the model itself), captions through
+    ``text_encoder`` (``encoders.batch_text``; default the model)."""
     encoder = model if encoder is None else encoder
     captions_of = captions_by_image(dataset)
     times = summary.stages
 
     def write(shard_index: int, rows: ImageRows) -> None:
         summary.captions_encoded += write_shard(model, rows, captions_of, manifest, out, shard_index,
-                                                plan.segment.data_root, batch_size, times)
+                                                plan.segment.data_root, batch_size, times, text_encoder)
         summary.encoded += len(rows)
         summary.shards_written += 1
 

@@ -227,8 +227,11 @@ class ShardWriter:
     """Ray actor: caption encoding and the atomic Parquet writes of whole shards (``encode_loop.write_shard``)."""
 
     def __init__(self, spec: str | None, views: int, fingerprint: str, threads: int, manifest, out: str,
-                 data_root: str, batch_size: int) -> None:
+                 data_root: str, batch_size: int, text_runtime: str = "eager") -> None:
+        from indexing.encode import text_encoder_for
+
         self.model = _load_checked(spec, views, fingerprint, "cpu", threads)
+        self.text_encoder = text_encoder_for(self.model, text_runtime if manifest.with_text else "eager", threads)
         self.manifest, self.out, self.data_root, self.batch_size = manifest, Path(out), data_root, batch_size
 
     def write(self, shard_index: int, rows, captions_of: dict) -> tuple[int, dict[str, float], bool]:
@@ -244,7 +247,7 @@ class ShardWriter:
             return (pq.ParquetFile(text).metadata.num_rows if text.exists() else 0), {}, False
         times = StageTimes()
         count = write_shard(self.model, rows, captions_of, self.manifest, self.out, shard_index, self.data_root,
-                            self.batch_size, times)
+                            self.batch_size, times, self.text_encoder)
         return count, times.seconds, True
 
 
@@ -266,7 +269,7 @@ def _worker_error(error: Exception) -> EngineError:
 
 
 def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, out: Path, options, summary,
-                       runtime: str = "eager") -> None:
+                       runtime: str = "eager", text_runtime: str = "eager") -> None:
     """Encode and write every pending shard of ``plan`` on the Ray cluster named by ``options.ray``; each encoder
     actor builds the image ``runtime`` (``indexing.encode.image_encoder``) itself."""
     import ray
@@ -298,12 +301,15 @@ def encode_segment_ray(model: Any, dataset, plan, pending: list[int], manifest, 
     if not assembler.queue:
         return
     owned = connect(options.ray)
+    if manifest.with_text:
+        summary.text_runtime = f"{text_runtime} (in each shard writer; eager where it is not faithful)"
     try:
         layout = plan_resources(options.ray_workers, options.device)
         views, fingerprint = model.config.vision.test_time_views, model.fingerprint()
         writer_class = ray.remote(ShardWriter).options(num_cpus=0, max_restarts=2, max_task_retries=2)
         writers = [writer_class.remote(options.model_spec, views, fingerprint, layout.threads, manifest, str(out),
-                                       plan.segment.data_root, options.batch_size) for _ in range(layout.writers)]
+                                       plan.segment.data_root, options.batch_size, text_runtime)
+                   for _ in range(layout.writers)]
         try:  # the writers load their models while the pipeline starts; a wrong model fails at the first write
             dataset_rows = _pipeline(model, assembler, manifest, options, layout, views, fingerprint, runtime)
             with _progress() as progress:

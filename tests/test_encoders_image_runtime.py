@@ -1,4 +1,5 @@
-"""Compiled image encoders (encoders.image_runtime): kept only when they match eager float32 to cosine 0.9999."""
+"""Compiled image and caption encoders for indexing (encoders.image_runtime, encoders.batch_text): kept only when
+they match eager float32 to cosine 0.9999."""
 
 from __future__ import annotations
 
@@ -72,11 +73,12 @@ def test_indexing_with_onnx_runtime_stores_embeddings_equal_to_eager(tmp_path) -
     vectors = {}
     for kind in ("eager", "onnx"):
         summary = run_index(IndexOptions(data_dir=tmp_path / "ds", out=tmp_path / kind, model_spec="tiny-test",
-                                         workers=0, batch_size=5, image_runtime=kind))
-        assert summary.image_runtime.startswith(kind)
-        table = pq.read_table(tmp_path / kind / "shards")
-        vectors[kind] = np.asarray(table.column("embedding").to_pylist(), np.float32)
-    assert (np.sum(vectors["eager"] * vectors["onnx"], axis=1)).min() >= MIN_COSINE
+                                         workers=0, batch_size=5, image_runtime=kind, text_runtime=kind))
+        assert summary.image_runtime.startswith(kind) and summary.text_runtime.startswith(kind)
+        vectors[kind] = [np.asarray(pq.read_table(tmp_path / kind / folder).column("embedding").to_pylist(),
+                                    np.float32) for folder in ("shards", "text_shards")]
+    for eager, onnx in zip(vectors["eager"], vectors["onnx"]):
+        assert (np.sum(eager * onnx, axis=1)).min() >= MIN_COSINE
 
 
 def test_shipped_model_onnx_runtime_matches_eager_on_real_tiles(ucm_dir) -> None:
@@ -93,3 +95,15 @@ def test_shipped_model_onnx_runtime_matches_eager_on_real_tiles(ucm_dir) -> None
     with torch.inference_mode():
         cosines = _cosines(runtime.encode_image(pixels), model.encode_image(pixels))
     assert cosines.min() >= MIN_COSINE
+
+
+def test_onnx_caption_encoder_matches_eager_on_padded_batches(tiny, monkeypatch) -> None:
+    from encoders import batch_text
+
+    encoder = batch_text.build_batch_text_encoder(tiny, "onnx")
+    assert encoder is not None and encoder.kind == "onnx" and encoder.min_cosine >= batch_text.MIN_COSINE
+    texts = ["a farm", "two rivers meet beside a long bridge with cars", "harbor", "dense houses " * 9]
+    with torch.inference_mode():
+        assert _cosines(encoder(texts), tiny.encode_text(texts)).min() >= batch_text.MIN_COSINE
+    monkeypatch.setattr(batch_text, "MAX_DIFFERENCE", -1.0)  # nothing can pass: the builder must refuse
+    assert batch_text.build_batch_text_encoder(tiny, "onnx") is None
