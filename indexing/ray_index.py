@@ -102,7 +102,9 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings are not for our users
+    # Ray's C++ core logs notes meant for Ray developers at ERROR level (e.g. about actor constructor arguments
+    # in the object store); real failures still reach us as Python exceptions.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         ray.init(address=None if address == "auto" else address, runtime_env={"env_vars": env} if env else None,
                  logging_level="ERROR", log_to_driver=False, include_dashboard=False)
