@@ -111,12 +111,10 @@ def _trained_template(spec: IndexSpec, dim: int, files, counts, use_gpu: bool, t
         nlist = spec.params.get("nlist", 1)
         sample_size = min(TRAIN_SAMPLE_MAX, max(TRAIN_SAMPLE_MIN, nlist * TRAIN_POINTS_PER_CENTROID))
         sample = _training_sample(files, counts, sample_size)
-        if use_gpu:
-            trained = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            trained.train(sample)
-            index = faiss.index_gpu_to_cpu(trained)
-        else:
-            index.train(sample)
+        resources = faiss.StandardGpuResources() if use_gpu else None
+        trained, on_gpu = _on_gpu(index, resources)
+        trained.train(sample)
+        index = faiss.index_gpu_to_cpu(trained) if on_gpu else trained
         if trained_cache is not None:
             replace_atomically(trained_cache, lambda temp: faiss.write_index(index, str(temp)))
     return index
@@ -125,15 +123,25 @@ def _trained_template(spec: IndexSpec, dim: int, files, counts, use_gpu: bool, t
 def _filled(template, files, counts, start: int, stop: int, use_gpu: bool):
     import faiss
 
-    index = faiss.clone_index(template)
-    resources = None
-    if use_gpu:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    resources = faiss.StandardGpuResources() if use_gpu else None
+    index, on_gpu = _on_gpu(faiss.clone_index(template), resources)
     added = _add_rows(index, files, counts, start, stop)
-    if use_gpu:
+    if on_gpu:
         index = faiss.index_gpu_to_cpu(index)
     return index, added
+
+
+def _on_gpu(index, resources):
+    """(the index on GPU 0, True) when faiss can move this kind there (Flat, IVF), else (it unchanged, False):
+    faiss has no GPU HNSW, and an HNSW build must not fail just because a GPU is present."""
+    import faiss
+
+    if resources is None:
+        return index, False
+    try:
+        return faiss.index_cpu_to_gpu(resources, 0, index), True
+    except RuntimeError:
+        return index, False
 
 
 def build_faiss(index_dir: Path, dim: int, memory_budget: int, override: str | None, device: str,
