@@ -266,6 +266,9 @@ def _worker_error(error: Exception) -> EngineError:
     found = _ENGINE_ERROR_LINE.search(str(error))
     if found:  # raised in an actor's constructor: Ray passes it on as text
         return EngineError(found.group(2).strip())
+    if cause is not None:  # the worker's own exception: its type and first line say what went wrong
+        first = next((line for line in str(cause).splitlines() if line.strip()), "")
+        return EngineError(f"--ray: a worker failed: {type(cause).__name__}: {first.strip()}")
     first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
     return EngineError(f"--ray: a worker failed: {first.strip()}")
 
