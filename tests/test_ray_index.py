@@ -25,6 +25,8 @@ from engine.errors import ConfigError  # noqa: E402
 from indexing.build import IndexOptions, run_index  # noqa: E402
 from indexing.loader import load_index  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, at import
+
 IMAGES = 30
 SHARD_SIZE = 8  # 4 shards, the last one short
 MODEL = "tiny-test"
