@@ -130,6 +130,14 @@ def render(result: dict) -> str:
                       actor_text, f"{row['load_seconds']:.0f}"])
     meta = result["meta"]
     note = f" Note: {result['note']}" if result.get("note") else ""
+    built = REPO / "docs" / "bench" / f"synthetic_{Path(result['index']).resolve().name}.json"
+    build_line = []
+    if built.is_file():
+        build = json.loads(built.read_text())
+        build_line = ["", f"Built by `{build['meta']['command']}` ({build['meta']['date']}): vectors written in "
+                      f"{build['shard_seconds']:.0f} s, FAISS (train + add + calibrate + save) "
+                      f"{build['faiss_seconds']:.0f} s, search tuned to {build['calibration']}; peak RSS of the build "
+                      f"process {build['peak_rss_gib']:.2f} GiB."]
     return "\n".join([
         f"### Sharded serving over `{result['index']}` (`bench/shard_bench.py`)", "",
         f"{first['images']:,} vectors, faiss `{first['factory']}` ({params}); {first['queries']} distinct k={K} text "
@@ -138,7 +146,7 @@ def render(result: dict) -> str:
         f"with other engineers' jobs).{note} Command: `{meta['command']}`.", "",
         markdown_table(["backend", "p50 ms", "p95 ms", "search p50 ms", f"recall@{K} vs exact",
                         "same ids as first row", "server RSS GiB", "server peak GiB", "actor RSS GiB",
-                        "load s"], table)])
+                        "load s"], table), *build_line])
 
 
 if __name__ == "__main__":

@@ -170,6 +170,16 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
+def save_result(out: Path, result: dict) -> Path:
+    """``docs/bench/synthetic_<out name>.json``: the build's numbers with date, machine and command (read by
+    bench/shard_bench.py for its build line)."""
+    from bench.machine import load_average, run_meta, write_json_atomically
+
+    path = REPO / "docs" / "bench" / f"synthetic_{out.resolve().name}.json"
+    write_json_atomically(path, {"meta": run_meta(REPO), "load_after": load_average(), **result})
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", type=Path, required=True, help="a real index built with the model to query")
@@ -183,8 +193,10 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     args = parser.parse_args()
     try:
-        print(build(args.template, args.count, args.out, args.noise, args.seed, args.factory, args.memory_budget,
-                    args.faiss_shards, args.overwrite))
+        result = build(args.template, args.count, args.out, args.noise, args.seed, args.factory, args.memory_budget,
+                       args.faiss_shards, args.overwrite)
+        print(result)
+        save_result(args.out, result)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
