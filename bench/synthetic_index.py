@@ -10,13 +10,18 @@ neighbours, isotropic noise is the hard case for ANN indexes, and rerankers find
 The output folder is a normal index: 100k-row shards with explicit int64 ids, faiss built by
 ``indexing.faiss_build.build_faiss`` (so the automatic index choice decides, as for ``engine index``), and an
 ``index.json`` carrying the template's model fingerprint, so ``engine serve`` / ``engine query`` load it.
+Resumable (rerun the same command after a kill); ``--faiss-shards N`` splits the faiss part for sharded serving,
+and rerunning with another N only re-splits (the vectors and the trained quantiser are kept).
 
     python bench/synthetic_index.py --template /tmp/ucm-index --count 1000000 --out /tmp/syn-1m
+    nohup nice -n 5 python bench/synthetic_index.py --template runs/ucm-1v --count 10000000 --out runs/syn-10m \\
+        > runs/syn-10m.log 2>&1 &
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -32,6 +37,8 @@ sys.path.insert(0, str(REPO))
 from engine.errors import ConfigError  # noqa: E402
 
 SHARD_ROWS = 100_000
+RECIPE_FILE = "synthetic.json"  # the arguments that define the vectors (a resumed run must repeat them)
+TRAINED_DIR = "faiss-trained"  # trained quantisers, kept for a resumed or re-split build
 TEMPLATE_COLUMNS = ["path", "split", "label", "captions", "embedding", "width", "height"]
 
 
@@ -96,36 +103,56 @@ def shard_files_of(index_dir: Path) -> list[Path]:
 
 
 def build(template: Path, count: int, out: Path, noise: float, seed: int, factory: str | None,
-          memory_budget: str) -> dict:
+          memory_budget: str, faiss_shards: int = 1, overwrite: bool = False) -> dict:
+    """Resumable: shard K's vectors come from its own generator (seed, K), so a killed run rerun with the same
+    arguments skips the shards already written and ends with the same index; the trained faiss quantiser is
+    kept in ``faiss-trained.index`` so a kill during the faiss build does not train twice."""
+    import resource
+
     from indexing.choose import parse_memory
     from indexing.config import IndexConfig, MaskOptions, ShardInfo, tool_version
     from indexing.faiss_build import build_faiss
     from indexing.loader import load_index
-    from indexing.shards import SHARDS_DIR, image_table, shard_name, write_table_atomically
+    from indexing.row_store import write_row_file
+    from indexing.shards import SHARDS_DIR, image_table, shard_name, write_table_atomically, write_text_atomically
 
     if count <= 0:
         raise ConfigError(f"--count must be positive, got {count}")
-    if out.exists():
+    recipe = {"template": str(template.resolve()), "count": count, "noise": noise, "seed": seed,
+              "shard_rows": SHARD_ROWS}
+    if out.exists() and overwrite:
         shutil.rmtree(out)
-    (out / SHARDS_DIR).mkdir(parents=True)
+    if out.exists():
+        stored = json.loads((out / RECIPE_FILE).read_text()) if (out / RECIPE_FILE).is_file() else None
+        if stored != recipe:
+            raise ConfigError(f"--out {out}: holds another synthetic index ({stored}); pass --overwrite")
+    (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    write_text_atomically(json.dumps(recipe), out / RECIPE_FILE)
     source = load_index(template)
     meta, vectors, data_root = read_template(template)
     dim = vectors.shape[1]
-    rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    shards = []
+    shards, reused = [], 0
     for number, first in enumerate(range(0, count, SHARD_ROWS)):
-        rows = synthetic_rows(meta, vectors, first, min(SHARD_ROWS, count - first), noise, rng)
+        rows_count, name = min(SHARD_ROWS, count - first), shard_name(number)
+        shards.append(ShardInfo(file=f"{SHARDS_DIR}/{name}", text_file=None, rows=rows_count, text_rows=0,
+                                first_id=first, last_id=first + rows_count - 1))
+        if (out / SHARDS_DIR / name).exists():
+            reused += 1
+            continue
+        rows = synthetic_rows(meta, vectors, first, rows_count, noise, np.random.default_rng([seed, number]))
         metadata = {"model_fingerprint": source.config.model_fingerprint, "embed_dim": str(dim),
                     "data_root": data_root, "shard_index": str(number), "synthetic_from": str(template)}
-        name = shard_name(number)
         write_table_atomically(image_table(rows, dim, metadata), out / SHARDS_DIR / name)
-        shards.append(ShardInfo(file=f"{SHARDS_DIR}/{name}", text_file=None, rows=len(rows), text_rows=0,
-                                first_id=first, last_id=first + len(rows) - 1))
-        print(f"shard {number}: ids {first}..{first + len(rows) - 1}", flush=True)
+        print(f"shard {number}: ids {first}..{first + rows_count - 1}", flush=True)
     text_rows = copy_caption_shards(template, out, meta.num_rows)
     shard_seconds = time.perf_counter() - started
-    built = build_faiss(out, dim, parse_memory(memory_budget), factory, "cpu")
+    built = build_faiss(out, dim, parse_memory(memory_budget), factory, "cpu", faiss_shards,
+                        trained_cache=out / TRAINED_DIR)
+    print(f"faiss {built.spec.factory} built in {built.seconds:.0f} s", flush=True)
+    row_started = time.perf_counter()
+    write_row_file(out)
+    row_seconds = time.perf_counter() - row_started
     IndexConfig(model_fingerprint=source.config.model_fingerprint, model_spec=source.config.model_spec,
                 embed_dim=dim, metric=built.spec.metric, factory=built.spec.factory,
                 index_params=dict(built.spec.params), image_count=built.count, caption_count=text_rows, skipped_images=0,
@@ -133,11 +160,24 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
                 build_seconds=round(time.perf_counter() - started, 3), built_on=built.device,
                 tool_version=tool_version(),
                 created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                calibration=asdict(built.calibration) if built.calibration is not None else None).save(out)
+                calibration=asdict(built.calibration) if built.calibration is not None else None,
+                test_time_views=source.config.test_time_views, faiss_shards=list(built.shard_files)).save(out)
     source.catalog.close()
     return {"count": built.count, "factory": built.spec.factory, "params": built.spec.params,
-            "calibration": built.calibration.describe() if built.calibration else "exact",
-            "shard_seconds": round(shard_seconds, 1), "faiss_seconds": round(built.seconds, 1)}
+            "faiss_shards": faiss_shards, "calibration": built.calibration.describe() if built.calibration else "exact",
+            "shards_reused": reused, "shard_seconds": round(shard_seconds, 1), "faiss_seconds": round(built.seconds, 1),
+            "row_file_seconds": round(row_seconds, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def save_result(out: Path, result: dict) -> Path:
+    """``docs/bench/synthetic_<out name>.json``: the build's numbers with date, machine and command (read by
+    bench/shard_bench.py for its build line)."""
+    from bench.machine import load_average, run_meta, write_json_atomically
+
+    path = REPO / "docs" / "bench" / f"synthetic_{out.resolve().name}.json"
+    write_json_atomically(path, {"meta": run_meta(REPO), "load_after": load_average(), **result})
+    return path
 
 
 def main() -> int:
@@ -149,9 +189,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--index", dest="factory", default=None, help="faiss factory string (default: automatic)")
     parser.add_argument("--memory-budget", default="16GB")
+    parser.add_argument("--faiss-shards", type=int, default=1, help="split the faiss part (sharded serving)")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     args = parser.parse_args()
     try:
-        print(build(args.template, args.count, args.out, args.noise, args.seed, args.factory, args.memory_budget))
+        result = build(args.template, args.count, args.out, args.noise, args.seed, args.factory, args.memory_budget,
+                       args.faiss_shards, args.overwrite)
+        print(result)
+        save_result(args.out, result)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,17 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.errors import ConfigError, DataError
-from indexing.config import (FAISS_FILE, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest, MaskOptions,
-                             ShardInfo, tool_version)
+from indexing.config import (FAISS_FILE, FAISS_SHARDS_DIR, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig,
+                             Manifest, MaskOptions, ShardInfo, tool_version)
 from indexing.lock import LOCK_FILE, BuildLock
 from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
 from indexing.skipped import SKIPPED_FILE
+from indexing.stages import StageTimes
 
 DEFAULT_SHARD_SIZE = 10_000
 SKIPPED_SHOWN = 5  # skipped images named in the summary; all of them are in skipped.jsonl
 # attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
-OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, "attention",
-               "rows.arrow", SKIPPED_FILE, LOCK_FILE)
+OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, FAISS_SHARDS_DIR,
+               "attention", "rows.arrow", SKIPPED_FILE, LOCK_FILE)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class IndexOptions:
     with_text: bool = True
     test_time_views: int | None = None  # dihedral views averaged per image; None = what the model's config says
     remember: bool = True  # record the folder as this project's last index (engine.query.state)
+    ray: str | None = None  # encode on a Ray cluster: "auto" or its address (indexing.ray_index); None = this process
+    ray_workers: int | None = None  # Ray encoder actors (default: one per GPU, else one per 4 CPUs)
+    faiss_shards: int = 1  # split the faiss part into this many files for sharded serving
+    image_runtime: str = "auto"  # eager | channels_last | torchscript | onnx | auto (encoders.image_runtime)
+    text_runtime: str = "auto"  # eager | onnx | auto: the caption encoder (encoders.batch_text)
 
 
 @dataclass
@@ -64,14 +70,19 @@ class IndexSummary:
     shards_reused: int = 0
     captions_encoded: int = 0
     factory: str = ""
+    faiss_shards: int = 1
     calibration: str = ""  # how the approximate index's search setting was tuned (empty: exact index)
     seconds: float = 0.0
     up_to_date: bool = False
     nothing_new: bool = False  # --append found no image that is not indexed yet
+    stages: StageTimes = field(default_factory=StageTimes)
+    image_runtime: str = ""
+    text_runtime: str = ""
 
     def lines(self) -> list[str]:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
-        result = [f"index {self.out}: {self.images_total} images, faiss {self.factory}",
+        split = f" in {self.faiss_shards} faiss shards" if self.faiss_shards > 1 else ""
+        result = [f"index {self.out}: {self.images_total} images, faiss {self.factory}{split}",
                   f"  encoded {self.encoded} images ({rate:.1f} images/s) and {self.captions_encoded} captions; "
                   f"shards written {self.shards_written}, reused {self.shards_reused}",
                   f"  skipped unreadable: {len(self.skipped_records)}"
@@ -85,6 +96,11 @@ class IndexSummary:
             result.append(f"  search tuned: {self.calibration}")
         if self.renumbered:
             result.append("  new images were given ids above the existing maximum (source_id keeps the original)")
+        if self.image_runtime:
+            text = f"; captions: {self.text_runtime}" if self.text_runtime else ""
+            result.append(f"  encoder runtime: images {self.image_runtime}{text}")
+        if self.stages.seconds:
+            result.append(f"  time per stage: {self.stages.describe()}")
         if self.up_to_date:
             result.append("  nothing to do: all shards were complete (use --append to add new images)")
         if self.nothing_new:
@@ -115,6 +131,23 @@ def _validate(options: IndexOptions) -> None:
         if foreign:
             raise ConfigError(f"--out {options.out}: folder holds files that are not part of an index "
                               f"({', '.join(foreign[:3])}); choose an empty or new folder")
+
+    from encoders.batch_text import KINDS as TEXT_KINDS
+    from encoders.image_runtime import KINDS
+
+    if options.image_runtime not in (*KINDS, "auto"):
+        raise ConfigError(f"--image-runtime must be one of auto, {', '.join(KINDS)}, got {options.image_runtime!r}")
+    if options.text_runtime not in (*TEXT_KINDS, "auto"):
+        raise ConfigError(f"--text-runtime must be one of auto, {', '.join(TEXT_KINDS)}, got {options.text_runtime!r}")
+    if options.faiss_shards < 1:
+        raise ConfigError(f"--faiss-shards must be 1 or more, got {options.faiss_shards}")
+    if options.ray_workers is not None and options.ray is None:
+        raise ConfigError("--ray-workers needs --ray")
+    if options.ray is not None:
+        from indexing.ray_index import probe_address, require_ray
+
+        require_ray()
+        probe_address(options.ray)  # an unreachable cluster fails here, before the model loads or a file is written
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -169,6 +202,13 @@ def _prepare_out(options: IndexOptions, fingerprint: str, views: int) -> Manifes
     return manifest
 
 
+def _check_faiss_shards(shards: int, manifest: Manifest, unsaved: int) -> None:
+    planned = sum(segment.planned_images for segment in manifest.segments) + unsaved
+    if shards > planned:
+        raise ConfigError(f"--faiss-shards {shards}: more faiss shards than the {planned} images planned for this "
+                          f"index; use at most {planned}")
+
+
 def run_index(options: IndexOptions) -> IndexSummary:
     """Build or continue the index described by ``options``; returns the end-of-run summary."""
     _validate(options)
@@ -211,7 +251,9 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
     budget = parse_memory(options.memory_budget)
     device = encode.resolve_device(options.device)
     dataset = _load_readable_dataset(options.data_dir)
-    model = encode.load_encoder(options.model_spec, device)
+    times = StageTimes()
+    with times.timed("model load"):
+        model = encode.load_encoder(options.model_spec, device)
     if options.test_time_views is not None:
         model.set_test_time_views(options.test_time_views)
     views = model.config.vision.test_time_views
@@ -222,7 +264,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
     out = options.out
     for folder in (out, out / SHARDS_DIR, out / TEXT_SHARDS_DIR, out / PLAN_DIR):
         remove_stale_temps(folder)
-    summary = IndexSummary(out=out)
+    summary = IndexSummary(out=out, stages=times)
     if manifest is None:
         manifest = Manifest(model_fingerprint=fingerprint, model_spec=options.model_spec or "default",
                             embed_dim=dim, shard_size=options.shard_size or DEFAULT_SHARD_SIZE,
@@ -242,6 +284,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
         segment_plan = None
         summary.up_to_date = True
     else:
+        _check_faiss_shards(options.faiss_shards, manifest, len(dataset.images))  # before the plan is written
         segment_plan = planning.new_segment_plan(dataset, out, manifest, manifest.shard_size)
         if not segment_plan.images and last is None:
             raise DataError(f"{options.data_dir}: no images to index")
@@ -251,23 +294,43 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
             manifest.segments.append(segment_plan.segment)
             out.mkdir(parents=True, exist_ok=True)
             manifest.save(out)
+    _check_faiss_shards(options.faiss_shards, manifest, 0)
     if segment_plan is not None and segment_plan.images:
         pending = planning.pending_shards(segment_plan.segment, out)
         summary.shards_reused = segment_plan.segment.shard_count - len(pending)
         if options.mask.masks_dir:
             todo = [image.path for local in pending for image in segment_plan.shard_images(local, manifest.shard_size)]
             check_masks_present(Path(options.mask.masks_dir), todo)
-        workers = encode.default_workers() if options.workers is None else options.workers
-        encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
-                       workers, summary)
-    check_unique_ids(out)
+        images = sum(len(segment_plan.shard_images(local, manifest.shard_size)) for local in pending)
+        runtime = encode.runtime_for(options.image_runtime, images, device)
+        text_runtime = encode.runtime_for(options.text_runtime, images, device, "onnx") if manifest.with_text \
+            else "eager"
+        if options.ray is not None:
+            from indexing.ray_index import encode_segment_ray
+
+            encode_segment_ray(model, dataset, segment_plan, pending, manifest, out, options, summary, runtime,
+                               text_runtime)
+        else:
+            with times.timed("runtime build"):
+                encoder = encode.image_encoder(model, runtime)
+                text_encoder = encode.text_encoder_for(model, text_runtime)
+            summary.image_runtime = encoder.describe()
+            summary.text_runtime = text_encoder.describe() if manifest.with_text else ""
+            workers = encode.default_workers() if options.workers is None else options.workers
+            encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
+                           workers, summary, encoder, text_encoder)
+    with times.timed("ids check"):
+        check_unique_ids(out)
     summary.skipped_records = write_skipped_list(out)
     if not any(pq.ParquetFile(file).metadata.num_rows for file in shard_files(out)):
         raise DataError(f"{options.data_dir}: no image could be read ({len(summary.skipped_records)} unreadable; "
                         f"reasons in {out / SKIPPED_FILE})")
-    built = build_faiss(out, dim, budget, options.factory, options.device)
-    write_row_file(out)
+    with times.timed("faiss"):
+        built = build_faiss(out, dim, budget, options.factory, options.device, options.faiss_shards)
+    with times.timed("row file"):
+        write_row_file(out)
     summary.factory, summary.images_total = built.spec.factory, built.count
+    summary.faiss_shards = max(1, len(built.shard_files))
     summary.calibration = built.calibration.describe() if built.calibration is not None else ""
     _write_index_json(out, manifest, built, summary, time.perf_counter() - started)
     summary.seconds = time.perf_counter() - started
@@ -301,7 +364,7 @@ def _write_index_json(out: Path, manifest: Manifest, built, summary: IndexSummar
         build_seconds=round(seconds, 3), built_on=built.device, tool_version=tool_version(),
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         calibration=asdict(built.calibration) if built.calibration is not None else None,
-        test_time_views=manifest.test_time_views)
+        test_time_views=manifest.test_time_views, faiss_shards=list(built.shard_files))
     config.save(out)
 
 

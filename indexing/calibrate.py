@@ -52,6 +52,8 @@ def search_knob(index) -> tuple[str, list[int]] | None:
     """(parameter name, increasing candidate values) of an approximate index; None for exact indexes."""
     import faiss
 
+    if isinstance(index, faiss.IndexShards):  # the parts share one kind and one quantiser; ParameterSpace sets all
+        index = faiss.downcast_index(index.at(0))
     inner = faiss.downcast_index(index.index) if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else index
     if isinstance(inner, faiss.IndexHNSW):
         return "efSearch", list(EF_SEARCH_LADDER)

@@ -21,7 +21,17 @@ class BuildByDefault(TyperGroup):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["build", *args]
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, _ray_value_optional(args))
+
+
+def _ray_value_optional(args: list[str]) -> list[str]:
+    """``--ray`` alone (last, or followed by another option) means ``--ray auto``."""
+    result = []
+    for position, arg in enumerate(args):
+        result.append(arg)
+        if arg == "--ray" and (position + 1 == len(args) or args[position + 1].startswith("-")):
+            result.append("auto")
+    return result
 
 
 index_app = typer.Typer(cls=BuildByDefault, help="Build a searchable index (Parquet shards + FAISS + DuckDB).",
@@ -48,6 +58,20 @@ def build_command(
     test_time_views: Optional[int] = typer.Option(
         None, "--test-time-views", help="Dihedral views averaged per image embedding, 1-8 (default: the model's own; "
         "the shipped model uses 4). Image encoding time grows with N; see docs/MODEL_CARD.md for what each N buys."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Encode on a Ray cluster: `--ray` / `--ray auto` (the running local cluster, else a new "
+        "one) or `--ray HOST:PORT`. Needs the extra: pip install -e \".[ray]\". See docs/indexing.md."),
+    image_runtime: str = typer.Option(
+        "auto", "--image-runtime", help="Image encoder runtime: auto | eager | channels_last | torchscript | onnx. "
+        "A compiled one is kept only if it matches eager float32 to cosine >= 0.9999 on probe images, else eager; "
+        "auto = the fastest faithful one on CPU from 512 images up, eager otherwise (docs/benchmarks.md)."),
+    text_runtime: str = typer.Option(
+        "auto", "--text-runtime", help="Caption encoder runtime: auto | eager | onnx (checked like --image-runtime)."),
+    faiss_shards: int = typer.Option(
+        1, "--faiss-shards", help="Split the faiss index into N files for sharded serving (engine serve "
+        "--shard-backend local|ray); rerun with another N to re-split without re-encoding."),
+    ray_workers: Optional[int] = typer.Option(
+        None, "--ray-workers", help="Ray encoder actors, one model each (default: one per GPU, else one per 4 CPUs)."),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
@@ -56,7 +80,9 @@ def build_command(
     options = IndexOptions(data_dir=data_dir, out=out, model_spec=model, batch_size=batch_size, workers=workers,
                            shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
-                           with_text=not no_text, test_time_views=test_time_views)
+                           with_text=not no_text, test_time_views=test_time_views, ray=ray,
+                           ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime,
+                           text_runtime=text_runtime)
     print_summary(run_index(options))
 
 

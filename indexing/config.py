@@ -20,6 +20,7 @@ from indexing.shards import write_text_atomically
 MANIFEST_FILE = "manifest.json"
 INDEX_JSON = "index.json"
 FAISS_FILE = "faiss.index"
+FAISS_SHARDS_DIR = "faiss_shards"  # faiss_shards/part-KKK.index when the faiss part is split (--faiss-shards N)
 PLAN_DIR = "plan"
 FORMAT_VERSION = 1
 MASK_MODES = ("none", "hard", "soft")
@@ -125,6 +126,8 @@ class IndexConfig:
     # Dihedral views each image embedding averages; the query engine encodes image queries the same way.
     # None: an index built before the field existed, with the model's own setting.
     test_time_views: int | None = None
+    # Relative paths of the faiss shards when the faiss part is split (then faiss_file is not used); [] = one file.
+    faiss_shards: list[str] = field(default_factory=list)
 
     def save(self, index_dir: Path) -> None:
         write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / INDEX_JSON)

@@ -8,6 +8,7 @@ before the model's own transform.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from indexing.config import MaskOptions  # noqa: E402
 from indexing.masking import apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
 
 PROBE_SIDE = 32  # size of the blank image used to learn the transform's output shape
+# ``--image-runtime auto`` compiles the image encoder (an ONNX export: seconds) only for at least this many images
+AUTO_RUNTIME_MIN_IMAGES = 512
 MAX_DEFAULT_WORKERS = 8
 NAMED_CONFIG_SEED = 0
 
@@ -50,6 +53,34 @@ def resolve_device(requested: str) -> torch.device:
         raise ConfigError("--device cuda: no CUDA device is visible to torch on this machine")
     use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_cuda else "cpu")
+
+
+def runtime_for(requested: str, images: int, device: torch.device, compiled: str = "auto") -> str:
+    """The runtime to build (encoders.image_runtime / encoders.batch_text): ``auto`` means eager on CUDA or for a
+    few hundred images (a compiled graph would not pay back its build time), else ``compiled``."""
+    if requested != "auto":
+        return requested
+    return "eager" if device.type != "cpu" or images < AUTO_RUNTIME_MIN_IMAGES else compiled
+
+
+def image_encoder(model: Any, runtime: str, threads: int | None = None) -> Any:
+    """The model's image encoder on ``runtime`` (falls back to eager when that runtime is not faithful)."""
+    from encoders.image_runtime import best_image_runtime
+
+    if not hasattr(model, "encode_image_view"):  # a stand-in model without the one-view API (tests' fakes)
+        return _PlainEncoder(model)
+    return best_image_runtime(model, runtime, threads)
+
+
+class _PlainEncoder:
+    def __init__(self, model: Any) -> None:
+        self.model, self.config = model, model.config
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def describe(self) -> str:
+        return "eager"
 
 
 def default_workers() -> int:
@@ -92,34 +123,44 @@ class ImageItems(Dataset):
         return len(self.images)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        from engine.data.images import load_rgb
+        return {"position": position, **decode_planned(self.images[position], self.transform, self.mask,
+                                                       self.masks_dir, self.blank)}
 
-        planned = self.images[position]
-        item: dict[str, Any] = {"position": position, "ok": False, "error": "", "width": 0, "height": 0,
-                                "mask_resized": "", "pixels": self.blank}
-        try:
-            image = load_rgb(planned.path)
-            item["width"], item["height"] = image.size
-            if self.mask.mode != "none":
-                image = self._masked(image, planned, item)
-            item["pixels"] = self.transform(image)
-            item["ok"] = True
-        except EngineError as error:
-            item["error"] = str(error)
-        except Exception as error:  # noqa: BLE001 -- one file must never stop a build: report it and go on
-            item["error"] = f"{planned.path}: {type(error).__name__}: {error}"
-        return item
 
-    def _masked(self, image: Image.Image, planned: PlannedImage, item: dict[str, Any]) -> Image.Image:
-        rgb = np.asarray(image)
-        if self.masks_dir is None:
-            foreground = estimate_foreground(rgb)
-        else:
-            mask_file = mask_path_for(self.masks_dir, planned.path)
-            foreground, resized = load_mask(mask_file, image.width, image.height)
-            if resized:
-                item["mask_resized"] = str(mask_file)
-        return Image.fromarray(apply_mask(rgb, foreground, self.mask))
+def decode_planned(planned: PlannedImage, transform: Any, mask: MaskOptions, masks_dir: Path | None,
+                   blank: torch.Tensor) -> dict[str, Any]:
+    """Read, mask and transform one planned image: the decode stage of every indexing path (DataLoader
+    workers here, Ray tasks in ``indexing.ray_index``). Never raises for a bad file: ``ok`` False + ``error``."""
+    from engine.data.images import load_rgb
+
+    started = time.perf_counter()
+    item: dict[str, Any] = {"ok": False, "error": "", "width": 0, "height": 0, "mask_resized": "", "pixels": blank}
+    try:
+        image = load_rgb(planned.path)
+        item["width"], item["height"] = image.size
+        if mask.mode != "none":
+            image = _masked(image, planned, item, mask, masks_dir)
+        item["pixels"] = transform(image)
+        item["ok"] = True
+    except EngineError as error:
+        item["error"] = str(error)
+    except Exception as error:  # noqa: BLE001 -- one file must never stop a build: report it and go on
+        item["error"] = f"{planned.path}: {type(error).__name__}: {error}"
+    item["decode_seconds"] = time.perf_counter() - started
+    return item
+
+
+def _masked(image: Image.Image, planned: PlannedImage, item: dict[str, Any], mask: MaskOptions,
+            masks_dir: Path | None) -> Image.Image:
+    rgb = np.asarray(image)
+    if masks_dir is None:
+        foreground = estimate_foreground(rgb)
+    else:
+        mask_file = mask_path_for(masks_dir, planned.path)
+        foreground, resized = load_mask(mask_file, image.width, image.height)
+        if resized:
+            item["mask_resized"] = str(mask_file)
+    return Image.fromarray(apply_mask(rgb, foreground, mask))
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -141,15 +182,40 @@ def _normalised(embeddings: torch.Tensor) -> np.ndarray:
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def encode_decoded(model: Any, pixels: torch.Tensor, ok: list[bool], device: torch.device) -> np.ndarray:
+    """The image-encode stage of every indexing path: (B, D) embeddings of a decoded batch; the rows of items
+    that failed to decode are zeros and must not be used."""
+    good = [slot for slot, fine in enumerate(ok) if fine]
+    vectors = np.zeros((len(ok), int(model.config.embed_dim)), np.float32)
+    if good:
+        vectors[good] = encode_pixels(model, pixels[good], device)
+    return vectors
+
+
 @torch.inference_mode()
 def encode_pixels(model: Any, pixels: torch.Tensor, device: torch.device) -> np.ndarray:
     return _normalised(model.encode_image(pixels.to(device, non_blocking=True)))
 
 
 @torch.inference_mode()
-def encode_texts(model: Any, texts: list[str], batch_size: int, dim: int) -> np.ndarray:
+def encode_texts(model: Any, texts: list[str], batch_size: int, dim: int, text_encoder: Any = None) -> np.ndarray:
+    """Caption embeddings, each distinct string once; ``text_encoder`` (``encoders.batch_text``) or the model."""
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
     from engine.text_encoding import encode_distinct
 
-    return encode_distinct(lambda batch: _normalised(model.encode_text(batch)), texts, batch_size)
+    encode = text_encoder if text_encoder is not None else model.encode_text
+    # Distinct strings in length order, so a batch pads to about its own length (captions of 5 to 30 words
+    # padded to the longest of a random batch waste a third of the text encoder's work); deterministic, and a
+    # string shared by several images still gets one embedding.
+    distinct = sorted(set(texts), key=lambda text: (len(text), text))
+    vectors = encode_distinct(lambda batch: _normalised(encode(batch)), distinct, batch_size)
+    row_of = {text: row for row, text in enumerate(distinct)}
+    return vectors[[row_of[text] for text in texts]]
+
+
+def text_encoder_for(model: Any, runtime: str, threads: int | None = None) -> Any:
+    """The caption encoder on ``runtime`` (``onnx`` falls back to eager when unfaithful or not exportable)."""
+    from encoders.batch_text import build_batch_text_encoder
+
+    return build_batch_text_encoder(model, runtime, threads) or build_batch_text_encoder(model, "eager")

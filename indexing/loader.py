@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 from indexing.catalog import Catalog
-from indexing.config import IndexConfig
+from indexing.config import FAISS_SHARDS_DIR, IndexConfig
 
 
 @dataclass
@@ -23,6 +23,12 @@ class LoadedIndex:
     index: Any  # faiss.Index
     catalog: Catalog
 
+    def close(self) -> None:
+        """Release the catalog and, for a Ray-served index, its shard actors."""
+        self.catalog.close()
+        if hasattr(self.index, "close"):
+            self.index.close()
+
     def check_model(self, model: Any) -> None:
         """Refuse a model whose fingerprint differs from the one the index was built with."""
         fingerprint = model.fingerprint()
@@ -32,21 +38,50 @@ class LoadedIndex:
                               "load the same model or rebuild the index")
 
 
-def load_index(index_dir: str | Path) -> LoadedIndex:
-    import faiss
+SHARD_BACKENDS = ("local", "ray")
 
+
+def load_index(index_dir: str | Path, shard_backend: str = "local", ray_address: str = "auto") -> LoadedIndex:
+    """Open an index folder. A faiss part split into shards (``engine index --faiss-shards N``) is served by
+    ``shard_backend``: ``local`` = faiss ``IndexShards`` in this process, ``ray`` = one Ray actor per shard
+    (``indexing.ray_shards``; an unsharded index then gets one actor)."""
     root = Path(index_dir)
     if not root.is_dir():
         raise ConfigError(f"{root}: index folder not found")
+    if shard_backend not in SHARD_BACKENDS:
+        raise ConfigError(f"--shard-backend must be one of {', '.join(SHARD_BACKENDS)}, got {shard_backend!r}")
     config = IndexConfig.load(root)
-    faiss_path = root / config.faiss_file
-    if not faiss_path.is_file():
-        raise ConfigError(f"{faiss_path}: missing; rerun `engine index` with the same arguments to finish it")
-    try:
-        index = faiss.read_index(str(faiss_path))
-    except RuntimeError as error:
-        raise ConfigError(f"{faiss_path}: unreadable faiss index ({str(error).splitlines()[-1]})") from None
+    paths = [root / name for name in config.faiss_shards] or [root / config.faiss_file]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; rerun `engine index` with the same arguments to finish it")
+    if shard_backend == "ray":
+        from indexing.ray_shards import RayShardedIndex
+
+        index = RayShardedIndex.start(paths, config.embed_dim, ray_address)
+    else:
+        parts = [_read_faiss(path, config) for path in paths]
+        if len(parts) == 1:
+            index = parts[0]
+        else:
+            from indexing.faiss_build import merged_view
+
+            index = merged_view(parts)
     if index.d != config.embed_dim or index.ntotal != config.image_count:
-        raise ConfigError(f"{faiss_path}: holds {index.ntotal} vectors of dim {index.d}, index.json says "
+        where = paths[0] if len(paths) == 1 else root / FAISS_SHARDS_DIR
+        raise ConfigError(f"{where}: holds {index.ntotal} vectors of dim {index.d}, index.json says "
                           f"{config.image_count} of dim {config.embed_dim}; rebuild the index")
     return LoadedIndex(root=root, config=config, index=index, catalog=Catalog(root))
+
+
+def _read_faiss(path: Path, config: IndexConfig):
+    import faiss
+
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise ConfigError(f"{path}: unreadable faiss index ({str(error).splitlines()[-1]})") from None
+    if index.d != config.embed_dim:
+        raise ConfigError(f"{path}: holds vectors of dim {index.d}, index.json says {config.embed_dim}; "
+                          "rebuild the index")
+    return index

@@ -108,6 +108,10 @@ def serve_command(
         help="Single-query text encoder: auto (the fastest verified of onnx/float32/bfloat16), onnx "
              "(ONNX Runtime, float32), float32 (TorchScript; both give engine query's embeddings), "
              "bfloat16 (TorchScript, bfloat16 backbone), eager (no compiled graph)."),
+    shard_backend: str = typer.Option(
+        "local", "--shard-backend", help="How a sharded faiss index (engine index --faiss-shards N) is served: local "
+        "(faiss IndexShards in this process) or ray (one Ray actor per shard, top-k merged here)."),
+    ray: str = typer.Option("auto", "--ray", help="With --shard-backend ray: auto (local cluster) or HOST:PORT."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from encoders.query_text import TEXT_ENCODER_KINDS
@@ -127,7 +131,8 @@ def serve_command(
     # bind before the slow part: a busy port or a bad address is one line at once, not after the model load
     server = make_server(None, host, port, token.strip() if token else None)
     try:
-        engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder)
+        engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder,
+                              shard_backend=shard_backend, ray_address=ray)
     except BaseException:
         server.server_close()
         raise

@@ -36,13 +36,13 @@ class QueryEngine:
     checked against the eager model at build time and falls back to it."""
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
-                 text_encoder: str = "eager") -> None:
+                 text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto") -> None:
         import encoders
         from engine.evaluation.embed import resolve_device
         from engine.query.metadata import MetadataStore
         from indexing.loader import load_index
 
-        self.loaded = load_index(index_dir)
+        self.loaded = load_index(index_dir, shard_backend, ray_address)
         self.root = Path(index_dir)
         spec = checkpoint if checkpoint is not None else self.loaded.config.model_spec
         self.device = resolve_device(device)
@@ -67,6 +67,7 @@ class QueryEngine:
             self.model, self.fingerprint, self.text_query_encoder = self._model_thread.submit(prepare).result()
         except BaseException:
             self._model_thread.shutdown()
+            self.loaded.close()
             raise
         self.transform = self.model.image_transform(train=False)
         self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
@@ -80,7 +81,7 @@ class QueryEngine:
         return int(self.loaded.index.ntotal)
 
     def close(self) -> None:
-        self.loaded.catalog.close()
+        self.loaded.close()
         self._model_thread.shutdown(wait=True)
 
     def run_model(self, function, *args):
