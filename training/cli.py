@@ -27,6 +27,9 @@ def train_command(
     no_lca: bool = typer.Option(False, "--no-lca", help="Switch the LCA text head off."),
     no_affiliation: bool = typer.Option(False, "--no-affiliation", help="Train with the contrastive loss only."),
     lambda_aff: float = typer.Option(1.0, "--lambda-aff", help="Weight λ of the affiliation loss."),
+    affiliation: str = typer.Option("prototype", "--affiliation",
+                                    help="prototype (normalised class prototypes, the default) or pir "
+                                         "(PIR's formula: raw class means per sample)."),
     same_caption_positives: bool = typer.Option(
         False, "--same-caption-positives/--image-positives-only",
         help="Count a caption that reads like the pair's own (other image) as a positive, not a negative."),
@@ -58,6 +61,7 @@ def train_command(
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
+        affiliation=affiliation,
         same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,

@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+AFFILIATIONS = ("prototype", "pir")  # training.losses.AFFILIATION_KINDS
 # Augmented views cached per training image: identity, horizontal flip, vertical flip, 90° rotation.
 DEFAULT_CACHED_VIEWS = 4
 
@@ -34,6 +35,7 @@ class TrainConfig:
     use_lca: bool = True
     use_affiliation: bool = True
     affiliation_weight: float = 1.0
+    affiliation: str = "prototype"  # "pir": PIR's formula; "prototype": normalised class prototypes (training/losses.py)
     same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
     hard_negative_beta: float = 0.0  # > 0: negatives weighted by exp(β·cosine) in InfoNCE (HN-NCE)
     freeze_backbones: bool = True
@@ -65,6 +67,8 @@ class TrainConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.grad_clip_norm > 0, "grad_clip_norm must be > 0"),
             (self.affiliation_weight >= 0, "affiliation_weight (--lambda-aff) must be >= 0"),
+            (self.affiliation in AFFILIATIONS,
+             f"affiliation (--affiliation) must be one of {', '.join(AFFILIATIONS)}, got {self.affiliation!r}"),
             (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),
@@ -101,7 +105,7 @@ class TrainConfig:
         return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
 
     # fields that must match between a checkpoint and the run that resumes it
-    RESUME_FIXED = ("model", "use_vir", "use_lca", "use_affiliation", "batch_size", "seed", "cached_views",
+    RESUME_FIXED = ("model", "use_vir", "use_lca", "use_affiliation", "affiliation", "batch_size", "seed", "cached_views",
                     "freeze_backbones", "unfreeze_last")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:

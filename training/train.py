@@ -95,7 +95,7 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
     data = prepare_data(dataset, config, model, device, info)
     criterion = PIRLoss(config.use_affiliation, config.affiliation_weight,
                         same_caption_positives=config.same_caption_positives,
-                        hard_negative_beta=config.hard_negative_beta)
+                        hard_negative_beta=config.hard_negative_beta, affiliation_kind=config.affiliation)
     step_module = TrainStep(model, criterion, cached=data.cached,
                             tail=config.unfreeze_last if data.cached else 0).to(device)
     optimizer = build_optimizer(step_module, config, backbones=[model.vision, model.text])
