@@ -28,6 +28,10 @@ PACKAGE_MINILM = "package:minilm"
 TEXT_BACKENDS = ("hf",)
 TEXT_POOLINGS = ("cls", "mean")
 INSTRUCTION_FEATURES = ("pooled", "logits")
+LCA_READOUTS = ("first", "mean")
+# Fields added after models were shipped: left out of the canonical JSON (and so of the fingerprint) while they
+# hold these values, which are what every model saved before them did. A saved config without them loads them.
+LATER_FIELDS_AT_DEFAULT = {("head", "lca_readout"): "first"}
 
 TimmKwarg = typing.Union[int, float, str, bool]
 
@@ -137,8 +141,12 @@ class PIRHeadConfig:
     n_t: int = 3
     use_vir: bool = True
     use_lca: bool = True
+    # Which LCA output is the local text term: "first" = position 0 (PIR's [CLS] readout), "mean" = the masked
+    # mean over the caption's tokens (consistent with text.pooling "mean", which t_cls then uses too).
+    lca_readout: str = "first"
 
     def validate(self) -> None:
+        _check_choice("head.lca_readout", self.lca_readout, LCA_READOUTS)
         _check_positive("head.embed_dim", self.embed_dim)
         _check_positive("head.heads", self.heads)
         if self.embed_dim % self.heads:
@@ -191,7 +199,12 @@ class ModelConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, except later-added ones at the value models had before them (LATER_FIELDS_AT_DEFAULT)."""
+        data = dataclasses.asdict(self)
+        for (section, name), value in LATER_FIELDS_AT_DEFAULT.items():
+            if data[section].get(name) == value:
+                del data[section][name]
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace variance): the fingerprint hashes exactly this."""

@@ -95,11 +95,23 @@ class LanguageCycleAttention(nn.Module):
         )
         self.query_maps = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.n_t))
         self.head = zero_initialised_linear(dim)
+        self.readout = config.lca_readout
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens: projected hidden states (B, L, D), mask (B, L) with 1 = real token -> local term (B, D)."""
+        """tokens: projected hidden states (B, L, D), mask (B, L) with 1 = real token -> local term (B, D).
+
+        Readout ``first``: the last cycle's output at position 0 (PIR); ``mean``: its masked mean over the real
+        tokens, the same pooling as a mean-pooled t_cls."""
         x = tokens
         for self_block, cross_block, query_map in zip(self.self_blocks, self.cross_blocks, self.query_maps):
             attended = self_block(x, key_mask=mask)
             x = cross_block(attended, queries=query_map(x), key_mask=mask)
+        if self.readout == "mean":
+            return self.head(masked_mean(x, mask))
         return self.head(x[:, 0])
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) tokens, (B, L) mask with 1 = real token -> (B, D) mean over the real tokens."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

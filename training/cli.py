@@ -25,6 +25,9 @@ def train_command(
     seed: int = typer.Option(42, "--seed"),
     no_vir: bool = typer.Option(False, "--no-vir", help="Switch the VIR / Spatial-PAE image head off."),
     no_lca: bool = typer.Option(False, "--no-lca", help="Switch the LCA text head off."),
+    lca_readout: Optional[str] = typer.Option(None, "--lca-readout",
+                                              help="LCA's text readout: first (position 0, PIR) or mean (masked mean "
+                                                   "over the caption); default: the model config's."),
     no_affiliation: bool = typer.Option(False, "--no-affiliation", help="Train with the contrastive loss only."),
     lambda_aff: float = typer.Option(1.0, "--lambda-aff", help="Weight λ of the affiliation loss."),
     affiliation: str = typer.Option("prototype", "--affiliation",
@@ -60,7 +63,7 @@ def train_command(
 
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
-        use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
+        use_lca=not no_lca, lca_readout=lca_readout, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
         affiliation=affiliation,
         same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,

@@ -34,6 +34,7 @@ class TrainConfig:
     use_vir: bool = True
     use_lca: bool = True
     use_affiliation: bool = True
+    lca_readout: str | None = None  # LCA's readout ("first" | "mean"); None = the model config's head.lca_readout
     affiliation_weight: float = 1.0
     affiliation: str = "prototype"  # "pir": PIR's formula; "prototype": normalised class prototypes (training/losses.py)
     same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
@@ -69,6 +70,8 @@ class TrainConfig:
             (self.affiliation_weight >= 0, "affiliation_weight (--lambda-aff) must be >= 0"),
             (self.affiliation in AFFILIATIONS,
              f"affiliation (--affiliation) must be one of {', '.join(AFFILIATIONS)}, got {self.affiliation!r}"),
+            (self.lca_readout in (None, "first", "mean"),
+             f"lca_readout (--lca-readout) must be first or mean, got {self.lca_readout!r}"),
             (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),
@@ -105,7 +108,8 @@ class TrainConfig:
         return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
 
     # fields that must match between a checkpoint and the run that resumes it
-    RESUME_FIXED = ("model", "use_vir", "use_lca", "use_affiliation", "affiliation", "batch_size", "seed", "cached_views",
+    RESUME_FIXED = ("model", "use_vir", "use_lca", "lca_readout", "use_affiliation", "affiliation", "batch_size",
+                    "seed", "cached_views",
                     "freeze_backbones", "unfreeze_last")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:

@@ -24,6 +24,8 @@ def model_config_for(config: TrainConfig):
 
     model_config = load_config(config.model)
     head = dataclasses.replace(model_config.head, use_vir=config.use_vir, use_lca=config.use_lca)
+    if config.lca_readout is not None:
+        head = dataclasses.replace(head, lca_readout=config.lca_readout)
     instruction = model_config.instruction
     if config.instruction_weights is not None:
         instruction = dataclasses.replace(instruction, weights=config.instruction_weights)
