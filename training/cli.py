@@ -38,6 +38,13 @@ def train_command(
         help="Count a caption that reads like the pair's own (other image) as a positive, not a negative."),
     hard_negatives: float = typer.Option(0.0, "--hard-negatives",
                                          help="β of HN-NCE: weight negatives by exp(β·cosine); 0 = plain InfoNCE."),
+    par: bool = typer.Option(False, "--par", help="PAR training: reinforce VIR's last self-attention towards the "
+                             "top positions shared with a same-class reference in the batch (gated by --par-ccs/--par-ascs)."),
+    par_ccs: float = typer.Option(0.7, "--par-ccs", help="--par: gate on the class-token cosine."),
+    par_ascs: float = typer.Option(0.7, "--par-ascs", help="--par: gate on the attention-map cosine."),
+    par_top: float = typer.Option(0.2, "--par-top", help="--par: share of most-attended positions (TOAI)."),
+    par_strength: float = typer.Option(1.0, "--par-strength",
+                                       help="--par: attention to TOAI positions is multiplied by 1 + this."),
     freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
     unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone "
                                       "(with --feature-cache: from cached trunk outputs)."),
@@ -66,6 +73,7 @@ def train_command(
         use_lca=not no_lca, lca_readout=lca_readout, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
         affiliation=affiliation,
         same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
+        par=par, par_ccs=par_ccs, par_ascs=par_ascs, par_top=par_top, par_strength=par_strength,
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device, amp=amp, num_workers=workers,

@@ -39,6 +39,13 @@ class TrainConfig:
     affiliation: str = "prototype"  # "pir": PIR's formula; "prototype": normalised class prototypes (training/losses.py)
     same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
     hard_negative_beta: float = 0.0  # > 0: negatives weighted by exp(β·cosine) in InfoNCE (HN-NCE)
+    # PAR training (encoders/par.py): reinforce VIR's last self-attention towards the top positions it shares
+    # with a same-class reference of the batch, when both cosines pass their gates
+    par: bool = False
+    par_ccs: float = 0.7
+    par_ascs: float = 0.7
+    par_top: float = 0.2
+    par_strength: float = 1.0
     freeze_backbones: bool = True
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
     backbone_lr_scale: float = 1.0  # learning rate of trained backbone weights = learning_rate x this
@@ -72,6 +79,11 @@ class TrainConfig:
              f"affiliation (--affiliation) must be one of {', '.join(AFFILIATIONS)}, got {self.affiliation!r}"),
             (self.lca_readout in (None, "first", "mean"),
              f"lca_readout (--lca-readout) must be first or mean, got {self.lca_readout!r}"),
+            (not (self.par and not self.use_vir), "--par reinforces VIR's attention: drop --no-vir or --par"),
+            (0 < self.par_top <= 1, f"par_top (--par-top) must be within (0, 1], got {self.par_top}"),
+            (-1 <= self.par_ccs <= 1 and -1 <= self.par_ascs <= 1,
+             "par_ccs / par_ascs (--par-ccs / --par-ascs) must be cosines in [-1, 1]"),
+            (self.par_strength >= 0, "par_strength (--par-strength) must be >= 0"),
             (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),

@@ -66,13 +66,13 @@ def keep_frozen_in_eval(model, config: TrainConfig) -> None:
 
 
 def trainable_tail_modules(model, count: int) -> list[torch.nn.Module]:
-    """What ``--unfreeze-last count`` trains: for EfficientNet-style vision backbones the last stages and the
-    head convolution after them (``encoders.split``, so a trunk cache can serve them), otherwise the last timm
+    """What ``--unfreeze-last count`` trains: for staged vision backbones (EfficientNet, Swin) the last stages
+    and the layers after them (``encoders.split``, so a trunk cache can serve them), otherwise the last timm
     blocks; for the text backbone its last layers."""
-    from encoders.split import is_efficientnet_style, text_tail_modules, vision_tail_modules
+    from encoders.split import staged_layout, text_tail_modules, vision_tail_modules
 
     network = model.vision.model
-    if is_efficientnet_style(network):
+    if staged_layout(network) is not None:
         vision = vision_tail_modules(network, count)
     else:
         vision = _last_blocks(network, ("blocks", "layers", "stages"), count)
