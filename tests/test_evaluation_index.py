@@ -203,7 +203,11 @@ def test_ablation_scripts_write_json_and_only_their_docs_block(setup, tmp_path, 
         assert row["t2i_latency_warm"]["count"] == 40 and row["i2i_latency"]["count"] == 20
     text = page.read_text()
     assert "kept as is" in text and "<!-- BEGIN masking -->" in text and "<!-- BEGIN rerank -->" in text
-    assert "| hard |" in text and "| par |" in text
+    assert "| hard |" in text and "| par-bonus |" in text
+    per_class = masking["rows"][-1]["image_to_image_per_class"]  # per-class R@K of the study's diagnosis
+    assert len(per_class) == masking["data"]["classes"] and set(per_class) <= set(CLASSES)
+    assert all(set(recalls) == {"r1", "r2", "r4", "r8"} for recalls in per_class.values())
+    assert "Per class (image→image R@1" in text
 
 
 def test_masking_script_without_a_shipped_model_says_so(setup, tmp_path, monkeypatch, capsys) -> None:

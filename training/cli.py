@@ -45,6 +45,11 @@ def train_command(
     par_top: float = typer.Option(0.2, "--par-top", help="--par: share of most-attended positions (TOAI)."),
     par_strength: float = typer.Option(1.0, "--par-strength",
                                        help="--par: attention to TOAI positions is multiplied by 1 + this."),
+    train_mask: str = typer.Option("none", "--train-mask", help="Mask the background of training images: none, "
+                                   "hard (set to 0) or soft (times --train-mask-sigma); val/test stay unmasked."),
+    train_mask_sigma: Optional[float] = typer.Option(None, "--train-mask-sigma", help="--train-mask soft: factor."),
+    train_masks: Optional[Path] = typer.Option(None, "--train-masks",
+                                               help="Folder of foreground PNGs, one per image (engine index masks)."),
     freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
     unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone "
                                       "(with --feature-cache: from cached trunk outputs)."),
@@ -73,6 +78,8 @@ def train_command(
         use_lca=not no_lca, lca_readout=lca_readout, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
         affiliation=affiliation,
         same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
+        train_mask=train_mask, train_mask_sigma=train_mask_sigma,
+        train_masks=str(train_masks) if train_masks else None,
         par=par, par_ccs=par_ccs, par_ascs=par_ascs, par_top=par_top, par_strength=par_strength,
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,

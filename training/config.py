@@ -46,6 +46,12 @@ class TrainConfig:
     par_ascs: float = 0.7
     par_top: float = 0.2
     par_strength: float = 1.0
+    # background masks on the *training* images (the background-bias study's training with masks): "hard" sets
+    # background pixels to 0, "soft" multiplies them by train_mask_sigma; foreground = the PNGs in train_masks
+    # (`engine index masks`). Val and test images stay unmasked, so the epoch is chosen on ordinary images.
+    train_mask: str = "none"
+    train_mask_sigma: float | None = None
+    train_masks: str | None = None
     freeze_backbones: bool = True
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
     backbone_lr_scale: float = 1.0  # learning rate of trained backbone weights = learning_rate x this
@@ -84,6 +90,12 @@ class TrainConfig:
             (-1 <= self.par_ccs <= 1 and -1 <= self.par_ascs <= 1,
              "par_ccs / par_ascs (--par-ccs / --par-ascs) must be cosines in [-1, 1]"),
             (self.par_strength >= 0, "par_strength (--par-strength) must be >= 0"),
+            (self.train_mask in ("none", "hard", "soft"),
+             f"train_mask (--train-mask) must be none, hard or soft, got {self.train_mask!r}"),
+            (self.train_mask == "none" or self.train_masks is not None,
+             "--train-mask needs --train-masks, a folder of foreground PNGs (engine index masks)"),
+            (self.train_mask != "soft" or (self.train_mask_sigma is not None and 0 < self.train_mask_sigma < 1),
+             "--train-mask soft needs --train-mask-sigma strictly between 0 and 1"),
             (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),
@@ -121,7 +133,7 @@ class TrainConfig:
 
     # fields that must match between a checkpoint and the run that resumes it
     RESUME_FIXED = ("model", "use_vir", "use_lca", "lca_readout", "use_affiliation", "affiliation", "batch_size",
-                    "seed", "cached_views",
+                    "seed", "cached_views", "train_mask", "train_mask_sigma", "train_masks",
                     "freeze_backbones", "unfreeze_last")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
