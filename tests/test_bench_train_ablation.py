@@ -60,3 +60,24 @@ def test_aid_tail_variant_takes_its_instruction_weights_from_the_flag() -> None:
     assert train_ablation.variant_config(base, "g-tail1", 1, None).instruction_weights == "linear-probe.safetensors"
     with pytest.raises(SystemExit, match="--aid-tail-instruction"):
         train_ablation.variant_config(base, "m-aidtail1", 1, None)
+
+
+def test_issue19_variants_take_their_files_from_their_flags() -> None:
+    import pytest
+
+    from training.config import TrainConfig
+
+    base = TrainConfig(feature_cache="cache", instruction_weights="linear-probe.safetensors")
+    files = {train_ablation.SEPARATE_INSTRUCTION: Path("sep.safetensors"), train_ablation.TRAIN_MASKS: Path("m")}
+    separate = train_ablation.variant_config(base, "r-sepinstr", 1, None, files)
+    assert (separate.model, separate.instruction_weights) == ("offline-separate-instruction", "sep.safetensors")
+    masked = train_ablation.variant_config(base, "u-aidtail1-mask-soft", 1, Path("aid.safetensors"), files)
+    assert (masked.train_mask, masked.train_mask_sigma, masked.train_masks) == ("soft", 0.5, "m")
+    assert masked.instruction_weights == "aid.safetensors"
+    assert train_ablation.variant_config(base, "o-aidtail1-affpir", 1, Path("a"), files).affiliation == "pir"
+    assert train_ablation.variant_config(base, "p-aidtail1-lcamean", 1, Path("a"), files).lca_readout == "mean"
+    assert train_ablation.variant_config(base, "q-aidtail1-par", 1, Path("a"), files).par is True
+    with pytest.raises(SystemExit, match="--train-masks"):
+        train_ablation.variant_config(base, "v-aidtail1-mask-hard", 1, Path("a"), {})
+    with pytest.raises(SystemExit, match="--separate-instruction"):
+        train_ablation.variant_config(base, "r-sepinstr", 1, None, {})

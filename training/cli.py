@@ -107,6 +107,12 @@ def train_instruction_command(
                                             help="Learning rate of those stages, as a multiple of the classifier's."),
     feature_cache: Optional[Path] = typer.Option(None, "--feature-cache",
                                                  help="Folder for the cached trunk maps (--unfreeze-last)."),
+    train_backbone: bool = typer.Option(False, "--train-backbone",
+                                        help="Fine-tune every weight of the config's own instruction network "
+                                             "(PIR's AID-trained instruction; not for a shared backbone)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step of --train-backbone."),
+    learning_rate: float = typer.Option(1e-3, "--lr", help="Learning rate of the classifier (the backbone: "
+                                        "x --backbone-lr-scale)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Train the instruction encoder's scene classifier; reports held-out top-1 and writes its weights."""
@@ -115,7 +121,9 @@ def train_instruction_command(
 
     settings = InstructionTrainConfig(model=config, epochs=epochs, train_fraction=train_fraction, seed=seed,
                                       views=views, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
-                                      feature_cache=str(feature_cache) if feature_cache else None)
+                                      feature_cache=str(feature_cache) if feature_cache else None,
+                                      train_backbone=train_backbone, finetune_batch_size=batch_size,
+                                      learning_rate=learning_rate)
     report = train_instruction(load_dataset(data_dir), settings, out, show_progress=not quiet)
     typer.echo(f"held-out top-1 {report.test_top1 * 100:.2f}% on {report.test_images} images "
                f"({report.classes} classes); weights: {report.weights_path}")
