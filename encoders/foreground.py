@@ -1,8 +1,10 @@
 """Model-based foreground: where a trained PIR model looks, as a grid over the image's patch tokens.
 
 Two sources, both from VIR (the model's instruction-guided token filter):
-- ``vir-belief``: VIR's belief over the N patch tokens, softmax over [global, patches] of ⟨token, v_ins⟩ (the
-  score by which VIR keeps its r_k tokens), restricted to the patches;
+- ``vir-belief``: VIR's belief score of each of the N patch tokens, ⟨token, v_ins⟩ (the logit whose softmax over
+  [global, patches] is VIR's belief, by which it keeps its r_k tokens). The logit, not the softmax: on the
+  shipped model the logits of one image span 20–100, so the softmax is close to one-hot, and a threshold on it
+  kept 4 % of UCM's pixels (its single most believed patch); the logits order the patches the same way;
 - ``vir-attention``: the attention each patch receives in VIR's last self-attention (averaged over heads and
   queries), 0 for the patches VIR dropped.
 The grid (B, g, g) is scaled to [0, 1] per image; ``indexing.masking`` upsamples it to the image's pixels and
@@ -38,7 +40,10 @@ def patch_saliency(model, pixels: torch.Tensor, source: str) -> torch.Tensor:
         last.record = False
     selection = model.vir.last_selection
     if source == "vir-belief":
-        values = selection.belief[:, 1:]
+        with torch.no_grad():
+            projected = model.vision_proj(torch.cat([tokens.global_token[:, None], tokens.patch_tokens], dim=1))
+            instruction = model.vir.instruction_proj(tokens.instruction_feature)
+            values = torch.einsum("bnd,bd->bn", projected, instruction)[:, 1:]
     else:
         received = last.last_record.attention.mean(dim=1).sum(dim=1)  # (B, K): attention each kept token gets
         values = torch.zeros_like(selection.belief).scatter(1, selection.indices, received)[:, 1:]
