@@ -73,31 +73,32 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "n-aidtail1-lr3": ("as m-aidtail1, with the AID stage trained at lr ×0.3 instead of ×0.1 "
                        "(train-instruction --backbone-lr-scale 0.3)",
                        {**_TAIL1, "instruction_weights": AID_TAIL}),
-    # issue 19: the papers' own formulations, each on top of the shipped recipe m-aidtail1
-    "o-aidtail1-affpir": ("as m-aidtail1, with PIR's affiliation formula (--affiliation pir: raw class means per "
+    # issue 19: the papers' own formulations (f<item>-...), each on top of the shipped recipe m-aidtail1 unless
+    # it says otherwise; measured in their own block (--block model-faithful) beside a re-run of m-aidtail1
+    "f1-aff-pir": ("as m-aidtail1, with PIR's affiliation formula (--affiliation pir: raw class means per "
                           "sample, image centre vs all texts)",
                           {**_TAIL1, "instruction_weights": AID_TAIL, "affiliation": "pir"}),
-    "p-aidtail1-lcamean": ("as m-aidtail1, LCA read out by the masked mean over the caption (--lca-readout mean, "
+    "f2-lca-mean": ("as m-aidtail1, LCA read out by the masked mean over the caption (--lca-readout mean, "
                            "like the mean-pooled global token) instead of position 0",
                            {**_TAIL1, "instruction_weights": AID_TAIL, "lca_readout": "mean"}),
-    "q-aidtail1-par": ("as m-aidtail1, with PAR training (--par: VIR's last self-attention reinforced at the "
+    "f4-par": ("as m-aidtail1, with PAR training (--par: VIR's last self-attention reinforced at the "
                        "top-20% positions shared with a same-class reference; gates CCS, ASCS > 0.7)",
                        {**_TAIL1, "instruction_weights": AID_TAIL, "par": True}),
     # a separate instruction network (PIR's structure): its own EfficientNet-Lite0, fully trained on AID
     # (train-instruction --config offline-separate-instruction --train-backbone), pooled feature, frozen;
     # the vision side as in g-tail1 (ImageNet weights, last stage trained on UCM)
-    "r-sepinstr": ("as g-tail1, but VIR's instruction is a second EfficientNet-Lite0 fully trained on AID "
+    "f3-sep-instr": ("as g-tail1, but VIR's instruction is a second EfficientNet-Lite0 fully trained on AID "
                    "(pooled feature), not the shared pass's logits",
                    {**_TAIL1, "model": "offline-separate-instruction", "instruction_weights": SEPARATE_INSTRUCTION}),
-    "s-tail1-novir": ("as g-tail1 without VIR (no instruction at all): what VIR adds in r-sepinstr and g-tail1",
+    "f3-tail1-novir": ("as g-tail1 without VIR (no instruction at all): what VIR adds in f3-sep-instr and g-tail1",
                       {**_TAIL1, "use_vir": False}),
     # training with background masks (the background-bias study), foreground = the shipped model's VIR belief
     # (engine index masks --source vir-belief); val and test images unmasked
-    "u-aidtail1-mask-soft": ("as m-aidtail1, training images' background × 0.5 (soft mask; foreground = the "
+    "f5-mask-soft": ("as m-aidtail1, training images' background × 0.5 (soft mask; foreground = the "
                              "shipped model's VIR belief)",
                              {**_TAIL1, "instruction_weights": AID_TAIL, "train_mask": "soft",
                               "train_mask_sigma": 0.5, "train_masks": TRAIN_MASKS}),
-    "v-aidtail1-mask-hard": ("as m-aidtail1, training images' background set to 0 (hard mask; foreground = the "
+    "f5-mask-hard": ("as m-aidtail1, training images' background set to 0 (hard mask; foreground = the "
                              "shipped model's VIR belief)",
                              {**_TAIL1, "instruction_weights": AID_TAIL, "train_mask": "hard",
                               "train_masks": TRAIN_MASKS}),
@@ -240,9 +241,9 @@ def main() -> None:
     parser.add_argument("--aid-tail-instruction", type=Path, default=None,
                         help="instruction weights with an AID-trained backbone tail (variants m-, n-aidtail1*)")
     parser.add_argument("--separate-instruction", type=Path, default=None,
-                        help="weights of a separate, fully AID-trained instruction network (variant r-sepinstr)")
+                        help="weights of a separate, fully AID-trained instruction network (variant f3-sep-instr)")
     parser.add_argument("--train-masks", type=Path, default=None,
-                        help="foreground PNGs of the training images (variants u-, v-*-mask-*)")
+                        help="foreground PNGs of the training images (variants f5-mask-*)")
     args = parser.parse_args()
 
     import torch
