@@ -30,7 +30,7 @@ TEXT_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 DEFAULT_BATCH = 32
 
 
-def encode_masked(model, subset, mode: str, sigma: float | None, batch_size: int, device):
+def encode_masked(model, subset, mode: str, sigma: float | None, batch_size: int, device, masks: Path | None = None):
     """(n, D) embeddings of the split's images under one mask mode, via the indexing encoder path."""
     import numpy as np
 
@@ -40,7 +40,8 @@ def encode_masked(model, subset, mode: str, sigma: float | None, batch_size: int
     planned = [PlannedImage(image_id=image.image_id, source_id=image.image_id, path=image.path,
                             rel_path=image.relative_path(subset.root), split=image.split, label=image.label)
                for image in subset.images]
-    items = ImageItems(planned, model.image_transform(train=False), mask_options(mode, sigma, None))
+    items = ImageItems(planned, model.image_transform(train=False),
+                       mask_options(mode, sigma, masks if mode != "none" else None))
     parts = []
     for batch in image_loader(items, batch_size, 0, device):
         bad = [error for ok, error in zip(batch["ok"], batch["error"]) if not ok]
@@ -50,13 +51,13 @@ def encode_masked(model, subset, mode: str, sigma: float | None, batch_size: int
     return np.concatenate(parts)
 
 
-def measure(data: Path, split: str, checkpoint: str | None, batch_size: int) -> dict:
+def measure(data: Path, split: str, checkpoint: str | None, batch_size: int, masks: Path | None = None) -> dict:
     import numpy as np
     import torch
 
     import encoders
     from engine.data import load_dataset
-    from engine.evaluation.class_recall import CLASS_KS, class_recalls
+    from engine.evaluation.class_recall import CLASS_KS, class_recalls, per_class_recalls
     from engine.evaluation.metrics import retrieval_recalls
     from indexing.encode import encode_texts
 
@@ -82,14 +83,23 @@ def measure(data: Path, split: str, checkpoint: str | None, batch_size: int) -> 
     rows = []
     for name, mode, sigma in MODES:
         started = time.perf_counter()
-        images = encode_masked(model, subset, mode, sigma, batch_size, device)
+        images = encode_masked(model, subset, mode, sigma, batch_size, device, masks)
         rows.append({"mode": name, "mask": mode, "sigma": sigma,
                      "image_to_image": class_recalls(images, labels, CLASS_KS),
+                     "image_to_image_per_class": per_class_recalls(images, labels, CLASS_KS),
                      "text_image": retrieval_recalls(images, texts, owners),
                      "encode_seconds": round(time.perf_counter() - started, 2)})
         print(f"{name}: i2i R@1 {rows[-1]['image_to_image']['r1']:.2f}, mR {rows[-1]['text_image']['mR']:.2f}",
               flush=True)
+    foreground = None
+    if masks is not None and (masks / "masks.json").is_file():
+        import json
+
+        report = json.loads((masks / "masks.json").read_text())
+        foreground = {"source": report.get("source"), "per_class": report.get("per_class_foreground", {}),
+                      "mean": report.get("mean_foreground")}
     return {"rows": rows, "model": {"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
+            "masks": {"folder": str(masks) if masks else None, "foreground": foreground},
             "data": {"root": str(data), "split": split, "images": len(subset.images),
                      "captions": len(subset.captions), "classes": len(set(labels))}}
 
@@ -109,21 +119,54 @@ def render(result: dict) -> str:
                "T→I R@1", "T→I R@5", "T→I R@10", "mR"]
     table = [[row["mode"], *(f"{row['image_to_image'][f'r{k}']:.2f}" for k in (1, 2, 4, 8)),
               *(f"{row['text_image'][key]:.2f}" for key in TEXT_KEYS)] for row in result["rows"]]
+    masks = result.get("masks") or {}
+    foreground = masks.get("foreground") or {}
+    if masks.get("folder"):
+        where = (f"The foreground is read from the mask files in `{masks['folder']}` (source "
+                 f"`{foreground.get('source', '?')}`, `engine index masks`)")
+        if foreground.get("mean") is not None:
+            where += f", which keep {foreground['mean'] * 100:.1f}% of the pixels on average"
+        where += "; "
+    else:
+        where = ("UCM has no foreground masks, so the foreground is the built-in colour-contrast estimate of "
+                 "`indexing.masking` (the same for every model); ")
     return "\n".join([
-        "## Background masking", "",
+        f"## {result.get('title', 'Background masking')}", "",
         f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit']}`.",
         f"Command: `{meta['command']}`", "",
         f"Data: {data['root']}, {data['split']} split ({data['images']} images, {data['captions']} captions, "
         f"{data['classes']} classes). Model: `{result['model']['spec']}` (fingerprint "
-        f"`{result['model']['fingerprint'][:16]}`). UCM has no foreground masks, so the foreground is the built-in "
-        "colour-contrast estimate of `indexing.masking` (the same for every model); background pixels are set to 0 "
+        f"`{result['model']['fingerprint'][:16]}`). " + where + "background pixels are set to 0 "
         "(hard) or multiplied by σ (soft) before the model's transform. Captions are not masked.",
         "image→image (i2i): every test image queries the other test images, a hit is an image of the same class "
         "within the top K (the background-bias paper's protocol); text↔image: PIR's protocol, exact search.", "",
         markdown_table(headers, table), "",
-        "![Recall@K by masking mode](img/ablation-masking.png)", "",
-        "Side by side from the result files: `engine eval --compare docs/results/masking/*.json --plot out.png`.",
-        ""])
+        f"![Recall@K by masking mode]({result.get('plot', 'img/ablation-masking.png')})", "",
+        f"Side by side from the result files: `engine eval --compare {result.get('results', 'docs/results/masking')}"
+        "/*.json --plot out.png`.", "", *per_class_table(result), ""])
+
+
+def per_class_table(result: dict) -> list[str]:
+    """Image→image R@1 per class under each mask (the study's background-reliance diagnosis)."""
+    rows = [row for row in result["rows"] if "image_to_image_per_class" in row]
+    if not rows:
+        return []
+    shares = ((result.get("masks") or {}).get("foreground") or {}).get("per_class") or {}
+    headers = ["class", *(["foreground kept"] if shares else []), *(f"i2i R@1 {row['mode']}" for row in rows)]
+    table = []
+    for name in rows[0]["image_to_image_per_class"]:
+        cells = [name, *([f"{shares[name] * 100:.0f}%" if name in shares else "—"] if shares else [])]
+        cells += [f"{row['image_to_image_per_class'][name]['r1']:.0f}" for row in rows]
+        table.append(cells)
+    return ["Per class (image→image R@1, % of that class's test queries; a class that gains under a mask was "
+            "confused by its background, one that loses was recognised by it):", "", markdown_table(headers, table)]
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main() -> int:
@@ -138,6 +181,10 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "masking",
                         help="folder for one `engine eval` result JSON per mode")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "ablation-masking.png")
+    parser.add_argument("--masks", type=Path, default=None,
+                        help="folder of foreground PNGs (engine index masks) instead of the built-in estimate")
+    parser.add_argument("--block", default="masking", help="block of --docs to rewrite")
+    parser.add_argument("--title", default="Background masking", help="heading of the block")
     args = parser.parse_args()
 
     import torch
@@ -145,14 +192,16 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = measure(args.data, args.split, args.checkpoint, args.batch_size)
+        result = measure(args.data, args.split, args.checkpoint, args.batch_size, args.masks)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result["meta"] = run_meta(REPO)
+    result.update(title=args.title, plot=_relative(args.plot, args.docs.parent),
+                  results=_relative(args.results, REPO))
     write_json_atomically(args.out, result)
     write_comparison(result, args.results, args.plot)
-    update_page(args.docs, "masking", render(result))
+    update_page(args.docs, args.block, render(result))
     print(render(result))
     return 0
 

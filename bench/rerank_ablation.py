@@ -29,9 +29,9 @@ from bench.docs_blocks import markdown_table, update_page  # noqa: E402
 from bench.machine import run_meta, write_json_atomically  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 
-# (row label, reranker, RerankOptions overrides). PAR's paper gates (0.7) are also run at 0.5: see the docs.
-VARIANTS = (("none", "none", {}), ("aas", "aas", {}), ("par", "par", {}),
-            ("par, gates 0.5", "par", {"par_ccs": 0.5, "par_ascs": 0.5}))
+# (row label, reranker, RerankOptions overrides). par-bonus with PAR's paper gates (0.7), and at 0.5: see the docs.
+VARIANTS = (("none", "none", {}), ("aas", "aas", {}), ("par-bonus", "par-bonus", {}),
+            ("par-bonus, gates 0.5", "par-bonus", {"par_ccs": 0.5, "par_ascs": 0.5}))
 KS = (1, 5, 10)
 
 
@@ -96,7 +96,7 @@ def measure(index_dir: Path, data: Path, split: str, checkpoint: str | None, dep
                            t2i_images_encoded_first_pass=cold.images_encoded,
                            t2i_latency_warm=latency_summary(warm.latencies_ms),
                            i2i_latency=latency_summary(images.latencies_ms), notes=cold.notes + images.notes)
-                if method == "par":
+                if method == "par-bonus":
                     row["par_gate_pass"] = {
                         "t2i": warm.gated / max(warm.gate_candidates, 1),
                         "i2i": images.gated / max(images.gate_candidates, 1)}
@@ -127,7 +127,7 @@ def _gates(row: dict) -> str:
 def render(result: dict) -> str:
     meta, data, index = result["meta"], result["data"], result["index"]
     headers = ["rerank", "T→I R@1", "T→I R@5", "T→I R@10", "mR", "I→I R@1", "I→I R@5", "I→I R@10",
-               "T→I first pass ms p50/p95", "T→I warm ms p50/p95", "I→I ms p50/p95", "PAR gate pass T→I / I→I"]
+               "T→I first pass ms p50/p95", "T→I warm ms p50/p95", "I→I ms p50/p95", "par-bonus gate pass T→I / I→I"]
     table = [[row["method"], *(f"{row['text_image'][f't2i_r{k}']:.2f}" for k in KS), f"{row['text_image']['mR']:.2f}",
               *(f"{row['image_to_image'][f'i2i_r{k}']:.2f}" for k in KS), _ms(row.get("t2i_latency_first_pass")),
               _ms(row.get("t2i_latency_warm")), _ms(row.get("i2i_latency")), _gates(row)] for row in result["rows"]]
@@ -143,7 +143,7 @@ def render(result: dict) -> str:
         f"{result['depth']} deep; the rerankers rescore those {result['depth']} (engine query defaults, "
         "docs/query.md). Image→image: each image queries the other images, hit = same class. mR includes "
         "image→text, which reranking does not change. Latency: the rerank step alone, per query, in ms; the first "
-        "text pass fills the attention cache, the warm pass reads it. PAR gate pass: the share of (query, "
+        "text pass fills the attention cache, the warm pass reads it. par-bonus gate pass: the share of (query, "
         "candidate) pairs whose CCS and ASCS both exceed the gates (for text queries the references are the top "
         f"{result['rerank_options']['prf_references']} first-stage images, which pass against themselves).", "",
         markdown_table(headers, table), ""])

@@ -30,8 +30,12 @@ from bench.ablation_results import write_ablation_results  # noqa: E402
 from bench.docs_blocks import update_page  # noqa: E402
 from bench.machine import write_json_atomically  # noqa: E402
 
-# stands for the --aid-tail-instruction file in a variant's overrides
+# stand for the files given by flags in a variant's overrides
 AID_TAIL = "<--aid-tail-instruction>"
+SEPARATE_INSTRUCTION = "<--separate-instruction>"
+TRAIN_MASKS = "<--train-masks>"
+PLACEHOLDER_FLAGS = {AID_TAIL: "--aid-tail-instruction", SEPARATE_INSTRUCTION: "--separate-instruction",
+                     TRAIN_MASKS: "--train-masks"}
 # full PIR with the last backbone stage/layer trained from a trunk cache (the g/m/n rows)
 _TAIL1 = {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1, "backbone_lr_scale": 0.1}
 # name -> (description, TrainConfig overrides)
@@ -69,20 +73,53 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "n-aidtail1-lr3": ("as m-aidtail1, with the AID stage trained at lr ×0.3 instead of ×0.1 "
                        "(train-instruction --backbone-lr-scale 0.3)",
                        {**_TAIL1, "instruction_weights": AID_TAIL}),
+    # issue 19: the papers' own formulations (f<item>-...), each on top of the shipped recipe m-aidtail1 unless
+    # it says otherwise; measured in their own block (--block model-faithful) beside a re-run of m-aidtail1
+    "f1-aff-pir": ("as m-aidtail1, with PIR's affiliation formula (--affiliation pir: raw class means per "
+                          "sample, image centre vs all texts)",
+                          {**_TAIL1, "instruction_weights": AID_TAIL, "affiliation": "pir"}),
+    "f2-lca-mean": ("as m-aidtail1, LCA read out by the masked mean over the caption (--lca-readout mean, "
+                           "like the mean-pooled global token) instead of position 0",
+                           {**_TAIL1, "instruction_weights": AID_TAIL, "lca_readout": "mean"}),
+    "f4-par": ("as m-aidtail1, with PAR training (--par: VIR's last self-attention reinforced at the "
+                       "top-20% positions shared with a same-class reference; gates CCS, ASCS > 0.7)",
+                       {**_TAIL1, "instruction_weights": AID_TAIL, "par": True}),
+    # a separate instruction network (PIR's structure): its own EfficientNet-Lite0, fully trained on AID
+    # (train-instruction --config offline-separate-instruction --train-backbone), pooled feature, frozen;
+    # the vision side as in g-tail1 (ImageNet weights, last stage trained on UCM)
+    "f3-sep-instr": ("as g-tail1, but VIR's instruction is a second EfficientNet-Lite0 fully trained on AID "
+                   "(pooled feature), not the shared pass's logits",
+                   {**_TAIL1, "model": "offline-separate-instruction", "instruction_weights": SEPARATE_INSTRUCTION}),
+    "f3-tail1-novir": ("as g-tail1 without VIR (no instruction at all): what VIR adds in f3-sep-instr and g-tail1",
+                      {**_TAIL1, "use_vir": False}),
+    # training with background masks (the background-bias study), foreground = the shipped model's VIR belief
+    # (engine index masks --source vir-belief); val and test images unmasked
+    "f5-mask-soft": ("as m-aidtail1, training images' background × 0.5 (soft mask; foreground = the "
+                             "shipped model's VIR belief)",
+                             {**_TAIL1, "instruction_weights": AID_TAIL, "train_mask": "soft",
+                              "train_mask_sigma": 0.5, "train_masks": TRAIN_MASKS}),
+    "f5-mask-hard": ("as m-aidtail1, training images' background set to 0 (hard mask; foreground = the "
+                             "shipped model's VIR belief)",
+                             {**_TAIL1, "instruction_weights": AID_TAIL, "train_mask": "hard",
+                              "train_masks": TRAIN_MASKS}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 
 
-def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None):
-    """The TrainConfig of one (variant, seed) run; a variant that needs the AID-tail instruction weights gets
-    the --aid-tail-instruction file (and cannot run without it)."""
+def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None,
+                   files: dict[str, Path | None] | None = None):
+    """The TrainConfig of one (variant, seed) run; a variant whose overrides name a placeholder gets the file of
+    that flag (``files``: placeholder -> path; --aid-tail-instruction also as its own argument) and cannot run
+    without it."""
+    given = {AID_TAIL: aid_tail_instruction, **(files or {})}
     overrides = dict(VARIANTS[name][1])
-    if overrides.get("instruction_weights") == AID_TAIL:
-        if aid_tail_instruction is None:
-            raise SystemExit(f"variant {name} needs --aid-tail-instruction (from `engine train-instruction "
-                             "--unfreeze-last 1`)")
-        overrides["instruction_weights"] = str(aid_tail_instruction)
+    for key, value in list(overrides.items()):
+        if value in PLACEHOLDER_FLAGS:
+            if given.get(value) is None:
+                raise SystemExit(f"variant {name} needs {PLACEHOLDER_FLAGS[value]} (see the variant's comment in "
+                                 "bench/train_ablation.py)")
+            overrides[key] = str(given[value])
     return dataclasses.replace(base, seed=seed, **overrides)
 
 
@@ -105,7 +142,7 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     train_pairs = build_pairs(dataset, "train")
     test_pairs = build_pairs(dataset, "test", class_names=train_pairs.class_names)
     features = _cached_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
-                                DistInfo())
+                                DistInfo())  # unmasked: training masks apply to training images only
     test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
                            tail=config.unfreeze_last)
     return {"variant": name, "seed": config.seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
@@ -203,6 +240,10 @@ def main() -> None:
     parser.add_argument("--block", default="model", help="block of --docs to rewrite")
     parser.add_argument("--aid-tail-instruction", type=Path, default=None,
                         help="instruction weights with an AID-trained backbone tail (variants m-, n-aidtail1*)")
+    parser.add_argument("--separate-instruction", type=Path, default=None,
+                        help="weights of a separate, fully AID-trained instruction network (variant f3-sep-instr)")
+    parser.add_argument("--train-masks", type=Path, default=None,
+                        help="foreground PNGs of the training images (variants f5-mask-*)")
     args = parser.parse_args()
 
     import torch
@@ -224,7 +265,8 @@ def main() -> None:
         for seed in args.seeds:
             if (name, seed) in done:
                 continue
-            config = variant_config(base, name, seed, args.aid_tail_instruction)
+            config = variant_config(base, name, seed, args.aid_tail_instruction,
+                                    {SEPARATE_INSTRUCTION: args.separate_instruction, TRAIN_MASKS: args.train_masks})
             run = run_variant(dataset, config, name, args.out / f"{name}-seed{seed}")
             run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)

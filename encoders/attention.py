@@ -9,6 +9,7 @@ embedding depend on the longest caption in its batch).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.record = False
         self.last_record: AttentionRecord | None = None
+        # set by PAR training (encoders/par.py) for one call: post-softmax map (B, h, Lq, Lk) -> reinforced map
+        self.reinforce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(
         self, queries: torch.Tensor, keys_values: torch.Tensor, key_mask: torch.Tensor | None = None
@@ -56,6 +59,8 @@ class MultiHeadAttention(nn.Module):
             mask = key_mask.bool()
             scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
         attention = scores.softmax(dim=-1)
+        if self.reinforce is not None:
+            attention = self.reinforce(attention)
         if self.record:
             self.last_record = AttentionRecord(q.detach(), k.detach(), v.detach(), attention.detach(), mask)
         mixed = self.dropout(attention) @ v

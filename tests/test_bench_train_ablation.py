@@ -60,3 +60,24 @@ def test_aid_tail_variant_takes_its_instruction_weights_from_the_flag() -> None:
     assert train_ablation.variant_config(base, "g-tail1", 1, None).instruction_weights == "linear-probe.safetensors"
     with pytest.raises(SystemExit, match="--aid-tail-instruction"):
         train_ablation.variant_config(base, "m-aidtail1", 1, None)
+
+
+def test_issue19_variants_take_their_files_from_their_flags() -> None:
+    import pytest
+
+    from training.config import TrainConfig
+
+    base = TrainConfig(feature_cache="cache", instruction_weights="linear-probe.safetensors")
+    files = {train_ablation.SEPARATE_INSTRUCTION: Path("sep.safetensors"), train_ablation.TRAIN_MASKS: Path("m")}
+    separate = train_ablation.variant_config(base, "f3-sep-instr", 1, None, files)
+    assert (separate.model, separate.instruction_weights) == ("offline-separate-instruction", "sep.safetensors")
+    masked = train_ablation.variant_config(base, "f5-mask-soft", 1, Path("aid.safetensors"), files)
+    assert (masked.train_mask, masked.train_mask_sigma, masked.train_masks) == ("soft", 0.5, "m")
+    assert masked.instruction_weights == "aid.safetensors"
+    assert train_ablation.variant_config(base, "f1-aff-pir", 1, Path("a"), files).affiliation == "pir"
+    assert train_ablation.variant_config(base, "f2-lca-mean", 1, Path("a"), files).lca_readout == "mean"
+    assert train_ablation.variant_config(base, "f4-par", 1, Path("a"), files).par is True
+    with pytest.raises(SystemExit, match="--train-masks"):
+        train_ablation.variant_config(base, "f5-mask-hard", 1, Path("a"), {})
+    with pytest.raises(SystemExit, match="--separate-instruction"):
+        train_ablation.variant_config(base, "f3-sep-instr", 1, None, {})

@@ -93,7 +93,7 @@ def test_rerank_runs_and_records_latency(setup) -> None:
     assert latency["count"] == 40 and 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["max_ms"]
     assert rerank["images_encoded"] == 20 and rerank["queries_filling_cache"] >= 1  # depth 20 = the whole split
     assert (setup["flat"] / "attention").is_dir()  # the query engine's cache was used, not a private copy
-    par = _eval(setup, "par.json", "--index", str(setup["flat"]), "--rerank", "par")
+    par = _eval(setup, "par.json", "--index", str(setup["flat"]), "--rerank", "par-bonus")
     assert par["search"]["rerank"]["images_encoded"] == 0  # warm: every feature came from the cache
     assert par["search"]["rerank"]["latency_warm_queries"]["count"] == 40
 
@@ -196,14 +196,18 @@ def test_ablation_scripts_write_json_and_only_their_docs_block(setup, tmp_path, 
     assert _run_script("rerank_ablation", [*common, "--index", str(setup["flat"]), "--rerank-depth", "20",
                                            "--out", str(tmp_path / "rerank.json")], monkeypatch) == 0
     rerank = json.loads((tmp_path / "rerank.json").read_text())
-    assert [row["method"] for row in rerank["rows"]] == ["none", "aas", "par", "par, gates 0.5"]
+    assert [row["method"] for row in rerank["rows"]] == ["none", "aas", "par-bonus", "par-bonus, gates 0.5"]
     assert all(0 <= share <= 1 for row in rerank["rows"][2:] for share in row["par_gate_pass"].values())
     for row in rerank["rows"][1:]:
         assert row["t2i_images_encoded_first_pass"] == 20  # the cache was emptied before each reranker
         assert row["t2i_latency_warm"]["count"] == 40 and row["i2i_latency"]["count"] == 20
     text = page.read_text()
     assert "kept as is" in text and "<!-- BEGIN masking -->" in text and "<!-- BEGIN rerank -->" in text
-    assert "| hard |" in text and "| par |" in text
+    assert "| hard |" in text and "| par-bonus |" in text
+    per_class = masking["rows"][-1]["image_to_image_per_class"]  # per-class R@K of the study's diagnosis
+    assert len(per_class) == masking["data"]["classes"] and set(per_class) <= set(CLASSES)
+    assert all(set(recalls) == {"r1", "r2", "r4", "r8"} for recalls in per_class.values())
+    assert "Per class (image→image R@1" in text
 
 
 def test_masking_script_without_a_shipped_model_says_so(setup, tmp_path, monkeypatch, capsys) -> None:

@@ -76,7 +76,7 @@ def test_image_query_finds_itself_and_captions_target(built, capsys) -> None:
     assert len(captions["results"]) == 4 and all("caption_id" in hit for hit in captions["results"])
 
 
-@pytest.mark.parametrize("method", ["aas", "par"])
+@pytest.mark.parametrize("method", ["aas", "par-bonus"])
 def test_rerankers_run_and_cache_attention_features(built, capsys, method: str) -> None:
     image = built[2] / "images" / "tile_002.png"
     result = as_json(built, capsys, "--image", str(image), "-k", "4", "--rerank", method, "--rerank-depth", "8")
@@ -112,6 +112,7 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
     (["tile", "--where", "no_such_column = 1"], ["--where", "no_such_column"]),
     (["tile", "--where", "split = 'a'; DROP VIEW images"], ["no ';'"]),
     (["tile", "--rerank", "magic"], ["--rerank"]),
+    (["tile", "--rerank", "par"], ["--rerank par-bonus", "engine train --par"]),
     (["--image", "/nonexistent/x.png"], ["/nonexistent/x.png"]),
 ])
 def test_bad_input_is_one_error_line(built, capsys, argv: list[str], fragments: list[str]) -> None:

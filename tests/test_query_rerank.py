@@ -49,13 +49,58 @@ def test_identical_image_scores_highest_and_one() -> None:
     assert int(np.argmax(scores)) == 0 and (scores[1:] < 0.99).all()
 
 
-def test_aas_is_symmetric() -> None:
+def _naive_attend(query, key, value):
+    """(h, Nq, d), (h, Nk, d) -> (h, Nq, d): per head and query row, from softmax(q·k/√d) weights."""
+    heads, rows, width = query.shape
+    out = np.zeros((heads, rows, value.shape[-1]))
+    for head in range(heads):
+        for row in range(rows):
+            logits = np.array([query[head, row] @ key[head, col] for col in range(key.shape[1])]) / np.sqrt(width)
+            weights = np.exp(logits - logits.max())
+            out[head, row] = (weights / weights.sum()) @ value[head]
+    return out
+
+
+def _naive_aas_one_way(a, b):
+    """DiffSim AAS(A, B) = cos(attn(Q_A, K_A, V_A), attn(Q_A, K_B, V_B)), flattened over heads and tokens."""
+    own = _naive_attend(a[0][0], a[1][0], a[2][0]).ravel()
+    read = _naive_attend(a[0][0], b[1][0], b[2][0]).ravel()
+    return float(own @ read / (np.linalg.norm(own) * np.linalg.norm(read)))
+
+
+def test_aas_matches_the_naive_formula_in_both_directions() -> None:
+    """score = ½(AAS(A, B) + AAS(B, A)); the inputs make the two directions differ, so an implementation that
+    computed only one of them, or read B's queries where A's belong, fails."""
     rng = np.random.default_rng(2)
-    first, second = features(*random_qkv(rng)), features(*random_qkv(rng))
-    assert aas_scores(first, second)[0] == pytest.approx(aas_scores(second, first)[0], abs=1e-6)
+    first, second = random_qkv(rng), random_qkv(rng)
+    forward, backward = _naive_aas_one_way(first, second), _naive_aas_one_way(second, first)
+    assert abs(forward - backward) > 0.01
+    expected = 0.5 * (forward + backward)
+    assert aas_scores(features(*first), features(*second))[0] == pytest.approx(expected, abs=1e-5)
+    assert aas_scores(features(*second), features(*first))[0] == pytest.approx(expected, abs=1e-5)
 
 
-def test_shuffled_patches_score_lower_than_the_original_under_the_tiny_model() -> None:
+def test_aas_reads_the_other_images_keys_as_a_set() -> None:
+    """The same tokens in another order: A's queries read B's keys and values jointly, so nothing changes and
+    AAS is 1. A position-by-position comparison of the two images' own attention outputs (the usual mistake)
+    gives far less on the same input."""
+    rng = np.random.default_rng(6)
+    query, key, value = random_qkv(rng)
+    order = rng.permutation(TOKENS)
+    permuted = tuple(part[:, :, order] for part in (query, key, value))
+    other = random_qkv(rng)
+    candidates = features(*(np.concatenate([p, o]) for p, o in zip(permuted, other)))
+    scores = aas_scores(features(query, key, value), candidates)
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert scores[1] < 0.99
+    own, theirs = attend(query, key, value), attend(*permuted)
+    positionwise = float((own * theirs).sum() / (np.linalg.norm(own) * np.linalg.norm(theirs)))
+    assert positionwise < 0.9
+
+
+def test_aas_runs_on_the_tiny_models_real_features() -> None:
+    """extract_features + aas_scores end to end: an image against itself scores 1 (float16 storage), and the
+    score of two different images equals the naive formula on the stored Q/K/V."""
     import torch
 
     import encoders
@@ -65,18 +110,16 @@ def test_shuffled_patches_score_lower_than_the_original_under_the_tiny_model() -
     torch.manual_seed(0)
     model = encoders.create_model("tiny-test").eval()
     transform = model.image_transform(train=False)
-    original = np.asarray(structured_image(3, side=96))
-    tiles = [original[r:r + 32, c:c + 32] for r in range(0, 96, 32) for c in range(0, 96, 32)]
-    order = np.random.default_rng(0).permutation(len(tiles))
-    rows = [np.concatenate([tiles[order[r * 3 + c]] for c in range(3)], axis=1) for r in range(3)]
-    shuffled = np.concatenate(rows, axis=0)
-    from PIL import Image
-
-    pixels = torch.stack([transform(Image.fromarray(array)) for array in (original, original, shuffled)])
-    batch = extract_features(model, pixels, layer=-1)
+    pixels = torch.stack([transform(structured_image(seed, side=96)) for seed in (3, 3, 4)])
+    batch = extract_features(model, pixels, layer=-1).as_float32()
     scores = aas_scores(batch.take([0]), batch.take([1, 2]))
-    assert scores[0] == pytest.approx(1.0, abs=1e-3)  # float16 storage
-    assert scores[1] < scores[0]  # random weights: a small but strict drop
+    assert scores[0] == pytest.approx(1.0, abs=1e-3)
+
+    def parts(row: int):
+        return tuple(getattr(batch, name)[[row]].astype(np.float64) for name in ("query", "key", "value"))
+
+    expected = 0.5 * (_naive_aas_one_way(parts(0), parts(2)) + _naive_aas_one_way(parts(2), parts(0)))
+    assert scores[1] == pytest.approx(expected, abs=1e-4)
 
 
 def one_map(hot: list[int], positions: int = 10) -> np.ndarray:

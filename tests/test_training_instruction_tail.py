@@ -125,3 +125,29 @@ def test_cli_refuses_a_tail_longer_than_the_backbone(tmp_path, capsys):
     assert code != 0
     assert "--unfreeze-last 99" in capsys.readouterr().err
     assert not (tmp_path / "out" / "instruction.safetensors").exists()
+
+
+def test_train_backbone_fine_tunes_the_whole_own_instruction_network(tmp_path, capsys):
+    """--train-backbone: every stage of the instruction's own backbone changes (not only the tail), the saved
+    weights rebuild that network inside a retrieval model, and a shared-backbone config is refused."""
+    folder = write_scene_folders(tmp_path / "aid", per_class=5)
+    torch.manual_seed(0)
+    config = load_config("tiny-test")
+    fresh = encoders.create_model(config).instruction.backbone.state_dict()
+    args = ["train-instruction", str(folder), "--config", "tiny-test", "--out", str(tmp_path / "out"),
+            "--epochs", "2", "--views", "4", "--train-backbone", "--batch-size", "4", "--quiet"]
+    assert engine_main(args) == 0, capsys.readouterr().err
+    assert "held-out top-1" in capsys.readouterr().out
+    stored = load_file(str(tmp_path / "out" / "instruction.safetensors"))
+    stems = [key for key in stored if key.startswith("backbone.conv_stem.")]
+    assert stems and all(not torch.equal(stored[key], fresh[key.removeprefix("backbone.")]) for key in stems)
+    assert any(key.startswith("backbone.blocks.0.") for key in stored)
+    model = encoders.create_model(config.replace(instruction=dataclasses.replace(
+        config.instruction, num_classes=len(CLASSES), weights=str(tmp_path / "out" / "instruction.safetensors"))))
+    own = model.instruction.backbone.state_dict()
+    assert all(torch.equal(own[key.removeprefix("backbone.")], value) for key, value in stored.items()
+               if key.startswith("backbone."))
+    assert not model.instruction.training and not any(p.requires_grad for p in model.instruction.parameters())
+    shared = ["train-instruction", str(folder), "--config", str(_tiny_shared_config(tmp_path)), "--out",
+              str(tmp_path / "bad"), "--train-backbone", "--quiet"]
+    assert engine_main(shared) == 2 and "shares the vision backbone" in capsys.readouterr().err

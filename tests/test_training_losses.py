@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import training  # noqa: F401  (torchvision shim)
-from training.losses import LearnableTemperature, PIRLoss, affiliation, soft_infonce
+from training.losses import (AFFILIATION_KINDS, LearnableTemperature, PIRLoss, affiliation, pir_affiliation,
+                             soft_infonce)
 from training.schedule import warmup_linear_factor
 
 
@@ -63,15 +64,25 @@ def test_soft_infonce_matches_naive_loop(seed):
     assert got == pytest.approx(_naive_infonce(images, texts, ids, float(scale)), rel=1e-9)
 
 
+def _diagonal_clip(images, texts, scale):
+    logits = scale * images @ texts.t()
+    targets = torch.arange(len(images))
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
 def test_soft_infonce_treats_all_captions_of_an_image_alike():
-    """Swapping two captions of the same image between its rows leaves the loss unchanged."""
-    images, texts, _, _ = _batch(7, size=4)
-    ids = torch.tensor([0, 0, 1, 2])
-    images = images[[0, 0, 2, 3]]  # rows 0 and 1 are the same image with two different captions
+    """Two pairs of one image carry different views (different image embeddings) and different captions: which
+    view came with which caption must not matter, because each view's positives are both captions and each
+    caption's positives are both views. Plain diagonal CLIP fails this (it makes the other pair a negative)."""
+    images, texts, _, _ = _batch(7, size=6)
+    ids = torch.tensor([0, 0, 1, 2, 3, 3])  # rows 0, 1 and rows 4, 5: two views + two captions of one image
     scale = torch.tensor(10.0, dtype=torch.float64)
-    swapped = texts[[1, 0, 2, 3]]
-    assert soft_infonce(images, swapped, ids, scale).item() == pytest.approx(
-        soft_infonce(images, texts, ids, scale).item(), rel=1e-12)
+    swapped = images[[1, 0, 2, 3, 4, 5]]
+    loss, loss_swapped = soft_infonce(images, texts, ids, scale), soft_infonce(swapped, texts, ids, scale)
+    assert loss.item() == pytest.approx(loss_swapped.item(), rel=1e-12)
+    # the swap is a discriminating input: the diagonal loss moves by far more than rounding
+    assert abs(_diagonal_clip(images, texts, scale) - _diagonal_clip(swapped, texts, scale)).item() > 1e-3
+    assert loss.item() == pytest.approx(_naive_infonce(images, texts, ids, 10.0), rel=1e-9)
 
 
 def test_soft_infonce_without_duplicates_is_the_clip_loss():
@@ -88,6 +99,76 @@ def test_affiliation_matches_naive_loop(seed):
     scale = torch.tensor(1 / 0.07, dtype=torch.float64)
     got = affiliation(images, texts, classes, scale).item()
     assert got == pytest.approx(_naive_affiliation(images, texts, classes, float(scale)), rel=1e-9)
+
+
+def _naive_pir_affiliation(images, texts, classes, scale):
+    """PIR's affiliation loss written from its formula, one sample at a time."""
+    size = len(classes)
+    def centre(vectors, row):  # raw mean over the samples of row's class (no normalisation)
+        members = [vectors[j] for j in range(size) if classes[j] == classes[row]]
+        return sum(members) / len(members)
+    text_centres = [centre(texts, k) for k in range(size)]
+    image_centres = [centre(images, k) for k in range(size)]
+    image_side = centre_side = 0.0
+    for i in range(size):
+        logits = [scale * float(images[i] @ text_centres[k]) for k in range(size)]
+        image_side += -(logits[i] - math.log(sum(math.exp(v) for v in logits)))
+        logits = [scale * float(image_centres[i] @ texts[k]) for k in range(size)]
+        centre_side += -(logits[i] - math.log(sum(math.exp(v) for v in logits)))
+    return 0.5 * (image_side + centre_side) / size
+
+
+@pytest.mark.parametrize("seed", [0, 3, 9])
+def test_pir_affiliation_matches_naive_loop(seed):
+    images, texts, _, classes = _batch(seed, size=14)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    got = pir_affiliation(images, texts, classes, scale).item()
+    assert got == pytest.approx(_naive_pir_affiliation(images, texts, classes, float(scale)), rel=1e-9)
+    # the two formulas are different losses on the same batch
+    assert not math.isclose(got, affiliation(images, texts, classes, scale).item(), rel_tol=1e-3)
+
+
+def test_pir_affiliation_has_the_class_frequency_floor_and_the_prototype_loss_does_not():
+    """Perfectly clustered embeddings: PIR's loss tends to the mean log class count (its target is one of n_c
+    identical centres), the prototype loss to 0."""
+    classes = torch.tensor([0, 0, 0, 1, 2, 2])
+    axes = torch.eye(3, dtype=torch.float64)
+    images = texts = axes[classes]
+    scale = torch.tensor(100.0, dtype=torch.float64)
+    counts = torch.tensor([3.0, 3.0, 3.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    assert pir_affiliation(images, texts, classes, scale).item() == pytest.approx(counts.log().mean().item(), abs=1e-6)
+    assert affiliation(images, texts, classes, scale).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", [affiliation, pir_affiliation])
+def test_affiliation_ignores_unlabelled_rows(loss):
+    images, texts, _, classes = _batch(4, size=10)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    marked = classes.clone()
+    marked[[2, 7]] = -1
+    keep = marked >= 0
+    assert loss(images, texts, marked, scale).item() == pytest.approx(
+        loss(images[keep], texts[keep], classes[keep], scale).item(), rel=1e-12)
+    none = torch.full_like(classes, -1)
+    assert loss(images, texts, none, scale).item() == 0.0
+
+
+def test_pir_loss_uses_the_chosen_affiliation():
+    images, texts, ids, classes = _batch(6)
+    for kind, formula in (("pir", _naive_pir_affiliation), ("prototype", _naive_affiliation)):
+        parts = PIRLoss(affiliation_kind=kind)(images.float(), texts.float(), ids, classes)
+        assert parts.affiliation.item() == pytest.approx(formula(images, texts, classes, 1 / 0.07), rel=1e-4)
+    with pytest.raises(ValueError, match="affiliation kind"):
+        PIRLoss(affiliation_kind="centre")
+
+
+def test_train_config_knows_every_affiliation_kind():
+    from training.config import AFFILIATIONS, TrainConfig
+    from engine.errors import ConfigError
+
+    assert tuple(AFFILIATIONS) == tuple(AFFILIATION_KINDS)
+    with pytest.raises(ConfigError, match="--affiliation"):
+        TrainConfig(affiliation="centre")
 
 
 def test_pir_loss_combines_parts_and_has_gradients():

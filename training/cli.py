@@ -25,13 +25,31 @@ def train_command(
     seed: int = typer.Option(42, "--seed"),
     no_vir: bool = typer.Option(False, "--no-vir", help="Switch the VIR / Spatial-PAE image head off."),
     no_lca: bool = typer.Option(False, "--no-lca", help="Switch the LCA text head off."),
+    lca_readout: Optional[str] = typer.Option(None, "--lca-readout",
+                                              help="LCA's text readout: first (position 0, PIR) or mean (masked mean "
+                                                   "over the caption); default: the model config's."),
     no_affiliation: bool = typer.Option(False, "--no-affiliation", help="Train with the contrastive loss only."),
     lambda_aff: float = typer.Option(1.0, "--lambda-aff", help="Weight λ of the affiliation loss."),
+    affiliation: str = typer.Option("prototype", "--affiliation",
+                                    help="prototype (normalised class prototypes, the default) or pir "
+                                         "(PIR's formula: raw class means per sample)."),
     same_caption_positives: bool = typer.Option(
         False, "--same-caption-positives/--image-positives-only",
         help="Count a caption that reads like the pair's own (other image) as a positive, not a negative."),
     hard_negatives: float = typer.Option(0.0, "--hard-negatives",
                                          help="β of HN-NCE: weight negatives by exp(β·cosine); 0 = plain InfoNCE."),
+    par: bool = typer.Option(False, "--par", help="PAR training: reinforce VIR's last self-attention towards the "
+                             "top positions shared with a same-class reference in the batch (gated by --par-ccs/--par-ascs)."),
+    par_ccs: float = typer.Option(0.7, "--par-ccs", help="--par: gate on the class-token cosine."),
+    par_ascs: float = typer.Option(0.7, "--par-ascs", help="--par: gate on the attention-map cosine."),
+    par_top: float = typer.Option(0.2, "--par-top", help="--par: share of most-attended positions (TOAI)."),
+    par_strength: float = typer.Option(1.0, "--par-strength",
+                                       help="--par: attention to TOAI positions is multiplied by 1 + this."),
+    train_mask: str = typer.Option("none", "--train-mask", help="Mask the background of training images: none, "
+                                   "hard (set to 0) or soft (times --train-mask-sigma); val/test stay unmasked."),
+    train_mask_sigma: Optional[float] = typer.Option(None, "--train-mask-sigma", help="--train-mask soft: factor."),
+    train_masks: Optional[Path] = typer.Option(None, "--train-masks",
+                                               help="Folder of foreground PNGs, one per image (engine index masks)."),
     freeze_backbones: bool = typer.Option(True, "--freeze-backbones/--train-backbones"),
     unfreeze_last: int = typer.Option(0, "--unfreeze-last", help="Train the last N blocks of each backbone "
                                       "(with --feature-cache: from cached trunk outputs)."),
@@ -57,8 +75,12 @@ def train_command(
 
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
-        use_lca=not no_lca, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
+        use_lca=not no_lca, lca_readout=lca_readout, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
+        affiliation=affiliation,
         same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
+        train_mask=train_mask, train_mask_sigma=train_mask_sigma,
+        train_masks=str(train_masks) if train_masks else None,
+        par=par, par_ccs=par_ccs, par_ascs=par_ascs, par_top=par_top, par_strength=par_strength,
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device, amp=amp, num_workers=workers,
@@ -85,6 +107,12 @@ def train_instruction_command(
                                             help="Learning rate of those stages, as a multiple of the classifier's."),
     feature_cache: Optional[Path] = typer.Option(None, "--feature-cache",
                                                  help="Folder for the cached trunk maps (--unfreeze-last)."),
+    train_backbone: bool = typer.Option(False, "--train-backbone",
+                                        help="Fine-tune every weight of the config's own instruction network "
+                                             "(PIR's AID-trained instruction; not for a shared backbone)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step of --train-backbone."),
+    learning_rate: float = typer.Option(1e-3, "--lr", help="Learning rate of the classifier (the backbone: "
+                                        "x --backbone-lr-scale)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Train the instruction encoder's scene classifier; reports held-out top-1 and writes its weights."""
@@ -93,7 +121,9 @@ def train_instruction_command(
 
     settings = InstructionTrainConfig(model=config, epochs=epochs, train_fraction=train_fraction, seed=seed,
                                       views=views, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
-                                      feature_cache=str(feature_cache) if feature_cache else None)
+                                      feature_cache=str(feature_cache) if feature_cache else None,
+                                      train_backbone=train_backbone, finetune_batch_size=batch_size,
+                                      learning_rate=learning_rate)
     report = train_instruction(load_dataset(data_dir), settings, out, show_progress=not quiet)
     typer.echo(f"held-out top-1 {report.test_top1 * 100:.2f}% on {report.test_images} images "
                f"({report.classes} classes); weights: {report.weights_path}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+AFFILIATIONS = ("prototype", "pir")  # training.losses.AFFILIATION_KINDS
 # Augmented views cached per training image: identity, horizontal flip, vertical flip, 90° rotation.
 DEFAULT_CACHED_VIEWS = 4
 
@@ -33,9 +34,24 @@ class TrainConfig:
     use_vir: bool = True
     use_lca: bool = True
     use_affiliation: bool = True
+    lca_readout: str | None = None  # LCA's readout ("first" | "mean"); None = the model config's head.lca_readout
     affiliation_weight: float = 1.0
+    affiliation: str = "prototype"  # "pir": PIR's formula; "prototype": normalised class prototypes (training/losses.py)
     same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
     hard_negative_beta: float = 0.0  # > 0: negatives weighted by exp(β·cosine) in InfoNCE (HN-NCE)
+    # PAR training (encoders/par.py): reinforce VIR's last self-attention towards the top positions it shares
+    # with a same-class reference of the batch, when both cosines pass their gates
+    par: bool = False
+    par_ccs: float = 0.7
+    par_ascs: float = 0.7
+    par_top: float = 0.2
+    par_strength: float = 1.0
+    # background masks on the *training* images (the background-bias study's training with masks): "hard" sets
+    # background pixels to 0, "soft" multiplies them by train_mask_sigma; foreground = the PNGs in train_masks
+    # (`engine index masks`). Val and test images stay unmasked, so the epoch is chosen on ordinary images.
+    train_mask: str = "none"
+    train_mask_sigma: float | None = None
+    train_masks: str | None = None
     freeze_backbones: bool = True
     unfreeze_last: int = 0  # backbone blocks trained at the end of each backbone (0 = fully frozen)
     backbone_lr_scale: float = 1.0  # learning rate of trained backbone weights = learning_rate x this
@@ -65,6 +81,21 @@ class TrainConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.grad_clip_norm > 0, "grad_clip_norm must be > 0"),
             (self.affiliation_weight >= 0, "affiliation_weight (--lambda-aff) must be >= 0"),
+            (self.affiliation in AFFILIATIONS,
+             f"affiliation (--affiliation) must be one of {', '.join(AFFILIATIONS)}, got {self.affiliation!r}"),
+            (self.lca_readout in (None, "first", "mean"),
+             f"lca_readout (--lca-readout) must be first or mean, got {self.lca_readout!r}"),
+            (not (self.par and not self.use_vir), "--par reinforces VIR's attention: drop --no-vir or --par"),
+            (0 < self.par_top <= 1, f"par_top (--par-top) must be within (0, 1], got {self.par_top}"),
+            (-1 <= self.par_ccs <= 1 and -1 <= self.par_ascs <= 1,
+             "par_ccs / par_ascs (--par-ccs / --par-ascs) must be cosines in [-1, 1]"),
+            (self.par_strength >= 0, "par_strength (--par-strength) must be >= 0"),
+            (self.train_mask in ("none", "hard", "soft"),
+             f"train_mask (--train-mask) must be none, hard or soft, got {self.train_mask!r}"),
+            (self.train_mask == "none" or self.train_masks is not None,
+             "--train-mask needs --train-masks, a folder of foreground PNGs (engine index masks)"),
+            (self.train_mask != "soft" or (self.train_mask_sigma is not None and 0 < self.train_mask_sigma < 1),
+             "--train-mask soft needs --train-mask-sigma strictly between 0 and 1"),
             (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),
@@ -101,7 +132,8 @@ class TrainConfig:
         return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
 
     # fields that must match between a checkpoint and the run that resumes it
-    RESUME_FIXED = ("model", "use_vir", "use_lca", "use_affiliation", "batch_size", "seed", "cached_views",
+    RESUME_FIXED = ("model", "use_vir", "use_lca", "lca_readout", "use_affiliation", "affiliation", "batch_size",
+                    "seed", "cached_views", "train_mask", "train_mask_sigma", "train_masks",
                     "freeze_backbones", "unfreeze_last")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:

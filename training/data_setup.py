@@ -22,6 +22,7 @@ from training.feature_cache import (CachedPairs, SplitFeatures, cache_key, colla
 from training.pairs import (ImagePairs, PairSet, build_pairs, check_affiliation_possible, check_batch_size,
                             collate_image_pairs)
 from training.seeding import seed_dataloader_worker
+from training.train_masks import TrainingMasks
 
 VAL_SPLIT = "val"
 TRAIN_SPLIT = "train"
@@ -50,14 +51,16 @@ def prepare_data(dataset: Dataset, config: TrainConfig, model, device: torch.dev
         check_affiliation_possible(train_pairs, dataset)
     check_batch_size(config.batch_size, train_pairs, info.world_size)
     val_features = None
+    masker = TrainingMasks.from_config(config, train_pairs)
     if config.feature_cache:
         folder = Path(config.feature_cache)
-        train_features = _cached_features(folder, model, train_pairs, config.cached_views, config, device, info)
+        train_features = _cached_features(folder, model, train_pairs, config.cached_views, config, device, info,
+                                          masker)
         val_features = _cached_features(folder, model, val_pairs, 1, config, device, info)
         train_dataset: torch.utils.data.Dataset = CachedPairs(train_pairs, train_features, config.seed, augment=config.augment)
         collate = collate_cached
     else:
-        train_dataset = ImagePairs(train_pairs, model.image_transform(train=config.augment))
+        train_dataset = ImagePairs(train_pairs, model.image_transform(train=config.augment), masker)
         collate = collate_image_pairs
     sampler = DistributedSampler(train_dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
@@ -71,10 +74,11 @@ def prepare_data(dataset: Dataset, config: TrainConfig, model, device: torch.dev
 
 
 def _cached_features(folder: Path, model, pairs: PairSet, views: int, config: TrainConfig, device: torch.device,
-                     info: DistInfo) -> SplitFeatures:
-    """Load the cache file for this (backbones, data, views), computing it on rank 0 first if absent."""
+                     info: DistInfo, masker: TrainingMasks | None = None) -> SplitFeatures:
+    """Load the cache file for this (backbones, data, views[, masks]), computing it on rank 0 first if absent."""
     tail = config.unfreeze_last  # > 0: cache the trunk before the trainable tail blocks
-    path = folder / f"features-{cache_key(model_ops.backbone_identity(model, tail), pairs, views)}.safetensors"
+    identity = model_ops.backbone_identity(model, tail) + (masker.describe() if masker else "")
+    path = folder / f"features-{cache_key(identity, pairs, views)}.safetensors"
     if info.is_main and not path.is_file():
         transform = model.image_transform(train=False)
 
@@ -82,7 +86,10 @@ def _cached_features(folder: Path, model, pairs: PairSet, views: int, config: Tr
             from engine.data.images import load_rgb
             for start in range(0, len(pairs.image_paths), config.eval_batch_size):
                 chunk = pairs.image_paths[start:start + config.eval_batch_size]
-                yield torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
+                images = [load_rgb(p) for p in chunk]
+                if masker is not None:
+                    images = [masker(p, image) for p, image in zip(chunk, images)]
+                yield torch.stack([transform(image) for image in images]).to(device)
 
         was_training = model.training
         model.eval()  # backbones as at inference: BatchNorm statistics untouched, dropout off

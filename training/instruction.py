@@ -45,6 +45,8 @@ class InstructionTrainConfig:
     unfreeze_last: int = 0  # > 0: also train the backbone's last N stages (training/instruction_tail.py)
     backbone_lr_scale: float = 0.1  # learning rate of those stages = learning_rate x this
     feature_cache: str | None = None  # folder for the cached trunk maps (with unfreeze_last > 0)
+    train_backbone: bool = False  # fine-tune the whole (own) instruction backbone from image files
+    finetune_batch_size: int = 32  # images per step of that fine-tuning
 
     def __post_init__(self) -> None:
         if not 0 < self.train_fraction < 1:
@@ -53,6 +55,10 @@ class InstructionTrainConfig:
             raise ConfigError("--epochs and --views must be >= 1")
         if self.unfreeze_last < 0 or self.backbone_lr_scale <= 0:
             raise ConfigError("--unfreeze-last must be >= 0 and --backbone-lr-scale > 0")
+        if self.train_backbone and self.unfreeze_last:
+            raise ConfigError("--train-backbone trains every stage; drop --unfreeze-last")
+        if self.finetune_batch_size < 2:
+            raise ConfigError("--batch-size must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,24 @@ def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: P
     transform = VisionBackbone(image_config).image_transform(train=False)
     label_index = {name: index for index, name in enumerate(classes)}
     labels = torch.tensor([label_index[image.label] for image in dataset.images])
+    if settings.train_backbone and target_config.share_vision_backbone:
+        raise ConfigError(f"--train-backbone: config {settings.model!r} shares the vision backbone with its "
+                          "instruction; use a config whose instruction has its own backbone "
+                          "(e.g. offline-separate-instruction)")
     what = "trunk maps" if settings.unfreeze_last else "pooled features"
+    if settings.train_backbone:
+        what = "nothing (end-to-end fine-tuning from the image files)"
     if show_progress:
         print(f"caching {what}: {len(train_positions)} train images x {settings.views} views, "
               f"{len(test_positions)} held-out images", flush=True)
     train_labels, test_labels = labels[train_positions], labels[test_positions]
-    if settings.unfreeze_last:
+    if settings.train_backbone:
+        from training.instruction_full import fit_backbone, predict_files
+
+        fit_backbone(encoder, dataset, train_positions, train_labels, transform, settings, settings.views,
+                     show_progress)
+        predictions = predict_files(encoder, dataset, test_positions, transform, settings.feature_batch_size)
+    elif settings.unfreeze_last:
         predictions = _train_with_tail(encoder, dataset, train_positions, test_positions, train_labels, transform,
                                        settings, show_progress)
     else:

@@ -1,5 +1,10 @@
 """PIR's training objective: soft-target symmetric InfoNCE plus the affiliation (class-centre) loss.
 
+Two affiliation losses (``--affiliation``): ``pir`` is PIR's formula (raw class means duplicated per sample,
+image vs text centres and image centre vs texts); ``prototype`` (the default, what every model trained before
+the option existed used) normalises the class means, runs the softmax over the classes present once each, and
+compares texts with image centres. Both take embeddings + integer class ids (negative = unlabelled).
+
 Why soft targets: a batch holds (image, caption) pairs, so the same image can appear several times with
 different captions. Treating only the diagonal as positive would push apart captions that describe the same
 image; instead every pair sharing an image id is a positive and the target distribution of a row is uniform
@@ -81,13 +86,21 @@ def _negative_log_weights(cosines: torch.Tensor, positive: torch.Tensor, beta: f
     return log_weights.masked_fill(positive, 0.0)  # also clears rows without negatives (nan there)
 
 
+AFFILIATION_KINDS = ("prototype", "pir")
+
+
 def affiliation(image_emb: torch.Tensor, text_emb: torch.Tensor, class_ids: torch.Tensor,
                 scale: torch.Tensor) -> torch.Tensor:
-    """Each image against the per-class text centres of the batch and each text against the image centres.
+    """``--affiliation prototype`` (this engine's variant; the default): each image against the per-class text
+    prototypes of the batch and each text against the image prototypes.
 
-    Centres are L2-normalised means over the batch samples of each class present; the cross-entropy runs over
-    the classes present in the batch only (absent classes have no centre).
+    A prototype is the L2-normalised mean of the batch's samples of one class; the cross-entropy runs over the
+    classes present in the batch, once per class (no class-frequency prior). Rows with a negative class id (no
+    label) take no part; a batch without labelled rows gives 0.
     """
+    image_emb, text_emb, class_ids = _labelled(image_emb, text_emb, class_ids)
+    if class_ids.numel() == 0:
+        return image_emb.sum() * 0.0
     present, class_index = torch.unique(class_ids, sorted=True, return_inverse=True)
     membership = F.one_hot(class_index, num_classes=present.numel()).to(image_emb.dtype)  # (B, C)
     counts = membership.sum(dim=0, keepdim=True).t()  # (C, 1)
@@ -96,6 +109,46 @@ def affiliation(image_emb: torch.Tensor, text_emb: torch.Tensor, class_ids: torc
     image_loss = F.cross_entropy(scale * image_emb @ text_centres.t(), class_index)
     text_loss = F.cross_entropy(scale * text_emb @ image_centres.t(), class_index)
     return 0.5 * (image_loss + text_loss)
+
+
+def pir_affiliation(image_emb: torch.Tensor, text_emb: torch.Tensor, class_ids: torch.Tensor,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """``--affiliation pir``: the affiliation loss exactly as PIR's formula (and reference code) defines it.
+
+    For every sample i of the batch, C^T_i = mean of the text embeddings and C^V_i = mean of the image
+    embeddings of the samples of i's class (raw means, not normalised; one copy per sample, so a class with n
+    samples has n identical centres in the batch). With s = 1/τ:
+        L_v = -1/B Σ_i log( exp(s v_i·C^T_i) / Σ_k exp(s v_i·C^T_k) )     image i against every sample's text centre
+        L_t = -1/B Σ_i log( exp(s C^V_i·t_i) / Σ_k exp(s C^V_i·t_k) )     i's image centre against every text
+        L_a = (L_v + L_t) / 2
+    The duplicated centres make the denominator weight each class by its count in the batch (a class-frequency
+    prior), and the target is i's own copy, so the loss cannot fall below the mean log class count. Rows with a
+    negative class id (no label) take no part; a batch without labelled rows gives 0. Centres are taken over the
+    whole (gathered) batch; the reference code takes them per GPU before gathering.
+    """
+    image_emb, text_emb, class_ids = _labelled(image_emb, text_emb, class_ids)
+    if class_ids.numel() == 0:
+        return image_emb.sum() * 0.0
+    same = (class_ids[:, None] == class_ids[None, :]).to(image_emb.dtype)  # (B, B)
+    counts = same.sum(dim=1, keepdim=True)
+    text_centres = same @ text_emb / counts  # row i: C^T_i
+    image_centres = same @ image_emb / counts  # row i: C^V_i
+    targets = torch.arange(class_ids.numel(), device=class_ids.device)
+    image_loss = F.cross_entropy(scale * image_emb @ text_centres.t(), targets)
+    centre_loss = F.cross_entropy(scale * image_centres @ text_emb.t(), targets)
+    return 0.5 * (image_loss + centre_loss)
+
+
+def _labelled(image_emb: torch.Tensor, text_emb: torch.Tensor,
+              class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows with a class label (id >= 0)."""
+    keep = class_ids >= 0
+    if bool(keep.all()):
+        return image_emb, text_emb, class_ids
+    return image_emb[keep], text_emb[keep], class_ids[keep]
+
+
+AFFILIATION_LOSSES = {"prototype": affiliation, "pir": pir_affiliation}
 
 
 @dataclass
@@ -118,8 +171,12 @@ class PIRLoss(nn.Module):
 
     def __init__(self, use_affiliation: bool = True, affiliation_weight: float = 1.0,
                  temperature: float = DEFAULT_TEMPERATURE, affiliation_temperature: float = DEFAULT_TEMPERATURE,
-                 same_caption_positives: bool = False, hard_negative_beta: float = 0.0) -> None:
+                 same_caption_positives: bool = False, hard_negative_beta: float = 0.0,
+                 affiliation_kind: str = "prototype") -> None:
         super().__init__()
+        if affiliation_kind not in AFFILIATION_LOSSES:
+            raise ValueError(f"affiliation kind must be one of {', '.join(AFFILIATION_KINDS)}, got {affiliation_kind!r}")
+        self.affiliation_kind = affiliation_kind
         self.same_caption_positives = same_caption_positives
         self.hard_negative_beta = hard_negative_beta
         self.use_affiliation = use_affiliation
@@ -146,5 +203,6 @@ class PIRLoss(nn.Module):
         if class_ids is None:
             raise ValueError("affiliation loss needs class ids")
         classes_all = gather_labels(class_ids)
-        aff = affiliation(image_all, text_all, classes_all, self.affiliation_temperature.scale())
+        aff = AFFILIATION_LOSSES[self.affiliation_kind](image_all, text_all, classes_all,
+                                                        self.affiliation_temperature.scale())
         return LossParts(contrastive + self.affiliation_weight * aff, contrastive, aff)

@@ -24,6 +24,8 @@ def model_config_for(config: TrainConfig):
 
     model_config = load_config(config.model)
     head = dataclasses.replace(model_config.head, use_vir=config.use_vir, use_lca=config.use_lca)
+    if config.lca_readout is not None:
+        head = dataclasses.replace(head, lca_readout=config.lca_readout)
     instruction = model_config.instruction
     if config.instruction_weights is not None:
         instruction = dataclasses.replace(instruction, weights=config.instruction_weights)
@@ -64,13 +66,13 @@ def keep_frozen_in_eval(model, config: TrainConfig) -> None:
 
 
 def trainable_tail_modules(model, count: int) -> list[torch.nn.Module]:
-    """What ``--unfreeze-last count`` trains: for EfficientNet-style vision backbones the last stages and the
-    head convolution after them (``encoders.split``, so a trunk cache can serve them), otherwise the last timm
+    """What ``--unfreeze-last count`` trains: for staged vision backbones (EfficientNet, Swin) the last stages
+    and the layers after them (``encoders.split``, so a trunk cache can serve them), otherwise the last timm
     blocks; for the text backbone its last layers."""
-    from encoders.split import is_efficientnet_style, text_tail_modules, vision_tail_modules
+    from encoders.split import staged_layout, text_tail_modules, vision_tail_modules
 
     network = model.vision.model
-    if is_efficientnet_style(network):
+    if staged_layout(network) is not None:
         vision = vision_tail_modules(network, count)
     else:
         vision = _last_blocks(network, ("blocks", "layers", "stages"), count)

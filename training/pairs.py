@@ -96,9 +96,10 @@ def check_batch_size(batch_size: int, pairs: PairSet, world_size: int) -> None:
 class ImagePairs(torch.utils.data.Dataset):
     """Pairs read from image files through the model's training transform (used when backbones train)."""
 
-    def __init__(self, pairs: PairSet, transform) -> None:
+    def __init__(self, pairs: PairSet, transform, masker=None) -> None:
         self.pairs = pairs
         self.transform = transform
+        self.masker = masker  # training.train_masks.TrainingMasks: background masks on the training images
 
     def __len__(self) -> int:
         return len(self.pairs.pairs)
@@ -107,7 +108,11 @@ class ImagePairs(torch.utils.data.Dataset):
         from engine.data.images import load_rgb
 
         pair = self.pairs.pairs[index]
-        pixels = self.transform(load_rgb(self.pairs.image_paths[pair.image_row]))
+        path = self.pairs.image_paths[pair.image_row]
+        image = load_rgb(path)
+        if self.masker is not None:
+            image = self.masker(path, image)
+        pixels = self.transform(image)
         return pixels, self.pairs.texts[pair.caption_row], pair.image_id, pair.class_id, pair.caption_group
 
 

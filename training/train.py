@@ -6,6 +6,7 @@ The loop is one code path for every ablation: --no-vir / --no-lca switch model h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from encoders.par import ParSettings, pair_references
 from engine.atomic import write_text_atomic
 from engine.data.model import Dataset
 from engine.errors import EngineError
@@ -39,21 +41,31 @@ class TrainingDiverged(EngineError):
 class TrainStep(nn.Module):
     """Model + loss in one module, so DDP synchronises the temperatures' gradients with the heads'."""
 
-    def __init__(self, model: nn.Module, criterion: PIRLoss, cached: bool, tail: int = 0) -> None:
+    def __init__(self, model: nn.Module, criterion: PIRLoss, cached: bool, tail: int = 0,
+                 par: ParSettings | None = None) -> None:
         super().__init__()
         self.model = model
         self.criterion = criterion
         self.cached = cached
         self.tail = tail  # cached trunk outputs: the trainable tail blocks run in the step
+        self.par = par  # PAR training: VIR's last self-attention is reinforced (encoders/par.py)
 
     def forward(self, batch: dict):
+        with self._reinforcing(batch):
+            if self.cached:
+                image_emb = model_ops.embed_images(self.model, batch["image_inputs"], self.tail)
+            else:
+                image_emb = model_ops.embed_images(self.model, model_ops.image_inputs(self.model, batch["pixels"]))
         if self.cached:
-            image_emb = model_ops.embed_images(self.model, batch["image_inputs"], self.tail)
             text_emb = model_ops.embed_texts(self.model, batch["text_inputs"], self.tail)
         else:
-            image_emb = model_ops.embed_images(self.model, model_ops.image_inputs(self.model, batch["pixels"]))
             text_emb = model_ops.embed_texts(self.model, model_ops.text_inputs(self.model, batch["texts"]))
         return self.criterion(image_emb, text_emb, batch["image_ids"], batch["class_ids"], batch["caption_groups"])
+
+    def _reinforcing(self, batch: dict):
+        if self.par is None or self.model.vir is None:
+            return contextlib.nullcontext()
+        return self.model.vir.reinforcing(pair_references(batch["class_ids"], batch["image_ids"]), self.par)
 
 
 @dataclass
@@ -95,9 +107,10 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
     data = prepare_data(dataset, config, model, device, info)
     criterion = PIRLoss(config.use_affiliation, config.affiliation_weight,
                         same_caption_positives=config.same_caption_positives,
-                        hard_negative_beta=config.hard_negative_beta)
+                        hard_negative_beta=config.hard_negative_beta, affiliation_kind=config.affiliation)
+    par = ParSettings(config.par_ccs, config.par_ascs, config.par_top, config.par_strength) if config.par else None
     step_module = TrainStep(model, criterion, cached=data.cached,
-                            tail=config.unfreeze_last if data.cached else 0).to(device)
+                            tail=config.unfreeze_last if data.cached else 0, par=par).to(device)
     optimizer = build_optimizer(step_module, config, backbones=[model.vision, model.text])
     steps_per_epoch = len(data.train_loader)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
@@ -121,6 +134,7 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
         model_ops.keep_frozen_in_eval(model, config)
         started = time.perf_counter()
         losses: list[float] = []
+        par_counts = [0, 0]  # samples with a reference, of them gated
         with EpochProgress(epoch, config.epochs, steps_per_epoch, enabled=show_progress and info.is_main) as bar:
             for batch in data.train_loader:
                 batch = _to_device(batch, device)
@@ -140,12 +154,17 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
                 scheduler.step()
                 run.global_step += 1
                 losses.append(parts.total.item())
+                if par is not None and model.vir.last_par_stats is not None:
+                    par_counts[0] += model.vir.last_par_stats.paired
+                    par_counts[1] += model.vir.last_par_stats.gated
                 bar.advance(batch["image_ids"].shape[0] * info.world_size, parts.as_floats())
         seconds = time.perf_counter() - started
         metrics = _validate(model, data, config, device)
         run.epoch = epoch + 1
         run.history.append({"epoch": run.epoch, "loss": sum(losses) / len(losses), "seconds": round(seconds, 2),
                             "temperature": criterion.contrastive_temperature.value(), "val": metrics})
+        if par is not None:  # how often PAR's gates let a (sample, reference) pair reinforce, this epoch
+            run.history[-1]["par"] = {"paired": par_counts[0], "gated": par_counts[1]}
         improved = metrics[SELECTION_METRIC] > run.best_score
         if improved:
             run.best_score, run.best_epoch = metrics[SELECTION_METRIC], run.epoch

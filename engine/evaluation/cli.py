@@ -40,7 +40,7 @@ def eval_command(
     plot: Optional[Path] = typer.Option(None, help="with --compare: write a Recall@K bar plot (PNG) here"),
     index: Optional[Path] = typer.Option(None, "--index", help="score the embeddings this index holds, text→image "
                                          "through its faiss search (default: re-encode and search exactly)"),
-    rerank: str = typer.Option("none", "--rerank", help="with --index: rerank text→image lists: none, aas or par"),
+    rerank: str = typer.Option("none", "--rerank", help="with --index: rerank text→image lists: none, aas or par-bonus"),
     rerank_depth: int = typer.Option(50, "--rerank-depth", help="with --rerank: first-stage images reranked per caption"),
     test_time_views: Optional[int] = typer.Option(None, "--test-time-views", help="dihedral views averaged per image "
                                                   "embedding, 1-8 (default: the model's own setting)"),

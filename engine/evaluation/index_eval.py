@@ -4,7 +4,7 @@
 - text→image: the index's faiss search, restricted to the split's images, ``depth = max(K)`` deep (with
   ``--rerank``: ``max(max K, --rerank-depth)``); a caption whose image is not returned is a miss at every K.
   The result names the faiss factory and the search parameters; it is exact only for a Flat index.
-- ``--rerank aas|par``: the first-stage lists are rescored by the query engine's rerankers (defaults of
+- ``--rerank aas|par-bonus``: the first-stage lists are rescored by the query engine's rerankers (defaults of
   :class:`engine.query.config.RerankOptions`), and the latency of every rerank call is recorded.
 The index must have been built with the loaded model (fingerprint check), otherwise the numbers would mix models.
 """

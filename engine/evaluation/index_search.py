@@ -22,7 +22,7 @@ import numpy as np
 from engine.query.config import QueryRequest
 from engine.query.search import MISSING_ID, Neighbours, search_batch_selected
 
-PAR_GATE_NOTE = re.compile(r"par: (\d+) of (\d+) candidates passed")  # written by engine.query.reranking
+PAR_GATE_NOTE = re.compile(r"par-bonus: (\d+) of (\d+) candidates passed")  # written by engine.query.reranking
 
 MISSED = np.iinfo(np.int32).max  # rank of a relevant item the search did not return (a miss at any K)
 PERCENTILES = (50, 95)

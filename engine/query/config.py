@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from engine.errors import ConfigError
 
 TARGETS = ("images", "captions")
-RERANKERS = ("none", "aas", "par")
+RERANKERS = ("none", "aas", "par-bonus")
+# the test-time PAR score bonus was called "par" before training-time PAR (`engine train --par`) existed
+RENAMED_RERANKERS = {"par": "par-bonus"}
 DEFAULT_K = 10
 DEFAULT_RERANK_DEPTH = 50
 MAX_RERANK_DEPTH = 1000
@@ -21,7 +23,7 @@ class RerankOptions:
     ``layer``: vision self-attention layer for AAS (negative counts from the end; deep = semantic, shallow = style).
     ``prf_references``: text queries rerank against the first-stage top-m images (pseudo-relevance feedback).
     ``aas_text_weight``: text queries score ``(1 - w) * first_stage + w * AAS``; image queries use pure AAS.
-    ``par_ccs`` / ``par_ascs``: PAR gates (class-token and attention-map cosine must both exceed them).
+    ``par_ccs`` / ``par_ascs``: par-bonus gates (class-token and attention-map cosine must both exceed them).
     ``par_top_fraction``: share of token positions that count as a map's top-attended positions (TOAI).
     ``par_beta``: score added for a full top-position overlap of a gated pair.
     """
@@ -122,6 +124,9 @@ def validate_request(request: QueryRequest) -> None:
     """Reject contradictory or out-of-range requests with one line naming the flag."""
     if request.target not in TARGETS:
         raise ConfigError(f"--target: expected one of {', '.join(TARGETS)}, got {request.target!r}")
+    if request.rerank in RENAMED_RERANKERS:
+        raise ConfigError(f"--rerank {request.rerank} is now --rerank {RENAMED_RERANKERS[request.rerank]} (a score "
+                          "bonus at query time; PAR's attention reinforcement is training: engine train --par)")
     if request.rerank not in RERANKERS:
         raise ConfigError(f"--rerank: expected one of {', '.join(RERANKERS)}, got {request.rerank!r}")
     if request.k <= 0:

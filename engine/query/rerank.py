@@ -6,7 +6,8 @@ AAS (DiffSim): attn(Q, K, V) = softmax(Q Kᵀ / √d) V per head. For images A a
 A's queries read B's keys/values: if B offers the same content under the same keys, A's attention output is
 unchanged and the cosine is 1. Keys can differ in number (A's N queries against B's M keys is well defined).
 
-PAR: for a reference r and a candidate c,
+par-bonus (a query-time score bonus built from PAR's gates; PAR itself reinforces attention in training,
+``engine train --par``, encoders/par.py): for a reference r and a candidate c,
     CCS  = cos(global embedding of r, of c)
     ASCS = mean over positions held by r or c of cos(map_r[p, :], map_c[p, :])   (0 where one row is empty)
     TOAI = |top_X(r) ∩ top_X(c)| / |top_X|,  top_X = the ceil(X·P) positions receiving the most attention

@@ -1,11 +1,11 @@
-"""Apply ``--rerank aas|par`` to a first-stage candidate list (scores in :mod:`engine.query.rerank`).
+"""Apply ``--rerank aas|par-bonus`` to a first-stage candidate list (scores in :mod:`engine.query.rerank`).
 
 References: an image query is its own reference. A text query has no image to compare with, so the first-stage
 top-m images stand in for it (pseudo-relevance feedback) and a candidate's term is its mean over the m
 references. Final scores (see docs/query.md):
     AAS, image query: s = AAS(query, c)
     AAS, text query:  s = (1 - w) · s1 + w · mean_r AAS(r, c)          (w = --aas-weight, default 0.5)
-    PAR:              s = s1 + mean_r β · TOAI(r, c) · [CCS > a and ASCS > b]
+    par-bonus:        s = s1 + mean_r β · TOAI(r, c) · [CCS > a and ASCS > b]
 Candidates whose image cannot be read keep their first-stage score (a note says how many).
 """
 
@@ -83,7 +83,7 @@ def rerank(engine, request: QueryRequest, first: Neighbours, query_vector: np.nd
             bonus += terms.bonus / len(references)
             gated |= terms.gated
         scores[usable] = first_stage + bonus
-        notes.append(f"par: {int(gated.sum())} of {len(usable_ids)} candidates passed the CCS/ASCS gates")
+        notes.append(f"par-bonus: {int(gated.sum())} of {len(usable_ids)} candidates passed the CCS/ASCS gates")
     return scores
 
 
