@@ -32,6 +32,8 @@ from bench.machine import write_json_atomically  # noqa: E402
 
 # stands for the --aid-tail-instruction file in a variant's overrides
 AID_TAIL = "<--aid-tail-instruction>"
+# stands for the --mix file (a mix of datasets, training/mix.py) in a variant's overrides
+MIX = "<--mix>"
 # full PIR with the last backbone stage/layer trained from a trunk cache (the g/m/n rows)
 _TAIL1 = {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1, "backbone_lr_scale": 0.1}
 # name -> (description, TrainConfig overrides)
@@ -69,15 +71,26 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "n-aidtail1-lr3": ("as m-aidtail1, with the AID stage trained at lr ×0.3 instead of ×0.1 "
                        "(train-instruction --backbone-lr-scale 0.3)",
                        {**_TAIL1, "instruction_weights": AID_TAIL}),
+    # a mix of datasets (--mix FILE, e.g. bench/mixes/ucm_aid.yaml): UCM captions + AID scene labels as captions;
+    # val (epoch choice) and test stay UCM's, so rows compare with m-aidtail1
+    "o-mix-aid": ("as m-aidtail1, trained on the --mix file's datasets (UCM + AID's 8,000 training images with "
+                  "captions made from their class names), captions of one class as positives",
+                  {**_TAIL1, "instruction_weights": AID_TAIL, "mix": MIX, "same_caption_positives": True}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 
 
-def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None):
+def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None, mix: Path | None = None):
     """The TrainConfig of one (variant, seed) run; a variant that needs the AID-tail instruction weights gets
-    the --aid-tail-instruction file (and cannot run without it)."""
+    the --aid-tail-instruction file (and cannot run without it), one that trains on a mix the --mix file."""
     overrides = dict(VARIANTS[name][1])
+    if overrides.get("mix") == MIX:
+        if mix is None:
+            raise SystemExit(f"variant {name} needs --mix FILE (a mix of datasets, docs/training-mix.md)")
+        from training.mix import read_mix_file
+
+        overrides["mix"] = read_mix_file(mix).to_dict()
     if overrides.get("instruction_weights") == AID_TAIL:
         if aid_tail_instruction is None:
             raise SystemExit(f"variant {name} needs --aid-tail-instruction (from `engine train-instruction "
@@ -98,8 +111,15 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
 
     # the first run over a fresh cache folder also encodes every image: its time is not a training time
     built_cache = not any(Path(config.feature_cache).glob("features-*.safetensors"))
+    data = dataset
+    if config.mix:  # train on the mix; val and test stay the --data dataset's (the mix's primary)
+        from training.mix import MixSpec, load_mix
+
+        data = load_mix(MixSpec.from_dict(config.mix, "--mix"), config.use_affiliation)
+        if data.primary_source.dataset.root != dataset.root:
+            raise SystemExit(f"--mix: its val dataset is {data.primary_source.dataset.root}, not --data {dataset.root}")
     started = time.perf_counter()
-    result = train(dataset, config, out, show_progress=False)
+    result = train(data, config, out, show_progress=False)
     seconds = time.perf_counter() - started
     model = load_model(out / "best")
     train_pairs = build_pairs(dataset, "train")
@@ -108,8 +128,17 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
                                 DistInfo())
     test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
                            tail=config.unfreeze_last)
+    epoch_seconds = [entry["seconds"] for entry in result.state.history]
     return {"variant": name, "seed": config.seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
-            "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache}
+            "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache,
+            "epoch_seconds": round(sum(epoch_seconds) / len(epoch_seconds), 1), "load_at_end": _load()}
+
+
+def _load() -> float:
+    """1-minute load average when the run ended (other jobs share this machine's cores)."""
+    import os
+
+    return round(os.getloadavg()[0], 2)
 
 
 def summarise(runs: list[dict]) -> dict[str, dict]:
@@ -119,7 +148,9 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
         if not mine:
             continue
         timed = [r["train_seconds"] for r in mine if not r.get("built_feature_cache")] or [r["train_seconds"] for r in mine]
+        epochs = [r["epoch_seconds"] for r in mine if r.get("epoch_seconds")]
         row = {"seeds": len(mine), "train_seconds": statistics.mean(timed),
+               "epoch_seconds": statistics.mean(epochs) if epochs else None,
                "measured": "; ".join(sorted({r.get("measured", "?") for r in mine}))}
         for split in ("val", "test"):
             for key in KEYS:
@@ -156,11 +187,13 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
         f"{meta['lr']}, model config `{meta['model']}`, cached backbone features ({meta['views']} dihedral views "
         "per training image; frozen backbones unless the row says which blocks train). s/run: mean training "
-        "time per seed, leaving out a run that first had to build the feature cache.",
+        "time per seed, leaving out a run that first had to build the feature cache; s/epoch: mean seconds of a "
+        "training epoch (without val), where recorded. Other engineers' jobs share this machine's 2 cores: times "
+        "from different days or loads do not compare (each run records the load average at its end).",
         "",
         "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run "
-        "| measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s/epoch | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         cells = [f"{row[f'test_{k}'][0]:.2f}" for k in KEYS[:-1]]
@@ -168,6 +201,7 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         val_mr, val_sd = row["val_mR"]
         lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(cells)
                      + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} "
+                     + f"| {'-' if not row.get('epoch_seconds') else format(row['epoch_seconds'], '.0f')} "
                      + f"| {row.get('measured', meta['date'] + ', ' + meta['commit'][:7])} |")
     lines += ["", f"![Recall@K per variant (test, mean over seeds)]({meta['plot']})", "",
               f"Side by side from the result files: `engine eval --compare {meta['results']}/*.json --plot out.png`."]
@@ -203,6 +237,8 @@ def main() -> None:
     parser.add_argument("--block", default="model", help="block of --docs to rewrite")
     parser.add_argument("--aid-tail-instruction", type=Path, default=None,
                         help="instruction weights with an AID-trained backbone tail (variants m-, n-aidtail1*)")
+    parser.add_argument("--mix", type=Path, default=None,
+                        help="mix file for the mix variants (o-mix-*), e.g. bench/mixes/ucm_aid.yaml")
     args = parser.parse_args()
 
     import torch
@@ -224,7 +260,7 @@ def main() -> None:
         for seed in args.seeds:
             if (name, seed) in done:
                 continue
-            config = variant_config(base, name, seed, args.aid_tail_instruction)
+            config = variant_config(base, name, seed, args.aid_tail_instruction, args.mix)
             run = run_variant(dataset, config, name, args.out / f"{name}-seed{seed}")
             run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)
