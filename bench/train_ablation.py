@@ -118,8 +118,19 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
         data = load_mix(MixSpec.from_dict(config.mix, "--mix"), config.use_affiliation)
         if data.primary_source.dataset.root != dataset.root:
             raise SystemExit(f"--mix: its val dataset is {data.primary_source.dataset.root}, not --data {dataset.root}")
+    # an interrupted run (killed, machine restarted) continues from its last epoch: the result is the same;
+    # one that had finished training (but not its test scoring) is scored as it is
+    from training.state import LAST_DIR, STATE_FILE, RunState
+    from training.train import TrainResult
+
+    state_file = out / LAST_DIR / STATE_FILE
+    saved = RunState.from_json(state_file.read_text(), str(state_file)) if state_file.is_file() else None
     started = time.perf_counter()
-    result = train(data, config, out, show_progress=False)
+    if saved is not None and saved.epoch >= config.epochs:
+        best = next(h["val"] for h in saved.history if h["epoch"] == saved.best_epoch)
+        result = TrainResult(out, saved, best)
+    else:
+        result = train(data, config, out, resume=out if saved is not None else None, show_progress=False)
     seconds = time.perf_counter() - started
     model = load_model(out / "best")
     train_pairs = build_pairs(dataset, "train")
@@ -131,7 +142,8 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     epoch_seconds = [entry["seconds"] for entry in result.state.history]
     return {"variant": name, "seed": config.seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
             "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache,
-            "epoch_seconds": round(sum(epoch_seconds) / len(epoch_seconds), 1), "load_at_end": _load()}
+            "epoch_seconds": round(sum(epoch_seconds) / len(epoch_seconds), 1), "load_at_end": _load(),
+            "resumed": saved is not None}  # train_seconds then counts only this process's part
 
 
 def _load() -> float:
@@ -147,7 +159,8 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
         mine = [run for run in runs if run["variant"] == name]
         if not mine:
             continue
-        timed = [r["train_seconds"] for r in mine if not r.get("built_feature_cache")] or [r["train_seconds"] for r in mine]
+        timed = ([r["train_seconds"] for r in mine if not r.get("built_feature_cache") and not r.get("resumed")]
+                 or [r["train_seconds"] for r in mine])
         epochs = [r["epoch_seconds"] for r in mine if r.get("epoch_seconds")]
         row = {"seeds": len(mine), "train_seconds": statistics.mean(timed),
                "epoch_seconds": statistics.mean(epochs) if epochs else None,
