@@ -36,6 +36,8 @@ SEPARATE_INSTRUCTION = "<--separate-instruction>"
 TRAIN_MASKS = "<--train-masks>"
 PLACEHOLDER_FLAGS = {AID_TAIL: "--aid-tail-instruction", SEPARATE_INSTRUCTION: "--separate-instruction",
                      TRAIN_MASKS: "--train-masks"}
+# stands for the --mix file (a mix of datasets, training/mix.py) in a variant's overrides
+MIX = "<--mix>"
 # full PIR with the last backbone stage/layer trained from a trunk cache (the g/m/n rows)
 _TAIL1 = {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1, "backbone_lr_scale": 0.1}
 # name -> (description, TrainConfig overrides)
@@ -102,16 +104,21 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                              "shipped model's VIR belief)",
                              {**_TAIL1, "instruction_weights": AID_TAIL, "train_mask": "hard",
                               "train_masks": TRAIN_MASKS}),
+    # a mix of datasets (--mix FILE, e.g. bench/mixes/ucm_aid.yaml): UCM captions + AID scene labels as captions;
+    # val (epoch choice) and test stay UCM's, so rows compare with m-aidtail1
+    "o-mix-aid": ("as m-aidtail1, trained on the --mix file's datasets (UCM + AID's 8,000 training images with "
+                  "captions made from their class names), captions of one class as positives",
+                  {**_TAIL1, "instruction_weights": AID_TAIL, "mix": MIX, "same_caption_positives": True}),
 }
 FROZEN_VARIANTS = [name for name, (_, overrides) in VARIANTS.items() if not overrides.get("unfreeze_last")]
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 
 
 def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None,
-                   files: dict[str, Path | None] | None = None):
+                   files: dict[str, Path | None] | None = None, mix: Path | None = None):
     """The TrainConfig of one (variant, seed) run; a variant whose overrides name a placeholder gets the file of
     that flag (``files``: placeholder -> path; --aid-tail-instruction also as its own argument) and cannot run
-    without it."""
+    without it; a variant that trains on a mix gets the --mix file."""
     given = {AID_TAIL: aid_tail_instruction, **(files or {})}
     overrides = dict(VARIANTS[name][1])
     for key, value in list(overrides.items()):
@@ -120,6 +127,12 @@ def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None
                 raise SystemExit(f"variant {name} needs {PLACEHOLDER_FLAGS[value]} (see the variant's comment in "
                                  "bench/train_ablation.py)")
             overrides[key] = str(given[value])
+    if overrides.get("mix") == MIX:
+        if mix is None:
+            raise SystemExit(f"variant {name} needs --mix FILE (a mix of datasets, docs/training-mix.md)")
+        from training.mix import read_mix_file
+
+        overrides["mix"] = read_mix_file(mix).to_dict()
     return dataclasses.replace(base, seed=seed, **overrides)
 
 
@@ -135,8 +148,26 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
 
     # the first run over a fresh cache folder also encodes every image: its time is not a training time
     built_cache = not any(Path(config.feature_cache).glob("features-*.safetensors"))
+    data = dataset
+    if config.mix:  # train on the mix; val and test stay the --data dataset's (the mix's primary)
+        from training.mix import MixSpec, load_mix
+
+        data = load_mix(MixSpec.from_dict(config.mix, "--mix"), config.use_affiliation)
+        if data.primary_source.dataset.root != dataset.root:
+            raise SystemExit(f"--mix: its val dataset is {data.primary_source.dataset.root}, not --data {dataset.root}")
+    # an interrupted run (killed, machine restarted) continues from its last epoch: the result is the same;
+    # one that had finished training (but not its test scoring) is scored as it is
+    from training.state import LAST_DIR, STATE_FILE, RunState
+    from training.train import TrainResult
+
+    state_file = out / LAST_DIR / STATE_FILE
+    saved = RunState.from_json(state_file.read_text(), str(state_file)) if state_file.is_file() else None
     started = time.perf_counter()
-    result = train(dataset, config, out, show_progress=False)
+    if saved is not None and saved.epoch >= config.epochs:
+        best = next(h["val"] for h in saved.history if h["epoch"] == saved.best_epoch)
+        result = TrainResult(out, saved, best)
+    else:
+        result = train(data, config, out, resume=out if saved is not None else None, show_progress=False)
     seconds = time.perf_counter() - started
     model = load_model(out / "best")
     train_pairs = build_pairs(dataset, "train")
@@ -145,8 +176,18 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
                                 DistInfo())  # unmasked: training masks apply to training images only
     test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
                            tail=config.unfreeze_last)
+    epoch_seconds = [entry["seconds"] for entry in result.state.history]
     return {"variant": name, "seed": config.seed, "best_epoch": result.state.best_epoch, "val": result.best_metrics,
-            "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache}
+            "test": test, "train_seconds": round(seconds, 1), "built_feature_cache": built_cache,
+            "epoch_seconds": round(sum(epoch_seconds) / len(epoch_seconds), 1), "load_at_end": _load(),
+            "resumed": saved is not None}  # train_seconds then counts only this process's part
+
+
+def _load() -> float:
+    """1-minute load average when the run ended (other jobs share this machine's cores)."""
+    import os
+
+    return round(os.getloadavg()[0], 2)
 
 
 def summarise(runs: list[dict]) -> dict[str, dict]:
@@ -155,8 +196,11 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
         mine = [run for run in runs if run["variant"] == name]
         if not mine:
             continue
-        timed = [r["train_seconds"] for r in mine if not r.get("built_feature_cache")] or [r["train_seconds"] for r in mine]
+        timed = ([r["train_seconds"] for r in mine if not r.get("built_feature_cache") and not r.get("resumed")]
+                 or [r["train_seconds"] for r in mine])
+        epochs = [r["epoch_seconds"] for r in mine if r.get("epoch_seconds")]
         row = {"seeds": len(mine), "train_seconds": statistics.mean(timed),
+               "epoch_seconds": statistics.mean(epochs) if epochs else None,
                "measured": "; ".join(sorted({r.get("measured", "?") for r in mine}))}
         for split in ("val", "test"):
             for key in KEYS:
@@ -193,11 +237,13 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         f"std over seeds {meta['seeds']}; {meta['epochs']} epochs, batch {meta['batch_size']}, lr "
         f"{meta['lr']}, model config `{meta['model']}`, cached backbone features ({meta['views']} dihedral views "
         "per training image; frozen backbones unless the row says which blocks train). s/run: mean training "
-        "time per seed, leaving out a run that first had to build the feature cache.",
+        "time per seed, leaving out a run that first had to build the feature cache; s/epoch: mean seconds of a "
+        "training epoch (without val), where recorded. Other engineers' jobs share this machine's 2 cores: times "
+        "from different days or loads do not compare (each run records the load average at its end).",
         "",
         "| variant | what | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | test mR | val mR | s/run "
-        "| measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s/epoch | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         cells = [f"{row[f'test_{k}'][0]:.2f}" for k in KEYS[:-1]]
@@ -205,6 +251,7 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         val_mr, val_sd = row["val_mR"]
         lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(cells)
                      + f" | **{mr:.2f} ± {sd:.2f}** | {val_mr:.2f} ± {val_sd:.2f} | {row['train_seconds']:.0f} "
+                     + f"| {'-' if not row.get('epoch_seconds') else format(row['epoch_seconds'], '.0f')} "
                      + f"| {row.get('measured', meta['date'] + ', ' + meta['commit'][:7])} |")
     lines += ["", f"![Recall@K per variant (test, mean over seeds)]({meta['plot']})", "",
               f"Side by side from the result files: `engine eval --compare {meta['results']}/*.json --plot out.png`."]
@@ -244,6 +291,8 @@ def main() -> None:
                         help="weights of a separate, fully AID-trained instruction network (variant f3-sep-instr)")
     parser.add_argument("--train-masks", type=Path, default=None,
                         help="foreground PNGs of the training images (variants f5-mask-*)")
+    parser.add_argument("--mix", type=Path, default=None,
+                        help="mix file for the mix variants (o-mix-*), e.g. bench/mixes/ucm_aid.yaml")
     args = parser.parse_args()
 
     import torch
@@ -266,7 +315,7 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             config = variant_config(base, name, seed, args.aid_tail_instruction,
-                                    {SEPARATE_INSTRUCTION: args.separate_instruction, TRAIN_MASKS: args.train_masks})
+                                    {SEPARATE_INSTRUCTION: args.separate_instruction, TRAIN_MASKS: args.train_masks}, args.mix)
             run = run_variant(dataset, config, name, args.out / f"{name}-seed{seed}")
             run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)

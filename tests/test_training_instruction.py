@@ -10,7 +10,7 @@ import torch
 import training  # noqa: F401
 from engine.cli import main as engine_main
 from engine.data import load_dataset
-from training.instruction import stratified_split
+from engine.data.splits import stratified_split
 from training_fixtures import CLASSES, write_scene_folders
 
 torch.set_num_threads(2)

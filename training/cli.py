@@ -15,7 +15,11 @@ from engine.errors import ConfigError
 
 
 def train_command(
-    data_dir: Path = typer.Argument(..., help="Dataset folder (Karpathy JSON, PIR JSON, ...) with train/val splits."),
+    data: list[Path] = typer.Argument(..., metavar="DATA...", help="Dataset folder (Karpathy JSON, PIR JSON, ...) with train/val "
+                                      "splits; several (caption datasets and <Class>/<image> scene collections) "
+                                      "train on their mix; or one mix file (JSON/YAML, docs/training-mix.md)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Sampling weight per DATA, comma-separated "
+                                          "(e.g. 1,0.5): each dataset's share of an epoch's pairs."),
     out: Path = typer.Option(Path("runs/pir"), "--out", help="Run folder: best/, last/, history.json."),
     config: str = typer.Option("offline-default", "--config",
                                help="Model config: offline-default, pir-paper, tiny-test or a JSON path."),
@@ -71,8 +75,10 @@ def train_command(
     """Train the PIR retrieval model; keeps the best checkpoint by val mR."""
     from engine.data import load_dataset
     from training.config import TrainConfig
+    from training.mix import load_mix, mix_from_arguments
     from training.train import train
 
+    spec = mix_from_arguments(list(data), _parse_weights(weights))
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, lca_readout=lca_readout, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
@@ -84,13 +90,49 @@ def train_command(
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device, amp=amp, num_workers=workers,
-        instruction_weights=str(instruction_weights) if instruction_weights else None)
+        instruction_weights=str(instruction_weights) if instruction_weights else None,
+        mix=spec.to_dict() if spec is not None else None)
     if resume is not None and not resume.exists():
         raise ConfigError(f"--resume {resume}: no such run folder")
-    result = train(load_dataset(data_dir), train_config, out, resume=resume, show_progress=not quiet)
+    if spec is None:
+        source = load_dataset(data[0])
+    else:
+        source = load_mix(spec, use_affiliation=not no_affiliation)
+        for line in describe_mix(source):
+            typer.echo(line, err=True)
+    result = train(source, train_config, out, resume=resume, show_progress=not quiet)
     best = result.best_metrics
     if best:
         typer.echo(f"best val mR {best['mR']:.2f} at epoch {result.state.best_epoch}; checkpoint: {out / 'best'}")
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights {text!r}: expected numbers separated by commas, e.g. 1,0.5") from None
+    if any(not value > 0 for value in values):
+        raise ConfigError(f"--weights {text!r}: every weight must be > 0")
+    return values
+
+
+def describe_mix(mix) -> list[str]:
+    """What a mixed run says before training: each dataset's share of an epoch, the classes, the notes."""
+    from training.mix_sampler import allocate, default_epoch_size
+
+    sizes = [len(source.train.captions) for source in mix.sources]
+    weights = [source.entry.weight for source in mix.sources]
+    epoch = mix.spec.epoch_pairs or default_epoch_size(sizes, weights, mix.primary)
+    lines = [f"mix: {len(mix.sources)} datasets, {epoch} training pairs per epoch, "
+             f"{len(mix.class_names)} scene classes; val: {mix.primary_source.name} (chooses the epoch)"]
+    for source, size, count in zip(mix.sources, sizes, allocate(epoch, weights)):
+        made = " (captions made from class names)" if source.kind == "scenes" else ""
+        lines.append(f"  {source.name}: {source.kind}, {len(source.train.images)} training images, {size} pairs"
+                     f"{made}; weight {source.entry.weight:g} -> {count} pairs per epoch; "
+                     f"{len(source.evaluation)} images held out")
+    return lines + [note if note.startswith("warning:") else f"note: {note}" for note in mix.notes]
 
 
 def train_instruction_command(

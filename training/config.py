@@ -64,6 +64,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     instruction_weights: str | None = None  # trained instruction-encoder weights (train-instruction output)
     recall_ks: tuple[int, ...] = field(default=(1, 5, 10))
+    mix: dict | None = None  # several datasets (training.mix.MixSpec.to_dict()); None = the one DATA dataset
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -134,7 +135,7 @@ class TrainConfig:
     # fields that must match between a checkpoint and the run that resumes it
     RESUME_FIXED = ("model", "use_vir", "use_lca", "lca_readout", "use_affiliation", "affiliation", "batch_size",
                     "seed", "cached_views", "train_mask", "train_mask_sigma", "train_masks",
-                    "freeze_backbones", "unfreeze_last")
+                    "freeze_backbones", "unfreeze_last", "mix")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
         return [f"{name}: checkpoint {getattr(saved, name)!r} vs now {getattr(self, name)!r}"

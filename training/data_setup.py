@@ -17,6 +17,7 @@ from engine.data.model import Dataset
 from training import distributed, model_ops
 from training.config import TrainConfig
 from training.distributed import DistInfo
+from training.mix import Mix
 from training.feature_cache import (CachedPairs, SplitFeatures, cache_key, collate_cached, compute_features,
                                     load_features, save_features)
 from training.pairs import (ImagePairs, PairSet, build_pairs, check_affiliation_possible, check_batch_size,
@@ -33,18 +34,25 @@ class TrainingData:
     train_pairs: PairSet
     val_pairs: PairSet
     train_loader: DataLoader
-    sampler: DistributedSampler
+    sampler: DistributedSampler  # or a MixSampler (training/mix_sampler.py) for a mix of datasets
     cached: bool
     train_dataset: torch.utils.data.Dataset
     val_features: SplitFeatures | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
-        if isinstance(self.train_dataset, CachedPairs):
-            self.train_dataset.set_epoch(epoch)
+        parts = getattr(self.train_dataset, "datasets", [self.train_dataset])  # a mix: one part per dataset
+        for part in parts:
+            if isinstance(part, CachedPairs):
+                part.set_epoch(epoch)
 
 
-def prepare_data(dataset: Dataset, config: TrainConfig, model, device: torch.device, info: DistInfo) -> TrainingData:
+def prepare_data(dataset: Dataset | Mix, config: TrainConfig, model, device: torch.device,
+                 info: DistInfo) -> TrainingData:
+    if isinstance(dataset, Mix):
+        from training.mix_data import prepare_mixed_data
+
+        return prepare_mixed_data(dataset, config, model, device, info)
     train_pairs = build_pairs(dataset, TRAIN_SPLIT)
     val_pairs = build_pairs(dataset, VAL_SPLIT, class_names=train_pairs.class_names)
     if config.use_affiliation:

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.data.model import Dataset
-from engine.errors import ConfigError, DataError
+from engine.data.splits import stratified_split
+from engine.errors import ConfigError
 from encoders.views import apply_view
 from training.seeding import seed_everything
 from engine.atomic import write_text_atomic
 
 WEIGHTS_FILE = "instruction.safetensors"
 REPORT_FILE = "instruction_report.json"
-MIN_IMAGES_PER_CLASS = 2
 
 
 @dataclass(frozen=True)
@@ -68,28 +67,6 @@ class InstructionReport:
     train_images: int
     test_images: int
     test_top1: float
-
-
-def stratified_split(dataset: Dataset, train_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Image positions of the train and held-out parts; the same inputs always give the same split."""
-    if not dataset.has_labels:
-        raise DataError(f"{dataset.root}: every image needs a scene class (e.g. <root>/<Class>/<image>) "
-                        "to train the instruction encoder")
-    by_class: dict[str, list[int]] = {}
-    for position, image in enumerate(dataset.images):
-        by_class.setdefault(image.label, []).append(position)
-    train, test = [], []
-    for label in sorted(by_class):
-        members = by_class[label]
-        if len(members) < MIN_IMAGES_PER_CLASS:
-            raise DataError(f"{dataset.root}: class {label!r} has {len(members)} image; "
-                            f"at least {MIN_IMAGES_PER_CLASS} are needed to hold one out")
-        shuffled = list(members)
-        random.Random(f"{seed}:{label}").shuffle(shuffled)
-        cut = min(len(shuffled) - 1, max(1, round(len(shuffled) * train_fraction)))
-        train += shuffled[:cut]
-        test += shuffled[cut:]
-    return sorted(train), sorted(test)
 
 
 def _pooled_features(encoder, dataset: Dataset, positions: list[int], views: int, batch_size: int,

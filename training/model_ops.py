@@ -96,7 +96,7 @@ def _backbones(model) -> list[torch.nn.Module]:
     return parts
 
 
-def _owns_instruction_backbone(model) -> bool:
+def owns_instruction_backbone(model) -> bool:
     return model.instruction is not None and model.instruction.backbone is not None
 
 
@@ -114,7 +114,7 @@ def backbone_identity(model, tail: int = 0) -> str:
     config = model.config
     described = [dataclasses.asdict(config.vision), dataclasses.asdict(config.text)]
     modules = [model.vision, model.text]
-    if _owns_instruction_backbone(model):
+    if owns_instruction_backbone(model):
         described.append(dataclasses.asdict(config.instruction))
         modules.append(model.instruction)
     digest.update(json.dumps(described).encode())
@@ -135,12 +135,12 @@ def image_inputs(model, pixels: torch.Tensor, tail: int = 0) -> dict[str, torch.
         from encoders.split import vision_trunk
 
         inputs = {"trunk": vision_trunk(model.vision, pixels, tail)}
-        if _owns_instruction_backbone(model):
+        if owns_instruction_backbone(model):
             inputs["instruction_feature"] = model.instruction.instruction_feature(pixels)
         return inputs
     tokens = model.forward_image_tokens(pixels)
     inputs = {"global_token": tokens.global_token, "patch_tokens": tokens.patch_tokens}
-    if tokens.instruction_feature is not None and _owns_instruction_backbone(model):
+    if tokens.instruction_feature is not None and owns_instruction_backbone(model):
         inputs["instruction_feature"] = tokens.instruction_feature
     return inputs
 

@@ -84,11 +84,14 @@ def check_affiliation_possible(pairs: PairSet, dataset: Dataset) -> None:
                         "which the affiliation loss needs; train with --no-affiliation")
 
 
-def check_batch_size(batch_size: int, pairs: PairSet, world_size: int) -> None:
-    """A batch larger than the train set would silently shrink to one partial batch: refuse it instead."""
-    if batch_size > len(pairs.pairs):
-        raise ConfigError(f"--batch-size {batch_size} is larger than the training set ({len(pairs.pairs)} "
-                          f"image-caption pairs); use --batch-size {len(pairs.pairs)} or less")
+def check_batch_size(batch_size: int, pairs: PairSet | int, world_size: int) -> None:
+    """A batch larger than the epoch would silently shrink to one partial batch: refuse it instead.
+
+    ``pairs`` is the training set, or the number of pairs an epoch draws (mixed training)."""
+    count = pairs if isinstance(pairs, int) else len(pairs.pairs)
+    if batch_size > count:
+        raise ConfigError(f"--batch-size {batch_size} is larger than the training set ({count} "
+                          f"image-caption pairs); use --batch-size {count} or less")
     if batch_size % world_size:
         raise ConfigError(f"--batch-size {batch_size} (global) is not divisible by the {world_size} processes")
 

@@ -24,6 +24,7 @@ from training.config import TrainConfig
 from training.data_setup import TrainingData, prepare_data
 from training.evaluate import evaluate_cached, evaluate_files
 from training.losses import PIRLoss
+from training.mix import Mix
 from training.optim import build_optimizer
 from training.progress import EpochProgress
 from training.schedule import build_scheduler
@@ -32,6 +33,7 @@ from training.state import (BEST_DIR, CONFIG_FILE, HISTORY_FILE, LAST_DIR, METRI
                             replace_folder, save_trainer)
 
 SELECTION_METRIC = "mR"
+MIX_FILE = "mix.json"  # a mixed run's datasets, class table and notes
 
 
 class TrainingDiverged(EngineError):
@@ -89,11 +91,12 @@ def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None = None,
+def train(dataset: Dataset | Mix, config: TrainConfig, out: Path, resume: Path | None = None,
           show_progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train, evaluate on val after every epoch, keep ``out/best`` (by val mR) and ``out/last``.
 
     ``stop_after`` ends the process after that many epochs as an interruption would (schedule unchanged).
+    ``dataset`` is one dataset, or a mix of several (``training.mix.load_mix``): val comes from the mix's primary.
     """
     device = resolve_device(config.device)
     info = distributed.init_from_environment(device.type)
@@ -126,6 +129,8 @@ def train(dataset: Dataset, config: TrainConfig, out: Path, resume: Path | None 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / CONFIG_FILE, config.to_json())
+        if isinstance(dataset, Mix):
+            write_text_atomic(out / MIX_FILE, json.dumps(dataset.describe(), indent=2))
     best_metrics: dict[str, float] = {}
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(run.epoch, last_epoch):

@@ -66,12 +66,16 @@ class Dataset:
 
     def split(self, name: str) -> "Dataset":
         """The subset of one split (images and their captions), keeping ids unchanged."""
-        images = [image for image in self.images if image.split == name]
-        keep = {image.image_id for image in images}
+        return self.subset([image.image_id for image in self.images if image.split == name], f"{self.name}:{name}")
+
+    def subset(self, image_ids: list[int], name: str) -> "Dataset":
+        """The given images (in dataset order) and their captions, keeping ids unchanged."""
+        keep = set(image_ids)
+        images = [image for image in self.images if image.image_id in keep]
         captions = [caption for caption in self.captions if caption.image_id in keep]
         kept_names = {image.relative_path(self.root) for image in images} | {image.path.name for image in images}
         return Dataset(
-            name=f"{self.name}:{name}",
+            name=name,
             kind=self.kind,
             root=self.root,
             images=images,

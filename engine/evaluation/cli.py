@@ -28,7 +28,8 @@ HEADERS = ("I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T�
 
 def eval_command(
     paths: list[Path] = typer.Argument(None, help="DATA_DIR to evaluate, or result JSON files with --compare"),
-    split: str = typer.Option("test", help="split to evaluate: train, val or test"),
+    split: str = typer.Option("test", help="split to evaluate: train, val or test (an unsplit scene collection: "
+                              "train or test = its fixed held-out part; with --zero-shot also all)"),
     checkpoint: Optional[str] = typer.Option(None, help="model folder (config.json + model.safetensors); default: the shipped model"),
     batch_size: int = typer.Option(64, min=1, help="images per encoder batch"),
     workers: int = typer.Option(0, min=0, help="DataLoader worker processes for image decoding"),
@@ -37,7 +38,10 @@ def eval_command(
     label: Optional[str] = typer.Option(None, help="name of this run in comparisons"),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
     compare: bool = typer.Option(False, "--compare", help="compare result JSON files instead of evaluating"),
-    plot: Optional[Path] = typer.Option(None, help="with --compare: write a Recall@K bar plot (PNG) here"),
+    plot: Optional[Path] = typer.Option(None, help="with --compare: write a Recall@K bar plot (PNG) here; with "
+                                        "--zero-shot: the confusion matrix"),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="zero-shot scene classification of a labelled "
+                                   "dataset: class names through the fixed prompt set, top-1/top-5 accuracy"),
     index: Optional[Path] = typer.Option(None, "--index", help="score the embeddings this index holds, text→image "
                                          "through its faiss search (default: re-encode and search exactly)"),
     rerank: str = typer.Option("none", "--rerank", help="with --index: rerank text→image lists: none, aas or par-bonus"),
@@ -52,6 +56,12 @@ def eval_command(
         return
     if len(paths) > 1:
         raise ConfigError("engine eval takes one DATA_DIR (use --compare to compare result files)")
+    if zero_shot:
+        if index is not None or rerank != "none":
+            raise ConfigError("--zero-shot encodes the images itself: drop --index/--rerank")
+        _zero_shot(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label, out, plot,
+                   json_output, test_time_views)
+        return
     if index is None and rerank != "none":
         raise ConfigError("--rerank needs --index INDEX_DIR (reranking reads the index's attention-feature cache)")
     if index is not None and test_time_views is not None:
@@ -144,6 +154,44 @@ def evaluate(
     )
 
 
+def _zero_shot(data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int,
+               device: str, label: str | None, out: Path | None, plot: Path | None, json_output: bool,
+               test_time_views: int | None) -> None:
+    from engine.data import default_dataset_path
+    from engine.evaluation.zero_shot import evaluate_zero_shot, plot_confusion, write_zero_shot
+
+    if split not in ("train", "val", "test", "all"):
+        raise ConfigError(f"--split must be train, val, test or all, got {split!r}")
+    root = Path(data_dir) if data_dir is not None else default_dataset_path()
+    result = evaluate_zero_shot(root, split, checkpoint, batch_size, workers, device, label, test_time_views)
+    if out is not None:
+        write_zero_shot(result, out)
+    if plot is not None:
+        plot_confusion(result, plot)
+    if json_output:
+        typer.echo(result.to_json())
+        return
+    table = Table(title=f"zero-shot {result.dataset['name']} {result.dataset['split']}: {result.dataset['images']} "
+                        f"images, {result.dataset['classes']} classes, prompt set {result.prompts['set']}")
+    for header, justify in (("class", "left"), ("images", "right"), ("top-1", "right"), ("top-5", "right"),
+                            ("most confused with", "left")):
+        table.add_column(header, justify=justify)
+    for row in result.per_class:
+        table.add_row(row["class"], str(row["images"]), _percent(row["top1"]), _percent(row["top5"]),
+                      row["most_confused_with"] or "")
+    accuracy = result.accuracy
+    table.add_row("all", str(result.dataset["images"]), f"{accuracy['top1']:.2f}", f"{accuracy['top5']:.2f}",
+                  f"mean per class {accuracy['mean_class_top1']:.2f}")
+    table_console().print(table)
+    for path, what in ((out, "result"), (plot, "confusion matrix")):
+        if path is not None:
+            typer.echo(f"{what} written to {path}")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _dataset_record(dataset, root: Path, split: str, subset) -> dict:
     return {"name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split,
             "images": len(subset.images), "captions": len(subset.captions)}
@@ -152,6 +200,14 @@ def _dataset_record(dataset, root: Path, split: str, subset) -> dict:
 def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> None:
     if len(paths) < 1:
         raise ConfigError("--compare needs at least one result JSON file")
+    from engine.evaluation.zero_shot import is_zero_shot_file
+
+    kinds = {is_zero_shot_file(path) for path in paths}
+    if kinds == {True}:
+        _compare_zero_shot(paths, json_output)
+        return
+    if len(kinds) > 1:
+        raise ConfigError("--compare: mixes zero-shot and retrieval result files; compare each kind on its own")
     rows = [(result_label(path, data), data) for path, data in ((p, read_result(p)) for p in paths)]
     splits = {(data["dataset"].get("name"), data["dataset"].get("split")) for _, data in rows}
     if json_output:
@@ -163,6 +219,24 @@ def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> 
     if plot is not None:
         plot_comparison(rows, plot)
         typer.echo(f"plot written to {plot}")
+
+
+def _compare_zero_shot(paths: list[Path], json_output: bool) -> None:
+    from engine.evaluation.zero_shot import read_zero_shot
+
+    rows = [(str(data.get("settings", {}).get("label") or path.stem), data)
+            for path, data in ((p, read_zero_shot(p)) for p in paths)]
+    if json_output:
+        typer.echo(json.dumps({label: data["accuracy"] for label, data in rows}, indent=2))
+        return
+    table = Table(title="zero-shot comparison")
+    for header in ("run", "dataset", "images", "top-1", "top-5", "mean per class"):
+        table.add_column(header, justify="left" if header in ("run", "dataset") else "right")
+    for label, data in rows:
+        accuracy = data["accuracy"]
+        table.add_row(label, f"{data['dataset']['name']} {data['dataset']['split']}", str(data["dataset"]["images"]),
+                      f"{accuracy['top1']:.2f}", f"{accuracy['top5']:.2f}", f"{accuracy['mean_class_top1']:.2f}")
+    table_console().print(table)
 
 
 def _title(result: EvalResult) -> str:

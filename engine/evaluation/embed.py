@@ -63,7 +63,6 @@ def embed_split(
 ) -> SplitEmbeddings:
     """Encode every image and caption of ``dataset`` (already restricted to one split)."""
     import torch
-    from torch.utils.data import DataLoader
 
     if not dataset.images:
         raise DataError(f"{dataset.name}: the split has no images to evaluate")
@@ -71,19 +70,9 @@ def embed_split(
         raise DataError(f"{dataset.name}: the split has no captions; image-text evaluation needs captions")
     target = resolve_device(device)
     model = model.to(target).eval()
-    loader = DataLoader(
-        _ImageFiles([image.path for image in dataset.images], model.image_transform(train=False)),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=target.type == "cuda",
-    )
     progress = _progress(show_progress)
-    image_chunks = []
     with torch.inference_mode(), progress:
-        task = progress.add_task("images", total=len(dataset.images))
-        for pixels in loader:
-            image_chunks.append(model.encode_image(pixels.to(target)).float().cpu().numpy())
-            progress.advance(task, len(pixels))
+        images = _encode_images(model, [image.path for image in dataset.images], batch_size, workers, target, progress)
         texts = [caption.text for caption in dataset.captions]
         task = progress.add_task("captions", total=len(set(texts)))
 
@@ -95,11 +84,36 @@ def embed_split(
     row_of = {image.image_id: row for row, image in enumerate(dataset.images)}
     return SplitEmbeddings(
         image_ids=np.array([image.image_id for image in dataset.images], dtype=np.int64),
-        images=np.concatenate(image_chunks).astype(np.float32, copy=False),
+        images=images,
         caption_ids=np.array([caption.caption_id for caption in dataset.captions], dtype=np.int64),
         texts=text_embeddings.astype(np.float32, copy=False),
         text_to_image=np.array([row_of[caption.image_id] for caption in dataset.captions], dtype=np.int64),
     )
+
+
+def embed_images(model, paths: list, batch_size: int = 64, workers: int = 0, device: str = "auto",
+                 show_progress: bool = True) -> np.ndarray:
+    """(len(paths), dim) float32 L2-normalised image embeddings, with the model's eval transform and views."""
+    import torch
+
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    progress = _progress(show_progress)
+    with torch.inference_mode(), progress:
+        return _encode_images(model, paths, batch_size, workers, target, progress)
+
+
+def _encode_images(model, paths: list, batch_size: int, workers: int, target, progress) -> np.ndarray:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_ImageFiles(list(paths), model.image_transform(train=False)), batch_size=batch_size,
+                        num_workers=workers, pin_memory=target.type == "cuda")
+    task = progress.add_task("images", total=len(paths))
+    chunks = []
+    for pixels in loader:
+        chunks.append(model.encode_image(pixels.to(target)).float().cpu().numpy())
+        progress.advance(task, len(pixels))
+    return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def _progress(enabled: bool):

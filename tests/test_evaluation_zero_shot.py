@@ -1,0 +1,109 @@
+"""Zero-shot scene classification: the metric against a naive reference, the CLI, its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.cli import main as engine_main
+from engine.evaluation.zero_shot import zero_shot_metrics
+from training_fixtures import write_captioned_dataset, write_scene_folders
+
+
+def _naive(images, classes, labels, k):
+    hits = 0
+    for image, label in zip(images, labels):
+        scores = [float(np.dot(image, c)) for c in classes]
+        # descending score, ties by class order
+        order = sorted(range(len(classes)), key=lambda j: (-scores[j], j))
+        hits += label in order[:k]
+    return 100.0 * hits / len(labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_accuracy_matches_a_naive_loop(seed):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(200, 16)).astype(np.float32)
+    classes = rng.normal(size=(12, 16)).astype(np.float32)
+    classes[5] = classes[4]  # a tie between two classes: class order decides
+    labels = rng.integers(0, 12, size=200)
+    names = [f"c{i}" for i in range(12)]
+    result = zero_shot_metrics(images, classes, labels, names)
+    assert result["accuracy"]["top1"] == pytest.approx(_naive(images, classes, labels, 1))
+    assert result["accuracy"]["top5"] == pytest.approx(_naive(images, classes, labels, 5))
+    confusion = np.array(result["confusion"]["rows_true_columns_predicted"])
+    assert confusion.sum() == 200 and (confusion[:, 5] == 0).all()  # 5 always loses its tie to 4
+    for index, row in enumerate(result["per_class"]):
+        mine = labels == index
+        assert row["images"] == int(mine.sum())
+        assert row["top1"] == pytest.approx(_naive(images[mine], classes, labels[mine], 1))
+        assert confusion[index].sum() == row["images"]
+    assert result["accuracy"]["mean_class_top1"] == pytest.approx(np.mean([r["top1"] for r in result["per_class"]]))
+
+
+def test_perfect_embeddings_score_100_and_a_class_without_images_is_skipped_in_the_mean():
+    classes = np.eye(4, dtype=np.float32)
+    labels = np.array([0, 1, 1, 2])
+    result = zero_shot_metrics(classes[labels], classes, labels, ["a", "b", "c", "d"])
+    assert result["accuracy"] == {"top1": 100.0, "top5": 100.0, "mean_class_top1": 100.0}
+    assert result["per_class"][3]["images"] == 0 and result["per_class"][3]["top1"] is None
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny-test checkpoint (untrained heads): fast, and enough to run the command end to end."""
+    import encoders
+    from encoders.config import load_config
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    encoders.save_model(encoders.create_model(load_config("tiny-test")), folder)
+    return folder
+
+
+def test_cli_writes_the_result_the_plot_and_compares(tmp_path, tiny_model, capsys):
+    data = write_scene_folders(tmp_path / "scenes", per_class=5)
+    out, plot = tmp_path / "zs.json", tmp_path / "zs.png"
+    assert engine_main(["eval", str(data), "--zero-shot", "--checkpoint", str(tiny_model), "--out", str(out),
+                        "--plot", str(plot), "--label", "tiny"]) == 0
+    result = json.loads(out.read_text())
+    assert result["format"] == "engine-eval-zeroshot/1"
+    assert result["dataset"]["images"] == 3 and result["dataset"]["classes"] == 3  # the held-out part: 1 per class
+    assert plot.stat().st_size > 1000
+    capsys.readouterr()
+    assert engine_main(["eval", str(data), "--zero-shot", "--split", "all", "--checkpoint", str(tiny_model),
+                        "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"]["images"] == 15
+    assert engine_main(["eval", "--compare", str(out), str(out)]) == 0
+    assert "zero-shot comparison" in capsys.readouterr().out
+
+
+def test_held_out_part_is_the_instruction_encoders(tmp_path, tiny_model):
+    from engine.data import load_dataset
+    from engine.data.splits import split_part, stratified_split
+
+    data = write_scene_folders(tmp_path / "scenes", per_class=10)
+    dataset = load_dataset(data)
+    _, held_out = stratified_split(dataset)
+    assert [image.image_id for image in split_part(dataset, "test").images] == \
+        [dataset.images[p].image_id for p in held_out]
+
+
+def test_bad_inputs_give_one_error_line(tmp_path, tiny_model, capsys):
+    one_class = tmp_path / "one"
+    write_scene_folders(tmp_path / "full", per_class=3)
+    (one_class).mkdir()
+    (tmp_path / "full" / "Forest").rename(one_class / "Forest")
+    unlabelled = write_captioned_dataset(tmp_path / "nolabels", with_class=False)
+    cases = [
+        ([str(one_class)], "only one class"),
+        ([str(unlabelled)], "no scene class"),
+        ([str(tmp_path / "full"), "--split", "val"], "held-out part"),
+        ([str(tmp_path / "missing")], "no such file or folder"),
+    ]
+    for args, message in cases:
+        code = engine_main(["eval", *args, "--zero-shot", "--checkpoint", str(tiny_model)])
+        err = capsys.readouterr().err
+        assert code != 0 and message in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1
