@@ -9,13 +9,21 @@
 #   bash bench/gpu_check.sh                # on the GPU machine, from the repository root
 #   bash bench/gpu_check.sh --dry-run      # no GPU: runs the Python checks in their CPU fallback, small sizes,
 #                                          # skips installs and training (what a CPU-only CI can verify)
+#   bash bench/gpu_check.sh --offline      # a GPU machine without network (nothing installed; the Python
+#                                          # environment must already hold torch with CUDA and the project's deps):
+#                                          # train first (TRAIN_CONFIG, e.g. a random-weights config when the
+#                                          # pretrained weights are not there), index with that model on the GPU,
+#                                          # check the embeddings; the FAISS step runs only if faiss sees a GPU
 # Environment: DATA (UCM folder, default ../shared/data/ucm_captions), OUT, TORCH_INDEX_URL (where a CUDA torch
-# comes from when the venv's torch has no CUDA; default the PyTorch cu128 index), PYTHON (default .venv/bin/python).
+# comes from when the venv's torch has no CUDA; default the PyTorch cu128 index), PYTHON (default .venv/bin/python);
+# --offline only: TRAIN_CONFIG (a model config JSON for `engine train --config`), TRAIN_ARGS (extra train flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
+OFFLINE=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
+[ "${1:-}" = "--offline" ] && OFFLINE=1
 PYTHON=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data/ucm_captions}
 OUT=${OUT:-runs/gpu-check}
@@ -38,6 +46,30 @@ step() {  # step NAME COMMAND...: run, time, log; a failing step stops the scrip
   grep -h '^{' "$OUT/$name.log" >> "$RESULTS" || true
   echo "   ok in ${seconds}s"
 }
+
+if [ "$OFFLINE" = 1 ]; then
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+    | tee "$OUT/gpu.txt"
+  "$PYTHON" -c "import torch, sys; print('torch', torch.__version__, torch.cuda.get_device_name(0)) \
+if torch.cuda.is_available() else sys.exit('torch sees no GPU')"
+  if "$PYTHON" -c "import faiss, sys; sys.exit(0 if faiss.get_num_gpus() > 0 else 1)" 2>/dev/null; then
+    step faiss "$PYTHON" bench/gpu_check.py faiss --vectors 1000000
+  else
+    echo "== faiss: skipped (this environment's faiss has no GPU support)"
+    echo '{"step": "faiss", "skipped": "faiss without GPU support"}' >> "$RESULTS"
+  fi
+  CONFIG_ARGS=()
+  [ -n "${TRAIN_CONFIG:-}" ] && CONFIG_ARGS=(--config "$TRAIN_CONFIG")
+  # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
+  step train "$PYTHON" -m engine train "$DATA" --out "$OUT/train" "${CONFIG_ARGS[@]}" --train-backbones --amp \
+    --device cuda --workers 4 --quiet ${TRAIN_ARGS:---epochs 1}
+  step index "$PYTHON" -m engine index "$DATA" --out "$OUT/index" --model "$OUT/train/best" --device cuda \
+    --overwrite
+  step embeddings "$PYTHON" bench/gpu_check.py embeddings --index "$OUT/index" --sample 256
+  echo "{\"step\": \"total\", \"seconds\": $(( $(date +%s) - START ))}" >> "$RESULTS"
+  echo "offline GPU checks passed; results: $RESULTS"
+  exit 0
+fi
 
 if [ ! -x "$PYTHON" ]; then
   make install
