@@ -63,8 +63,8 @@ class ServerLimits:
 _LOG_LOCK = threading.Lock()
 _RECV_BYTES = 65536
 _POLL_S = 0.5
-_LINGER_S = 1.0
-_STOP_PRIORITY = 2  # worker sentinels sort after every request  # how long a refused connection is drained so the client reads the answer, not a reset
+_LINGER_S = 1.0  # how long a refused connection is drained so the client reads the answer, not a reset
+_STOP_PRIORITY = 2  # worker sentinels sort after every request
 
 
 def log_line(text: str) -> None:
