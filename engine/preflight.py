@@ -10,15 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.devices import check_device  # noqa: F401  (the commands call preflight.check_device)
 from engine.errors import ConfigError, DataError
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device(device: str, flag: str = "--device") -> None:
-    if device not in DEVICES:
-        raise ConfigError(f"{flag}: expected auto, cpu or cuda, got {device!r}")
-
 
 def check_checkpoint_folder(spec: str | None, flag: str = "--checkpoint", named: tuple[str, ...] = ("default",)
                             ) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engine.devices import resolve_device
 from engine.errors import ConfigError, DataError
 from indexing.config import (FAISS_FILE, FAISS_SHARDS_DIR, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig,
                              Manifest, MaskOptions, ShardInfo, tool_version)
@@ -249,7 +250,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
 
     started = time.perf_counter()
     budget = parse_memory(options.memory_budget)
-    device = encode.resolve_device(options.device)
+    device = resolve_device(options.device)
     dataset = _load_readable_dataset(options.data_dir)
     times = StageTimes()
     with times.timed("model load"):

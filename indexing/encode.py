@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ConfigError, EngineError
+from engine.errors import EngineError
 from engine.torch_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()
@@ -44,15 +44,6 @@ class PlannedImage:
     rel_path: str
     split: str | None
     label: str | None
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device: expected auto, cpu or cuda, got {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible to torch on this machine")
-    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
 
 
 def runtime_for(requested: str, images: int, device: torch.device, compiled: str = "auto") -> str:

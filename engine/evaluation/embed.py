@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.data.model import Dataset
+from engine.devices import resolve_device
 from engine.errors import DataError
 from engine.text_encoding import encode_distinct
 
@@ -43,19 +44,6 @@ class _ImageFiles:
         from engine.data.images import load_rgb
 
         return self.transform(load_rgb(self.paths[index]))
-
-
-def resolve_device(name: str = "auto") -> "torch.device":
-    """``auto`` picks CUDA when present; asking for CUDA without it is a user error, not a crash."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from engine.errors import ConfigError
-
-        raise ConfigError("--device cuda was requested but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def embed_split(

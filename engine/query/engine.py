@@ -38,7 +38,7 @@ class QueryEngine:
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
                  text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto") -> None:
         import encoders
-        from engine.evaluation.embed import resolve_device
+        from engine.devices import resolve_device
         from engine.query.metadata import MetadataStore
         from indexing.loader import load_index
 
