@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, run_meta, write_json_atomically  # noqa: E402
+from bench.machine import load_average, run_meta  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 from indexing.stages import ORDER  # noqa: E402
 
 RESULTS = REPO / "docs" / "bench" / "encode.json"
@@ -195,7 +196,7 @@ def main() -> int:
                 ray.shutdown()
     result["runs"] = runs
     result["load_after"] = load_average()
-    write_json_atomically(RESULTS, result)
+    write_json_atomic(RESULTS, result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:

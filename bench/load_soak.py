@@ -34,7 +34,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from bench.machine import machine_info, machine_text, run_meta, write_json_atomically
+from bench.machine import machine_info, machine_text, run_meta
+from engine.atomic import write_json_atomic
 
 QUERIES = ("airport with runways", "dense residential area", "a river through green fields", "baseball diamond",
            "parking lot with many cars", "beach and sea", "harbor with boats", "tennis court", "freeway",
@@ -320,7 +321,7 @@ def main() -> None:
     report["meta"] = run_meta(REPO)
     report["meta"]["command"] = "python -m bench.load_soak " + " ".join(sys.argv[1:])
     out = args.out or DOCS / "bench" / f"load_soak_{args.index.resolve().name}.json"
-    write_json_atomically(out, report)
+    write_json_atomic(out, report, indent=1)
     print(markdown(report))
     if args.update_docs:
         from bench.docs_blocks import update_page

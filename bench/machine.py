@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
-from engine.atomic import write_text_atomic
 
 VERSIONED_PACKAGES = ("numpy", "faiss-cpu", "duckdb", "pyarrow", "torch")
 
@@ -56,10 +54,6 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def machine_text(info: dict | None = None) -> str:

@@ -26,6 +26,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from engine.atomic import write_json_atomic
+
 QUERIES = ("airport with runways", "dense residential area", "a river through green fields", "baseball diamond",
            "parking lot with many cars", "beach and sea", "harbor with boats", "tennis court", "freeway",
            "storage tanks", "golf course", "sparse residential houses")
@@ -200,10 +202,7 @@ def main() -> None:
     report = measure(args.index, args.queries, args.rerank_depth, args.rerank_queries)
     report["command"] = "python -m bench.query_bench " + " ".join(sys.argv[1:])
     out = args.out or DOCS / "bench" / f"query_{args.index.resolve().name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
-    temp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temp, out)
+    write_json_atomic(out, report)
     print(markdown(report))
     if args.update_docs:
         from bench.docs_blocks import update_page

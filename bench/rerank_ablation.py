@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta, write_json_atomically  # noqa: E402
+from bench.machine import run_meta  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 
 # (row label, reranker, RerankOptions overrides). par-bonus with PAR's paper gates (0.7), and at 0.5: see the docs.
@@ -54,7 +55,7 @@ def measure(index_dir: Path, data: Path, split: str, checkpoint: str | None, dep
     from engine.evaluation.index_search import (class_hit_ranks, latency_summary, rerank_lists, search_lists,
                                                 target_ranks)
     from engine.evaluation.index_split import read_indexed_split
-    from engine.evaluation.metrics import RetrievalRanks, recalls_from_ranks, retrieval_ranks
+    from engine.metrics import RetrievalRanks, recalls_from_ranks, retrieval_ranks
     from engine.query.config import QueryRequest, RerankOptions
     from engine.query.engine import QueryEngine
 
@@ -173,7 +174,7 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result["meta"] = run_meta(REPO)
-    write_json_atomically(args.out, result)
+    write_json_atomic(args.out, result, indent=1)
     update_page(args.docs, "rerank", render(result))
     print(render(result))
     return 0

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import update_page  # noqa: E402
-from bench.machine import write_json_atomically  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 
 SHIPPED = "shipped"
 
@@ -93,7 +93,7 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
             "command": "python " + " ".join(sys.argv), "size": args.size, "quality": args.quality,
             "test_time_views": args.test_time_views}
-    write_json_atomically(args.out, {"meta": meta, "rows": rows})
+    write_json_atomic(args.out, {"meta": meta, "rows": rows}, indent=1)
     update_page(args.docs, args.block, render(rows, meta))
     print(render(rows, meta))
 

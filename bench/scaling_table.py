@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta, write_json_atomically  # noqa: E402
+from bench.machine import run_meta  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 
 WORKERS = (1, 8, 64)
 ARCHIVES = (1_000_000, 10_000_000, 100_000_000)
@@ -85,7 +86,7 @@ def main() -> int:
     add_per_million, factory = ivf_add_seconds_per_million(args.ivf, args.add_vectors)
     result = {"meta": run_meta(REPO), "costs_per_image": costs, "ivf_add_s_per_million": add_per_million,
               "ivf_factory": factory, "train_seconds": args.train_seconds, "encode_run": encode["meta"]}
-    write_json_atomically(RESULTS, result)
+    write_json_atomic(RESULTS, result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, run_meta, write_json_atomically  # noqa: E402
+from bench.machine import load_average, run_meta  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 from bench.query_bench import K, WARMUP, _get, _percentiles, query_texts  # noqa: E402
 
 GOAL_RECALL = 0.95
@@ -103,7 +104,7 @@ def main() -> int:
               "rows": [{key: value for key, value in row.items() if key not in ("answers", "vectors", "texts")}
                        for row in rows]}
     name = args.index.resolve().name
-    write_json_atomically(REPO / "docs" / "bench" / f"shards_{name}.json", result)
+    write_json_atomic(REPO / "docs" / "bench" / f"shards_{name}.json", result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:

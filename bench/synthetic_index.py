@@ -110,11 +110,13 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
     import resource
 
     from indexing.choose import parse_memory
-    from indexing.config import IndexConfig, MaskOptions, ShardInfo, tool_version
+    from engine.data.masking import MaskOptions
+    from indexing.config import IndexConfig, ShardInfo, tool_version
     from indexing.faiss_build import build_faiss
     from indexing.loader import load_index
     from indexing.row_store import write_row_file
-    from indexing.shards import SHARDS_DIR, image_table, shard_name, write_table_atomically, write_text_atomically
+    from engine.atomic import write_table_atomic, write_text_atomic
+    from indexing.shards import SHARDS_DIR, image_table, shard_name
 
     if count <= 0:
         raise ConfigError(f"--count must be positive, got {count}")
@@ -127,7 +129,7 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
         if stored != recipe:
             raise ConfigError(f"--out {out}: holds another synthetic index ({stored}); pass --overwrite")
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    write_text_atomically(json.dumps(recipe), out / RECIPE_FILE)
+    write_text_atomic(out / RECIPE_FILE, json.dumps(recipe))
     source = load_index(template)
     meta, vectors, data_root = read_template(template)
     dim = vectors.shape[1]
@@ -143,7 +145,7 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
         rows = synthetic_rows(meta, vectors, first, rows_count, noise, np.random.default_rng([seed, number]))
         metadata = {"model_fingerprint": source.config.model_fingerprint, "embed_dim": str(dim),
                     "data_root": data_root, "shard_index": str(number), "synthetic_from": str(template)}
-        write_table_atomically(image_table(rows, dim, metadata), out / SHARDS_DIR / name)
+        write_table_atomic(out / SHARDS_DIR / name, image_table(rows, dim, metadata))
         print(f"shard {number}: ids {first}..{first + rows_count - 1}", flush=True)
     text_rows = copy_caption_shards(template, out, meta.num_rows)
     shard_seconds = time.perf_counter() - started
@@ -173,10 +175,11 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
 def save_result(out: Path, result: dict) -> Path:
     """``docs/bench/synthetic_<out name>.json``: the build's numbers with date, machine and command (read by
     bench/shard_bench.py for its build line)."""
-    from bench.machine import load_average, run_meta, write_json_atomically
+    from bench.machine import load_average, run_meta
+    from engine.atomic import write_json_atomic
 
     path = REPO / "docs" / "bench" / f"synthetic_{out.resolve().name}.json"
-    write_json_atomically(path, {"meta": run_meta(REPO), "load_after": load_average(), **result})
+    write_json_atomic(path, {"meta": run_meta(REPO), "load_after": load_average(), **result}, indent=1)
     return path
 
 

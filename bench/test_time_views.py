@@ -35,7 +35,7 @@ def split_curve(model, subset, batch_size: int) -> list[float]:
 
     from encoders.views import VIEW_NAMES, apply_view
     from engine.data.images import load_rgb
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
     from engine.text_encoding import encode_distinct
 
     transform = model.image_transform(train=False)
@@ -140,7 +140,8 @@ def main() -> None:
     import torch
 
     import encoders
-    from bench.machine import run_meta, write_json_atomically
+    from bench.machine import run_meta
+    from engine.atomic import write_json_atomic
     from engine.data import load_dataset
     from engine.data.images import load_rgb
 
@@ -159,7 +160,7 @@ def main() -> None:
               flush=True)
     result = {"meta": run_meta(REPO), "splits": args.splits, "runs": runs, "timed_images": timed,
               "repeats": args.repeats, "encode_seconds": {str(n): seconds for n, seconds in timings.items()}}
-    write_json_atomically(args.out, result)
+    write_json_atomic(args.out, result, indent=1)
     update_page(args.docs, BLOCK, render(result))
     print(render(result))
 

@@ -37,9 +37,10 @@ def main() -> None:
     from encoders.query_text import trace_query_encoder
     from engine.data import load_dataset
     from engine.evaluation.index_split import read_indexed_split
-    from engine.evaluation.metrics import recalls_from_ranks, retrieval_ranks
+    from engine.metrics import recalls_from_ranks, retrieval_ranks
     from engine.query.engine import QueryEngine
-    from bench.machine import run_meta, write_json_atomically
+    from bench.machine import run_meta
+    from engine.atomic import write_json_atomic
 
     engine = QueryEngine(args.index, device="cpu")
     try:
@@ -71,9 +72,9 @@ def main() -> None:
             print(name, json.dumps(rows[name]), flush=True)
     finally:
         engine.close()
-    write_json_atomically(args.out, {"meta": run_meta(REPO), "index": str(args.index), "data": str(args.data),
-                                     "split": args.split, "rows": rows,
-                                     "command": "python " + " ".join(sys.argv)})
+    write_json_atomic(args.out, {"meta": run_meta(REPO), "index": str(args.index), "data": str(args.data),
+                                 "split": args.split, "rows": rows,
+                                 "command": "python " + " ".join(sys.argv)}, indent=1)
 
 
 if __name__ == "__main__":

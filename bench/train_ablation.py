@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.ablation_results import write_ablation_results  # noqa: E402
 from bench.docs_blocks import update_page  # noqa: E402
-from bench.machine import write_json_atomically  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 
 # stand for the files given by flags in a variant's overrides
 AID_TAIL = "<--aid-tail-instruction>"
@@ -140,7 +140,7 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     import torch
 
     from encoders.checkpoint import load_model
-    from training.data_setup import _cached_features
+    from training.loaders import cached_split_features
     from training.distributed import DistInfo
     from training.evaluate import evaluate_cached
     from training.pairs import build_pairs
@@ -172,7 +172,7 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     model = load_model(out / "best")
     train_pairs = build_pairs(dataset, "train")
     test_pairs = build_pairs(dataset, "test", class_names=train_pairs.class_names)
-    features = _cached_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
+    features = cached_split_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
                                 DistInfo())  # unmasked: training masks apply to training images only
     test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
                            tail=config.unfreeze_last)
@@ -319,7 +319,7 @@ def main() -> None:
             run = run_variant(dataset, config, name, args.out / f"{name}-seed{seed}")
             run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)
-            write_json_atomically(args.runs_file, {"runs": runs, "earlier_summaries": earlier})
+            write_json_atomic(args.runs_file, {"runs": runs, "earlier_summaries": earlier}, indent=1)
             print(f"{name} seed {seed}: val mR {run['val']['mR']:.2f}, test mR {run['test']['mR']:.2f} "
                   f"({run['train_seconds']:.0f} s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import update_page  # noqa: E402
-from bench.machine import write_json_atomically  # noqa: E402
+from engine.atomic import write_json_atomic  # noqa: E402
 
 TAIL = 1
 
@@ -101,14 +101,14 @@ def main() -> None:
             "model": {"spec": path, "fingerprint": model.fingerprint()}, "prompts": {"set": PROMPT_SET},
             "settings": {"label": label, "test_time_views": 1,
                          "images_from": "cached float16 trunk maps (bench/zero_shot_aid.py)"}, **metrics}
-        write_json_atomically(args.results / f"aid-heldout-{label}.json", document)
+        write_json_atomic(args.results / f"aid-heldout-{label}.json", document, indent=1)
         plot_confusion(document, args.img / f"zero-shot-aid-{label}.png")
         print(f"{label}: top-1 {row['top1']:.2f}, top-5 {row['top5']:.2f}, mean per class "
               f"{row['mean_class_top1']:.2f} ({row['seconds']:.0f} s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
             "command": "python " + " ".join(sys.argv), "images": len(held_out), "classes": len(classes),
             "prompt_set": PROMPT_SET}
-    write_json_atomically(args.out, {"meta": meta, "rows": rows})
+    write_json_atomic(args.out, {"meta": meta, "rows": rows}, indent=1)
     update_page(args.docs, args.block, render(rows, meta))
     print(render(rows, meta))
 

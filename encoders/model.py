@@ -157,7 +157,7 @@ class PIRModel(nn.Module):
     # ---- identity and inspection --------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """sha256 of the canonical config JSON and every weight; recomputed only when a weight has changed."""
-        from encoders.checkpoint import compute_fingerprint
+        from encoders.fingerprint import compute_fingerprint
 
         state = self.state_dict()
         version = tuple(t._version for t in state.values()) + tuple(t.data_ptr() for t in state.values())

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 
-from encoders.query_text import QUERY_THREADS, CompiledTextQueryEncoder
+from encoders.query_encoder import QUERY_THREADS, CompiledTextQueryEncoder
 from encoders.text import TextBatch
 
 OPSET = 17

@@ -24,8 +24,7 @@ import torch  # noqa: E402  (the shim must run before anything imports torchvisi
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from indexing.config import MaskOptions  # noqa: E402
-from indexing.masking import apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
+from engine.data.masking import MaskOptions, apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
 
 PROBE_SIDE = 32  # size of the blank image used to learn the transform's output shape
 # ``--image-runtime auto`` compiles the image encoder (an ONNX export: seconds) only for at least this many images

@@ -21,7 +21,8 @@ from engine.errors import ConfigError, DataError
 from indexing.calibrate import Calibration, calibrate
 from indexing.choose import IndexSpec, choose_index, validate_factory
 from indexing.config import FAISS_FILE, FAISS_SHARDS_DIR
-from indexing.shards import embeddings_of, read_columns, replace_atomically, shard_files
+from engine.atomic import replace_atomically
+from indexing.shards import embeddings_of, read_columns, shard_files
 
 TRAIN_SAMPLE_MIN = 20_000
 TRAIN_POINTS_PER_CENTROID = 100

@@ -25,7 +25,8 @@ from engine.data.model import Dataset
 from engine.errors import DataError
 from indexing.config import PLAN_DIR, Manifest, Segment
 from indexing.encode import PlannedImage
-from indexing.shards import SHARDS_DIR, read_columns, shard_files, shard_name, write_table_atomically
+from engine.atomic import write_table_atomic
+from indexing.shards import SHARDS_DIR, read_columns, shard_files, shard_name
 
 PLAIN_FOLDER_KIND = "images"
 
@@ -83,7 +84,7 @@ def new_segment_plan(dataset: Dataset, index_dir: Path, manifest: Manifest, shar
             "split": pa.array([image.split for image in images], pa.string()),
             "label": pa.array([image.label for image in images], pa.string()),
         })
-        write_table_atomically(table, index_dir / segment.plan_file)
+        write_table_atomic(index_dir / segment.plan_file, table)
     return SegmentPlan(segment=segment, images=images, duplicates=duplicates, renumbered=renumber and bool(images))
 
 

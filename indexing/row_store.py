@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import EngineError
-from indexing.shards import replace_atomically, shard_files
+from engine.atomic import replace_atomically
+from indexing.shards import shard_files
 
 ROWS_FILE = "rows.arrow"
 SIGNATURE_KEY = b"engine.shard_signature"

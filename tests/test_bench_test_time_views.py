@@ -21,7 +21,7 @@ def test_curve_starts_at_engine_eval_and_is_checked_against_encode_image(tmp_pat
     import encoders
     from engine.data import load_dataset
     from engine.evaluation.embed import embed_split
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
 
     write_dataset(tmp_path / "data")
     torch.manual_seed(0)

@@ -108,7 +108,7 @@ def test_index_and_eval_check_paths_before_the_model(built, capsys, tmp_path: Pa
 
 
 def test_last_index_is_per_project_and_the_query_says_which(built, capsys, tmp_path: Path, monkeypatch) -> None:
-    from engine.query.state import last_index, record_last_index
+    from indexing.last_index import last_index, record_last_index
 
     monkeypatch.delenv("ENGINE_PROJECT", raising=False)
     monkeypatch.delenv("ENGINE_INDEX", raising=False)

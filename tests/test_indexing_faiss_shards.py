@@ -22,7 +22,7 @@ from query_fixtures import build_query_index  # noqa: E402
 faiss = pytest.importorskip("faiss")
 
 from engine.errors import ConfigError  # noqa: E402
-from engine.query.search import search_batch_selected, search_parameters  # noqa: E402
+from indexing.faiss_search import search_batch_selected, search_parameters  # noqa: E402
 from indexing.build import IndexOptions, run_index  # noqa: E402
 from indexing.loader import load_index  # noqa: E402
 

@@ -144,7 +144,7 @@ def test_index_of_another_model_is_refused(built, capsys, tmp_path: Path) -> Non
 
 
 def test_default_index_is_the_last_one_built(built, capsys, monkeypatch) -> None:
-    from engine.query.state import record_last_index
+    from indexing.last_index import record_last_index
 
     record_last_index(built[0])
     code = main(["query", "tile", "-k", "2", "--json"])

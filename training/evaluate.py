@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.evaluation.metrics import retrieval_recalls
+from engine.metrics import retrieval_recalls
 from engine.text_encoding import encode_distinct
 from training import model_ops
 from training.feature_cache import SplitFeatures

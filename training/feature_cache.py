@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders.views import apply_view
 from training.pairs import PairSet
-from engine.atomic import write_text_atomic
+from engine.atomic import replace_atomically, write_text_atomic
 
 CACHE_DTYPE = torch.float16
 
@@ -103,10 +103,7 @@ def _pad_and_stack(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 def save_features(features: SplitFeatures, path: Path) -> None:
     tensors = {f"image.{k}": v.contiguous() for k, v in features.images.items()}
     tensors.update({f"text.{k}": v.contiguous() for k, v in features.texts.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temp))
-    temp.replace(path)
+    replace_atomically(path, lambda temp: save_file(tensors, str(temp)))
 
 
 def load_features(path: Path) -> SplitFeatures:

@@ -22,8 +22,9 @@ from engine.devices import resolve_device
 from engine.errors import EngineError
 from training import distributed, model_ops
 from training.config import TrainConfig
-from training.data_setup import TrainingData, prepare_data
+from training.data_setup import prepare_data
 from training.evaluate import evaluate_cached, evaluate_files
+from training.loaders import TrainingData
 from training.losses import PIRLoss
 from training.mix import Mix
 from training.optim import build_optimizer

@@ -118,7 +118,7 @@ def evaluate(
 
     import encoders
     from engine.evaluation.embed import embed_split
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
 
     started = time.perf_counter()
     if index is not None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.data.model import Dataset
 from engine.errors import ConfigError
-from engine.evaluation.metrics import DEFAULT_KS, RetrievalRanks, recalls_from_ranks, retrieval_ranks
+from engine.metrics import DEFAULT_KS, RetrievalRanks, recalls_from_ranks, retrieval_ranks
 from engine.query.config import DEFAULT_RERANK_DEPTH, MAX_RERANK_DEPTH, RERANKERS, RerankOptions
 
 DEFAULT_MODEL_SPEC = "default"  # QueryEngine's name for the shipped model
@@ -63,7 +63,7 @@ def open_engine(index_dir: Path, checkpoint: str | None, device: str):
 
 def index_description(engine) -> dict:
     """Factory, search parameters and whether the search is exact, as a result file records them."""
-    from engine.query.search import search_parameters
+    from indexing.faiss_search import search_parameters
 
     config = engine.loaded.config
     params = search_parameters(engine.loaded.index)

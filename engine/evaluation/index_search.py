@@ -1,7 +1,7 @@
 """Ranked lists from an index's own faiss search, optionally reranked by the query engine's AAS/PAR rerankers.
 
 The gallery is one split: every search is restricted to the split's ids with a faiss ``IDSelectorBatch``
-(:func:`engine.query.search.search_batch_selected`, the index's own nprobe/efSearch), so an index that also
+(:func:`indexing.faiss_search.search_batch_selected`, the index's own nprobe/efSearch), so an index that also
 holds train/val images is scored exactly like the exact evaluation's split gallery. A list holds at most
 ``depth`` items; a relevant item that is not in it gets rank :data:`MISSED`, i.e. counts as a miss for every
 R@K (``depth`` must be at least the largest K). First-stage lists are ordered by score, equal scores in split
@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from engine.query.config import QueryRequest
-from engine.query.search import MISSING_ID, Neighbours, search_batch_selected
+from engine.query.search import Neighbours
+from indexing.faiss_search import MISSING_ID, search_batch_selected
 
 PAR_GATE_NOTE = re.compile(r"par-bonus: (\d+) of (\d+) candidates passed")  # written by engine.query.reranking
 
