@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.docs_blocks import markdown_table, update_page  # noqa: E402
 from bench.machine import load_average, machine_info  # noqa: E402
+from indexing.layout import INDEX_JSON  # noqa: E402
 
 IMAGE_SIDE = 64  # small tiles keep generation cheap; the model resizes them anyway
 RESULTS = REPO / "docs" / "bench" / "indexing.json"
@@ -111,7 +112,7 @@ def main() -> int:
             data, count, label = Path(scratch) / "images", args.images, "synthetic random tiles"
             generate(data, args.images)
         seconds, peak_mib, summary = run_index(data, out, args)
-        built = json.loads((out / "index.json").read_text())
+        built = json.loads((out / INDEX_JSON).read_text())
         count = built["image_count"] if count is None else count
     run = {"date": time.strftime("%Y-%m-%d"), "data": label, "images": count, "model": args.model or "shipped",
            "test_time_views": built.get("test_time_views") or 1, "shard_size": args.shard_size,

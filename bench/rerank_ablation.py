@@ -56,7 +56,7 @@ def measure(index_dir: Path, data: Path, split: str, checkpoint: str | None, dep
                                                 target_ranks)
     from engine.evaluation.index_split import read_indexed_split
     from engine.metrics import RetrievalRanks, recalls_from_ranks, retrieval_ranks
-    from engine.query.config import QueryRequest, RerankOptions
+    from engine.query.request import QueryRequest, RerankOptions
     from engine.query.engine import QueryEngine
 
     options = IndexEvalOptions(index_dir=index_dir, rerank="aas", rerank_depth=depth, ks=KS).validate()

@@ -82,7 +82,8 @@ def copy_caption_shards(template: Path, out: Path, template_rows: int) -> int:
     """Copy the template's caption shards (their image ids are the first copies' ids when the template's ids
     are its row positions), so the index carries real text queries: the build calibrates its search setting
     on them, as it would for the real collection. Returns the caption count (0 when not copied)."""
-    from indexing.shards import TEXT_SHARDS_DIR, read_columns
+    from indexing.layout import SHARD_PATTERN, TEXT_SHARDS_DIR
+    from indexing.shards import read_columns
 
     ids = np.concatenate([read_columns(file, ["image_id"]).column("image_id").to_numpy()
                           for file in shard_files_of(template)])
@@ -90,7 +91,7 @@ def copy_caption_shards(template: Path, out: Path, template_rows: int) -> int:
         return 0
     (out / TEXT_SHARDS_DIR).mkdir(exist_ok=True)
     count = 0
-    for file in sorted((template / TEXT_SHARDS_DIR).glob("part-*.parquet")):
+    for file in sorted((template / TEXT_SHARDS_DIR).glob(SHARD_PATTERN)):
         shutil.copyfile(file, out / TEXT_SHARDS_DIR / file.name)
         count += read_columns(file, ["caption_id"]).num_rows
     return count
@@ -111,12 +112,13 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
 
     from indexing.choose import parse_memory
     from engine.data.masking import MaskOptions
-    from indexing.config import IndexConfig, ShardInfo, tool_version
+    from indexing.manifest import IndexConfig, ShardInfo, tool_version
     from indexing.faiss_build import build_faiss
+    from indexing.layout import SHARDS_DIR, shard_name
     from indexing.loader import load_index
     from indexing.row_store import write_row_file
     from engine.atomic import write_table_atomic, write_text_atomic
-    from indexing.shards import SHARDS_DIR, image_table, shard_name
+    from indexing.shards import image_table
 
     if count <= 0:
         raise ConfigError(f"--count must be positive, got {count}")

@@ -299,7 +299,7 @@ def main() -> None:
 
     from engine.data import load_dataset
     from engine.evaluation.report import git_commit
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
     from bench.machine import machine_text
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from encoders.config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
+from encoders.model_config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
 from encoders.fingerprint import compute_fingerprint
 from encoders.model import PIRModel
 from encoders.strict_load import read_safetensors, state_problem

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import torch
 
-from encoders.config import ModelConfig
+from encoders.model_config import ModelConfig
 
 
 def compute_fingerprint(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> str:

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from encoders.config import InstructionConfig
+from encoders.model_config import InstructionConfig
 from encoders.vision import create_timm_model
 from encoders.strict_load import read_safetensors, state_problem
 from engine.atomic import replace_atomically

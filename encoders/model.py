@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from encoders.config import ModelConfig
+from encoders.model_config import ModelConfig
 from encoders.instruction import InstructionEncoder, shared_backbone_state
 from encoders.pae import LanguageCycleAttention, VisualInstructionRefiner, masked_mean
 from encoders.text import TextBackbone, TextBatch

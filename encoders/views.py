@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover  (torch stays unimported: encoders.config reads VIEW_NAMES)
+if TYPE_CHECKING:  # pragma: no cover  (torch stays unimported: encoders.model_config reads VIEW_NAMES)
     import torch
 
 VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")

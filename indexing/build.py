@@ -21,19 +21,15 @@ from pathlib import Path
 from engine.devices import resolve_device
 from engine.errors import ConfigError, DataError
 from engine.data.masking import MaskOptions
-from indexing.config import (FAISS_FILE, FAISS_SHARDS_DIR, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig, Manifest,
-                             ShardInfo, tool_version)
-from indexing.lock import LOCK_FILE, BuildLock
+from indexing.manifest import IndexConfig, Manifest, ShardInfo, tool_version
+from indexing.layout import LOCK_FILE, OWN_ENTRIES, PLAN_DIR, SHARDS_DIR, SKIPPED_FILE, TEXT_SHARDS_DIR
+from indexing.lock import BuildLock
 from engine.atomic import sweep_temps
-from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, shard_files
-from indexing.skipped import SKIPPED_FILE
+from indexing.shards import shard_files
 from indexing.stages import StageTimes
 
 DEFAULT_SHARD_SIZE = 10_000
 SKIPPED_SHOWN = 5  # skipped images named in the summary; all of them are in skipped.jsonl
-# attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
-OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, FAISS_SHARDS_DIR,
-               "attention", "rows.arrow", SKIPPED_FILE, LOCK_FILE)
 
 
 @dataclass(frozen=True)

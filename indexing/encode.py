@@ -84,7 +84,7 @@ def load_encoder(spec: str | None, device: torch.device) -> Any:
 
     named = getattr(encoders, "create_model", None) is not None and spec is not None and not Path(spec).exists()
     if named:
-        from encoders.config import named_configs
+        from encoders.model_config import named_configs
 
         named = spec in named_configs()
     if named:

@@ -24,11 +24,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from engine.data.model import Dataset
-from indexing.config import Manifest
+from indexing.manifest import Manifest
 from indexing.encode import ImageItems, PlannedImage, encode_decoded, encode_texts, image_loader
+from indexing.layout import SHARDS_DIR, TEXT_SHARDS_DIR, shard_name
 from indexing.plan import SegmentPlan
 from engine.atomic import write_table_atomic
-from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, ImageRows, TextRows, image_table, shard_name, text_table
+from indexing.shards import ImageRows, TextRows, image_table, text_table
 from indexing.skipped import SKIPPED_META
 from indexing.stages import StageTimes
 

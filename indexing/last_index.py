@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from engine.atomic import AtomicWriteError, write_text_atomic
-from indexing.config import INDEX_JSON
+from indexing.layout import is_complete
 
 PROJECT_ENV = "ENGINE_PROJECT"
 STATE_DIR = ".rs-engine"
@@ -52,4 +52,4 @@ def last_index() -> Path | None:
     except OSError:
         return None
     path = Path(recorded)
-    return path if recorded and (path / INDEX_JSON).is_file() else None
+    return path if recorded and is_complete(path) else None

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 from engine.errors import EngineError
 from engine.atomic import replace_atomically
+from indexing.layout import ROWS_FILE
 from indexing.shards import shard_files
 
-ROWS_FILE = "rows.arrow"
 SIGNATURE_KEY = b"engine.shard_signature"
 MISSING = -1
 SLICE_ROWS_MAX = 64  # up to this many ids, one zero-copy slice per row beats a take per batch (0.27 vs 0.72 ms for 10)

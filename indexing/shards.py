@@ -17,15 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import EngineError
+from indexing.layout import SHARDS_DIR, SHARD_PATTERN
 
-SHARDS_DIR = "shards"
-TEXT_SHARDS_DIR = "text_shards"
-SHARD_PATTERN = "part-*.parquet"
 META_PREFIX = "engine."
-
-
-def shard_name(shard_index: int) -> str:
-    return f"part-{shard_index:05d}.parquet"
 
 
 def image_schema(dim: int) -> pa.Schema:

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 from engine.atomic import write_text_atomic
+from indexing.layout import SKIPPED_FILE
 from indexing.shards import read_metadata, shard_files
 
 SKIPPED_META = "skipped"
-SKIPPED_FILE = "skipped.jsonl"
 
 
 def collect_skipped(index_dir: Path) -> list[dict]:

@@ -21,7 +21,7 @@ class InProcess:
 
 class Hits(FakeEngine):
     def search(self, request):
-        from engine.query.config import Hit
+        from engine.query.request import Hit
 
         result = super().search(request)
         result.hits.append(Hit(1, 0.5, 0.5, 1, "a.png", "test", "farm", ["a farm"]))

@@ -10,7 +10,8 @@ import pytest
 
 from engine.atomic import write_table_atomic
 from indexing.calibrate import NO_ID, calibrate, exact_neighbours, search_knob
-from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, ImageRows, TextRows, image_table, shard_name, text_table
+from indexing.layout import SHARDS_DIR, TEXT_SHARDS_DIR, shard_name
+from indexing.shards import ImageRows, TextRows, image_table, text_table
 
 DIM = 16
 

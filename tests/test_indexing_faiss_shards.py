@@ -96,7 +96,7 @@ def test_query_engine_over_a_sharded_index_returns_the_same_hits(tmp_path_factor
     import encoders
 
     from engine.cli import main
-    from engine.query.config import QueryRequest
+    from engine.query.request import QueryRequest
     from engine.query.engine import QueryEngine
 
     monkeypatch.undo()  # the real tiny-test checkpoint, not the fake encoder

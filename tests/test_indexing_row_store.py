@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from engine.atomic import write_table_atomic
-from indexing.row_store import ROWS_FILE, RowStore
-from indexing.shards import SHARDS_DIR, ImageRows, embeddings_of, image_table, read_columns, shard_name
+from indexing.layout import ROWS_FILE, SHARDS_DIR, shard_name
+from indexing.row_store import RowStore
+from indexing.shards import ImageRows, embeddings_of, image_table, read_columns
 
 DIM = 4
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engine.data.model import Dataset
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.distributed import DistInfo
 from training.feature_cache import CachedPairs, collate_cached
 from training.loaders import TrainingData, cached_split_features

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from training import distributed, model_ops
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.distributed import DistInfo
 from training.feature_cache import CachedPairs, SplitFeatures, cache_key, compute_features, load_features, save_features
 from training.pairs import PairSet

@@ -25,7 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from engine.errors import ConfigError
 from training import distributed, model_ops
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.distributed import DistInfo
 from training.loaders import TrainingData, cached_split_features
 from training.feature_cache import (CachedPairs, SplitFeatures, cache_key, collate_cached,

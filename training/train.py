@@ -21,7 +21,7 @@ from engine.data.model import Dataset
 from engine.devices import resolve_device
 from engine.errors import EngineError
 from training import distributed, model_ops
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.data_setup import prepare_data
 from training.evaluate import evaluate_cached, evaluate_files
 from training.loaders import TrainingData

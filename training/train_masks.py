@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from engine.data.masking import MaskOptions, apply_mask, check_masks_present, load_mask, mask_path_for
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.pairs import PairSet
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.query.config import QueryRequest
+from engine.query.request import QueryRequest
 from engine.query.search import Neighbours
 from indexing.faiss_search import MISSING_ID, search_batch_selected
 

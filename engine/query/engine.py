@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ConfigError, DataError
-from engine.query.config import MAX_QUERY_CHARS, Hit, QueryRequest, QueryResult, validate_request
+from engine.query.request import MAX_QUERY_CHARS, Hit, QueryRequest, QueryResult, validate_request
 from engine.query.search import Neighbours, search_index, search_subset, top_k
 
 DEFAULT_MODEL_SPEC = "default"

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.atomic import AtomicWriteError, replace_atomically
+from indexing.layout import ATTENTION_DIR
 
-ATTENTION_DIR = "attention"
 META_FILE = "meta.json"
 FEATURE_BATCH = 16
 STORE_DTYPE = np.float16

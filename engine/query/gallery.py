@@ -11,7 +11,7 @@ import html
 import io
 from pathlib import Path
 
-from engine.query.config import QueryResult
+from engine.query.request import QueryResult
 
 THUMB_SIDE = 224
 JPEG_QUALITY = 80

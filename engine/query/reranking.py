@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import DataError
-from engine.query.config import QueryRequest
+from engine.query.request import QueryRequest
 from engine.query.features import FEATURE_BATCH, AttentionFeatures, extract_features
 from engine.query.rerank import aas_scores, par_terms
 from engine.query.search import Neighbours

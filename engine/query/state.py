@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
-from indexing.config import INDEX_JSON
 from indexing.last_index import last_index, last_index_file
+from indexing.layout import is_complete
 
 HOME_ENV = "ENGINE_HOME"
 INDEX_ENV = "ENGINE_INDEX"
@@ -44,7 +44,7 @@ def resolve_index(explicit: Path | None) -> tuple[Path, str | None]:
         return recorded, (f"using index {recorded} (the last one built in this project, recorded in "
                           f"{last_index_file()}; pass --index to choose)")
     default = engine_home() / DEFAULT_INDEX_NAME
-    if not (default / INDEX_JSON).is_file():
+    if not is_complete(default):
         _build_default_index(default)
     return default, f"using the default index {default} (no index built in this project; pass --index to choose)"
 

@@ -17,12 +17,8 @@ from typing import Any
 from engine.data.masking import MaskOptions
 from engine.errors import ConfigError
 from engine.atomic import write_text_atomic
+from indexing.layout import FAISS_FILE, INDEX_JSON, MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
-INDEX_JSON = "index.json"
-FAISS_FILE = "faiss.index"
-FAISS_SHARDS_DIR = "faiss_shards"  # faiss_shards/part-KKK.index when the faiss part is split (--faiss-shards N)
-PLAN_DIR = "plan"
 FORMAT_VERSION = 1
 
 
@@ -131,7 +127,8 @@ class IndexConfig:
 
 def missing_index_message(index_dir: Path) -> str:
     """Why ``index_dir`` has no ``index.json``: a build still running, an interrupted build, or no index at all."""
-    from indexing.lock import LOCK_FILE, owner_is_running, read_owner
+    from indexing.layout import LOCK_FILE
+    from indexing.lock import owner_is_running, read_owner
 
     owner = read_owner(index_dir) if (index_dir / LOCK_FILE).exists() else None
     if owner is not None and owner_is_running(owner) is not False:
