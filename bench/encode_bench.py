@@ -1,6 +1,6 @@
 """Image encoding near the hardware limit: raw encoder forward per runtime vs end-to-end indexing, in one run.
 
-    python bench/encode_bench.py --data ../shared/data/ucm_captions --images 1050 [--ray] [--update-docs]
+    python -m bench.encode_bench --data ../shared/data/ucm_captions --images 1050 [--ray] [--update-docs]
 
 1. Raw forward: ``encode_image`` of the shipped model at 1 view, batch 64 (``--batch``), on real tiles already
    decoded and transformed, for each runtime of ``encoders.image_runtime`` (eager, channels_last, TorchScript,
@@ -30,13 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import load_average, run_meta
+from engine.atomic import write_json_atomic
+from indexing.stages import ORDER
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, run_meta  # noqa: E402
-from engine.atomic import write_json_atomic  # noqa: E402
-from indexing.stages import ORDER  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = REPO / "docs" / "bench" / "encode.json"
 GOAL_RATIO = 0.8  # issue 18: end-to-end indexing at 1 view >= 0.8x the raw forward of the runtime it uses

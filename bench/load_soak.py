@@ -310,7 +310,7 @@ def main() -> None:
         report = json.loads(args.from_json.read_text())
         print(markdown(report))
         if args.update_docs:
-            from bench.docs_blocks import update_page
+            from release.docs_blocks import update_page
 
             update_page(DOCS / "benchmarks.md", "load-soak", markdown(report))
         return
@@ -325,7 +325,7 @@ def main() -> None:
     write_json_atomic(out, report, indent=1)
     print(markdown(report))
     if args.update_docs:
-        from bench.docs_blocks import update_page
+        from release.docs_blocks import update_page
 
         update_page(DOCS / "benchmarks.md", "load-soak", markdown(report))
 

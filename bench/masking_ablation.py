@@ -7,7 +7,7 @@ image→image Recall@1/2/4/8 by class (query = each image, gallery = the other i
 class; :mod:`engine.evaluation.class_recall`) and text↔image R@1/5/10 + mR (:mod:`engine.metrics`).
 Raw results go to ``docs/bench/masking.json``; the ``masking`` block of docs/ablations.md is rendered from them.
 
-    python bench/masking_ablation.py --data ../shared/data/ucm_captions [--checkpoint MODEL_DIR]
+    python -m bench.masking_ablation --data ../shared/data/ucm_captions [--checkpoint MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.ablation_results import write_ablation_results
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import run_meta
+from engine.atomic import write_json_atomic
+from engine.errors import EngineError
 
-from bench.ablation_results import write_ablation_results  # noqa: E402
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta  # noqa: E402
-from engine.atomic import write_json_atomic  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MODES = (("none", "none", None), ("soft σ=0.2", "soft", 0.2), ("soft σ=0.5", "soft", 0.5), ("hard", "hard", None))
 TEXT_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")

@@ -10,7 +10,7 @@ the attention-feature cache (it is emptied first unless ``--keep-cache``), separ
 image queries run warm (their own features are extracted per query by design). Raw results go to
 ``docs/bench/rerank.json``; the ``rerank`` block of docs/ablations.md is rendered from them.
 
-    python bench/rerank_ablation.py --index INDEX_DIR --data ../shared/data/ucm_captions [--rerank-depth 50]
+    python -m bench.rerank_ablation --index INDEX_DIR --data ../shared/data/ucm_captions [--rerank-depth 50]
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import run_meta
+from engine.atomic import write_json_atomic
+from engine.errors import EngineError
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta  # noqa: E402
-from engine.atomic import write_json_atomic  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # (row label, reranker, RerankOptions overrides). par-bonus with PAR's paper gates (0.7), and at 0.5: see the docs.
 VARIANTS = (("none", "none", {}), ("aas", "aas", {}), ("par-bonus", "par-bonus", {}),

@@ -13,8 +13,8 @@ The output folder is a normal index: 100k-row shards with explicit int64 ids, fa
 Resumable (rerun the same command after a kill); ``--faiss-shards N`` splits the faiss part for sharded serving,
 and rerunning with another N only re-splits (the vectors and the trained quantiser are kept).
 
-    python bench/synthetic_index.py --template /tmp/ucm-index --count 1000000 --out /tmp/syn-1m
-    nohup nice -n 5 python bench/synthetic_index.py --template runs/ucm-1v --count 10000000 --out runs/syn-10m \\
+    python -m bench.synthetic_index --template /tmp/ucm-index --count 1000000 --out /tmp/syn-1m
+    nohup nice -n 5 python -m bench.synthetic_index --template runs/ucm-1v --count 10000000 --out runs/syn-10m \\
         > runs/syn-10m.log 2>&1 &
 """
 
@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from engine.errors import ConfigError
 
-from engine.errors import ConfigError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARD_ROWS = 100_000
 RECIPE_FILE = "synthetic.json"  # the arguments that define the vectors (a resumed run must repeat them)

@@ -6,7 +6,7 @@ For each checkpoint, every image of a split is encoded once per view (identity, 
 The time of ``encode_image`` on one batch is measured for N = 1, 2, 4, 8 in the same run, so the ratios compare.
 Pick N on val; test is reported, never used to choose.
 
-    python bench/test_time_views.py --data ../shared/data/ucm_captions \
+    python -m bench.test_time_views --data ../shared/data/ucm_captions \
         --checkpoint runs/ablation-tail/m-aidtail1-seed1/best runs/ablation-tail/m-aidtail1-seed2/best \
         runs/ablation-tail/m-aidtail1-seed3/best
 """
@@ -14,16 +14,14 @@ Pick N on val; test is reported, never used to choose.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TIMED_VIEWS = (1, 2, 4, 8)
 BLOCK = "test-time-views"

@@ -8,7 +8,7 @@ whose per-seed runs were not kept (measured before the file existed) are carried
 script printed then, under ``earlier_summaries``, each with the date and commit it was measured at; a new
 measurement of a variant replaces its earlier summary.
 
-    python bench/train_ablation.py --data ../shared/data/ucm_captions \
+    python -m bench.train_ablation --data ../shared/data/ucm_captions \
         --instruction-weights runs/instruction-aid/instruction.safetensors --cache runs/cache-ucm \
         --seeds 1 2 3 --epochs 15 --out runs/ablation
 """
@@ -19,16 +19,14 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.ablation_results import write_ablation_results
+from release.docs_blocks import update_page
+from engine.atomic import write_json_atomic
 
-from bench.ablation_results import write_ablation_results  # noqa: E402
-from bench.docs_blocks import update_page  # noqa: E402
-from engine.atomic import write_json_atomic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # stand for the files given by flags in a variant's overrides
 AID_TAIL = "<--aid-tail-instruction>"
@@ -300,7 +298,7 @@ def main() -> None:
     from engine.data import load_dataset
     from engine.evaluation.report import git_commit
     from training.train_config import TrainConfig
-    from bench.machine import machine_text
+    from bench.machine import command_line, machine_text
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = load_dataset(args.data)
@@ -323,7 +321,7 @@ def main() -> None:
             print(f"{name} seed {seed}: val mR {run['val']['mR']:.2f}, test mR {run['test']['mR']:.2f} "
                   f"({run['train_seconds']:.0f} s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
-            "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
+            "command": command_line(), "data": str(args.data), "seeds": args.seeds,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
             "views": args.views, "plot": _relative(args.plot, args.docs.parent),
             "runs_file": _relative(args.runs_file, REPO), "results": _relative(args.results, REPO)}

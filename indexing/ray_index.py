@@ -67,7 +67,7 @@ class RayPlan:
 def require_ray() -> None:
     """One line saying how to install Ray when it is missing."""
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError:
         raise ConfigError(f"--ray: Ray is not installed; install it with {INSTALL_HINT}") from None

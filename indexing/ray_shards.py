@@ -19,7 +19,7 @@ from engine.errors import ConfigError
 SEARCH_THREADS = 1  # one query at a time per actor; parallelism comes from the actors
 
 
-def _memory() -> dict[str, int]:
+def process_memory() -> dict[str, int]:
     """Resident and peak resident bytes of this process (Linux /proc; zeros elsewhere)."""
     values = {"rss_bytes": 0, "peak_rss_bytes": 0}
     try:
@@ -43,7 +43,7 @@ class ShardSearcher:
         self.index = faiss.read_index(path)
 
     def info(self) -> dict:
-        return {"ntotal": int(self.index.ntotal), "d": int(self.index.d), **_memory()}
+        return {"ntotal": int(self.index.ntotal), "d": int(self.index.d), **process_memory()}
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         from indexing.faiss_search import search_batch_selected

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not an installed package
 
-from bench import train_ablation  # noqa: E402
+from bench import train_ablation
 
 
 def _run(variant: str, seed: int, test_mr: float) -> dict:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.cli import main  # noqa: E402
-from engine.evaluation.class_recall import NO_PARTNER, class_recalls, first_same_class_ranks  # noqa: E402
+from engine.cli import main
+from engine.evaluation.class_recall import NO_PARTNER, class_recalls, first_same_class_ranks
 
 IMAGES = 30  # 2 of every 3 in the test split: 20 test images, 40 captions (R@1 is far from 0 and from 100)
 CLASSES = ("river", "farm", "port")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from engine.cli import main  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
+import indexing_fakes
+from engine.cli import main
+from query_fixtures import build_query_index
 
 pytest.importorskip("faiss")
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
+import indexing_fakes
+from query_fixtures import build_query_index
 
 faiss = pytest.importorskip("faiss")
 

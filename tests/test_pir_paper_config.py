@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,9 +16,6 @@ import training  # noqa: F401  (torchvision shim)
 from encoders.model_config import load_config, with_random_weights
 from engine.cli import main as engine_main
 from training_fixtures import write_captioned_dataset
-
-pytestmark = pytest.mark.slow
-
 
 def test_with_random_weights_keeps_the_architectures_and_needs_no_download() -> None:
     paper = load_config("pir-paper")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.cli import main  # noqa: E402
-from query_fixtures import IMAGE_COUNT, build_query_index  # noqa: E402
+from engine.cli import main
+from query_fixtures import IMAGE_COUNT, build_query_index
 
 pytest.importorskip("faiss")
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.query.features import AttentionFeatures  # noqa: E402
-from engine.query.rerank import aas_scores, attend, par_terms, top_positions  # noqa: E402
-from engine.query.search import exact_subset, search_subset  # noqa: E402
+from engine.query.features import AttentionFeatures
+from engine.query.rerank import aas_scores, attend, par_terms, top_positions
+from engine.query.search import exact_subset, search_subset
 
 HEADS, TOKENS, DIM = 2, 9, 8
 

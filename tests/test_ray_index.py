@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
+import indexing_fakes
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (.ci/run installs it)")
 faiss = pytest.importorskip("faiss")

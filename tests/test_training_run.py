@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import training  # noqa: F401
+import training
 from engine.cli import main as engine_main
 from engine.data import load_dataset
 from engine.errors import EngineError

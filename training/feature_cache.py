@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders.views import apply_view
 from training.pairs import PairSet
-from engine.atomic import replace_atomically, write_text_atomic
+from engine.atomic import replace_atomically
 
 CACHE_DTYPE = torch.float16
 
@@ -111,10 +111,6 @@ def load_features(path: Path) -> SplitFeatures:
     images = {k.removeprefix("image."): v for k, v in tensors.items() if k.startswith("image.")}
     texts = {k.removeprefix("text."): v for k, v in tensors.items() if k.startswith("text.")}
     return SplitFeatures(images, texts)
-
-
-def write_cache_manifest(folder: Path, entries: dict[str, str]) -> None:
-    write_text_atomic(folder / "manifest.json", json.dumps(entries, indent=2))
 
 
 class CachedPairs(torch.utils.data.Dataset):
