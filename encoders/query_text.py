@@ -10,14 +10,12 @@ when ``onnxruntime`` is installed. ``float32`` reproduces ``encode_text`` to rou
 text backbone with bfloat16 weights (half the memory traffic; the heads stay float32) and is accepted only when
 every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds every
 available kind, times them on the probes and keeps the fastest: on CPUs without native bfloat16 and without
-onnxruntime that is float32. On the 2-core EPYC VM (avx512_bf16) ONNX Runtime is ~2× faster than eager with
-the same rankings, and bfloat16 sits between them at a minimum cosine of ~0.9998 with eager; the measured
-table (bench/text_precision_check.py, re-run for each shipped model) is in docs/ENCODERS.md.
+onnxruntime that is float32. The measured table (``python -m bench.text_precision_check``, re-run for each
+shipped model) is in docs/ENCODERS.md.
 
 Threads: the graph runs with one intra-op thread (``QUERY_THREADS``). A 5-token query is too small to split,
-and a second OpenMP worker that has gone to sleep between queries must be woken for every operator: on the
-2-core VM, queries 5 ms apart took 21 ms p50 / 91 ms p95 with two threads and 13 ms / 15 ms with one (back to
-back, two threads were only ~1 ms faster). The previous thread count is restored after each call, so image
+and a second OpenMP worker that has gone to sleep between queries must be woken for every operator (measured
+p50/p95 with one and two threads: docs/benchmarks.md, "Measurements behind design choices"). The previous thread count is restored after each call, so image
 encoding and reranking keep both cores.
 
 Safety: tracing records one execution, so a graph that baked in a shape would silently give wrong answers for

@@ -1,7 +1,7 @@
 """Cache of frozen-backbone outputs, so that epochs on a CPU only run the trainable heads (VIR, LCA, projections).
 
-Why: with frozen backbones, the backbone forward pass is the same every epoch and dominates CPU time (about
-30 images/s for EfficientNet-Lite0 on two cores). We run it once per image *view* (identity, horizontal flip,
+Why: with frozen backbones, the backbone forward pass is the same every epoch and dominates CPU time
+(docs/benchmarks.md, "Measurements behind design choices"). We run it once per image *view* (identity, horizontal flip,
 vertical flip, 90° rotation: the dihedral symmetries that leave an overhead scene a valid scene) and once per
 caption, store the tensors in a safetensors file keyed by model fingerprint + data, and sample one view per
 training pair each epoch. Values are stored in float16 to halve memory; the heads upcast them.

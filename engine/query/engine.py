@@ -3,9 +3,8 @@
 Thread safety and speed: all torch work runs on one long-lived model thread (``run_model``), which also
 serialises it; faiss searches are read-only and run concurrently; DuckDB is used through one cursor per thread
 (MetadataStore). Why one thread: torch's OpenMP pool belongs to the calling thread and its idle workers spin, so
-torch calls from several threads on a 2-core machine keep two pools fighting for the cores. Measured with the
-shipped model: a short text query took 11 ms to encode from one thread, 27–30 ms once a second thread had
-also encoded.
+torch calls from several threads on a 2-core machine keep two pools fighting for the cores (the measured cost:
+docs/benchmarks.md, "Measurements behind design choices").
 """
 
 from __future__ import annotations
