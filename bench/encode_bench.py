@@ -129,7 +129,7 @@ def index_run(data: Path, out: Path, ray: str | None, with_text: bool, runtime: 
 
 def attention_cost(model, pixels) -> float:
     """Seconds per image to compute the rerank features (Q/K/V + maps) of one image, batch 16."""
-    from engine.query.features import FEATURE_BATCH, extract_features
+    from engine.query.rerank.features import FEATURE_BATCH, extract_features
 
     batch = pixels[:FEATURE_BATCH]
     extract_features(model, batch, -1)

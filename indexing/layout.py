@@ -13,7 +13,7 @@
       rows.arrow               memory-mapped rows for by-id reads, rebuilt from the shards (indexing.row_store)
       index.json               written last: its presence means the folder is a complete index (indexing.config)
       build.lock               held while a build runs (indexing.lock)
-      attention/layer<L>/      the query engine's attention-feature cache for reranking (engine.query.features)
+      attention/layer<L>/      the query engine's attention-feature cache for reranking (engine.query.rerank.features)
 
 Writers and readers take the names and paths from here; ``indexing.loader`` opens what ``indexing.build`` wrote.
 """

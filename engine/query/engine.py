@@ -175,7 +175,7 @@ class QueryEngine:
         result.timings_ms["search"] = (time.perf_counter() - began) * 1000
         scores = first.scores.astype(np.float64)
         if request.rerank != "none" and len(first.ids):
-            from engine.query.reranking import rerank
+            from engine.query.rerank.apply import rerank
 
             began = time.perf_counter()
             scores = rerank(self, request, first, vector, pixels, result.notes)
@@ -214,7 +214,7 @@ class QueryEngine:
             return self._captions
 
     def attention_cache(self, layer: int):
-        from engine.query.features import AttentionCache
+        from engine.query.rerank.features import AttentionCache
 
         with self._caches_lock:
             if layer not in self._caches:
