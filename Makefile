@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ demo: $(STAMP)
 	$(ENGINE) query "$(DEMO_QUERY)" --index $(DEMO_INDEX) -k 5 && \
 	$(ENGINE) eval "$$data" --split test
 
-test: $(STAMP)
+# The layer contract of pyproject.toml's [tool.importlinter] (docs/ARCHITECTURE.md): imports only point down.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .import_linter_cache

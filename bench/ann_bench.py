@@ -23,7 +23,8 @@ from pathlib import Path
 from bench.ann_data import SyntheticConfig, exact_top_k, make_vectors
 from bench.ann_faiss import Family, ivf_centroids, refine_sweep, sweep
 from bench.ann_methods import MethodResult, Workload, duckdb_scan, numpy_brute_force
-from bench.machine import library_versions, load_average, machine_info, write_json_atomically
+from bench.machine import library_versions, load_average, machine_info
+from engine.atomic import write_json_atomic
 from engine.errors import ConfigError, EngineError
 from indexing.choose import DEFAULT_MEMORY_BUDGET, HNSW_EF_CONSTRUCTION, IndexSpec, choose_index, ivf_nlist, \
     parse_memory
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         for count in config.sizes:
             result = run_size(config, count, log=lambda text: print(text, file=sys.stderr, flush=True))
             path = output / f"ann_{size_label(count)}.json"
-            write_json_atomically(path, result)
+            write_json_atomic(path, result, indent=1)
             print(f"{path}: {len(result['results'])} rows in {result['phases']['total_s']:.0f} s")
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)

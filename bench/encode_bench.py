@@ -1,6 +1,6 @@
 """Image encoding near the hardware limit: raw encoder forward per runtime vs end-to-end indexing, in one run.
 
-    python bench/encode_bench.py --data ../shared/data/ucm_captions --images 1050 [--ray] [--update-docs]
+    python -m bench.encode_bench --data ../shared/data/ucm_captions --images 1050 [--ray] [--update-docs]
 
 1. Raw forward: ``encode_image`` of the shipped model at 1 view, batch 64 (``--batch``), on real tiles already
    decoded and transformed, for each runtime of ``encoders.image_runtime`` (eager, channels_last, TorchScript,
@@ -30,12 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import load_average, run_meta
+from engine.atomic import write_json_atomic
+from indexing.stages import ORDER
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, run_meta, write_json_atomically  # noqa: E402
-from indexing.stages import ORDER  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = REPO / "docs" / "bench" / "encode.json"
 GOAL_RATIO = 0.8  # issue 18: end-to-end indexing at 1 view >= 0.8x the raw forward of the runtime it uses
@@ -129,7 +129,7 @@ def index_run(data: Path, out: Path, ray: str | None, with_text: bool, runtime: 
 
 def attention_cost(model, pixels) -> float:
     """Seconds per image to compute the rerank features (Q/K/V + maps) of one image, batch 16."""
-    from engine.query.features import FEATURE_BATCH, extract_features
+    from engine.query.rerank.features import FEATURE_BATCH, extract_features
 
     batch = pixels[:FEATURE_BATCH]
     extract_features(model, batch, -1)
@@ -195,7 +195,7 @@ def main() -> int:
                 ray.shutdown()
     result["runs"] = runs
     result["load_after"] = load_average()
-    write_json_atomically(RESULTS, result)
+    write_json_atomic(RESULTS, result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:

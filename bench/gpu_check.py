@@ -1,8 +1,8 @@
 """The Python checks of bench/gpu_check.sh: GPU results against CPU results, with a CPU fallback for machines
 without a GPU (the fallback runs the "GPU" side on the CPU, so the comparison code itself is exercised).
 
-    python bench/gpu_check.py faiss --vectors 1000000 [--cpu-fallback]
-    python bench/gpu_check.py embeddings --index INDEX_DIR --sample 256 [--cpu-fallback]
+    python -m bench.gpu_check faiss --vectors 1000000 [--cpu-fallback]
+    python -m bench.gpu_check embeddings --index INDEX_DIR --sample 256 [--cpu-fallback]
 
 ``faiss``: synthetic L2-normalised vectors (dim 128, clustered); an exact ``Flat`` index and an ``IVF4096,Flat``
 index built on the GPU (``faiss.index_cpu_to_gpu``) and on the CPU; the GPU Flat top-10 must agree with the CPU
@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 DIM = 128
 K = 10

@@ -90,14 +90,14 @@ if [ "$DRY_RUN" = 0 ]; then
 assert torch.cuda.is_available(), 'torch sees no GPU'; print(torch.cuda.get_device_name(0))"
   }
   step install install_gpu
-  step faiss "$PYTHON" bench/gpu_check.py faiss --vectors 1000000
+  step faiss "$PYTHON" -m bench.gpu_check faiss --vectors 1000000
   step index-ucm "$PYTHON" -m engine index "$DATA" --out "$OUT/ucm-index" --device cuda --overwrite
-  step embeddings "$PYTHON" bench/gpu_check.py embeddings --index "$OUT/ucm-index" --sample 256
+  step embeddings "$PYTHON" -m bench.gpu_check embeddings --index "$OUT/ucm-index" --sample 256
   step train "$PYTHON" -m engine train "$DATA" --out "$OUT/train" --epochs 1 --train-backbones --amp \
     --device cuda --workers 4 --quiet
 else
   echo "dry run: no installs, Python checks in CPU fallback at small sizes, no training"
-  step faiss "$PYTHON" bench/gpu_check.py faiss --vectors 20000 --lists 256 --cpu-fallback
+  step faiss "$PYTHON" -m bench.gpu_check faiss --vectors 20000 --lists 256 --cpu-fallback
   SMALL="$OUT/ucm-small"
   if [ ! -d "$SMALL" ]; then
     "$PYTHON" - "$DATA" "$SMALL" <<'EOF'
@@ -113,7 +113,7 @@ EOF
   fi
   step index-ucm "$PYTHON" -m engine index "$SMALL" --out "$OUT/ucm-index" --device cpu --test-time-views 1 \
     --overwrite
-  step embeddings "$PYTHON" bench/gpu_check.py embeddings --index "$OUT/ucm-index" --sample 16 --cpu-fallback
+  step embeddings "$PYTHON" -m bench.gpu_check embeddings --index "$OUT/ucm-index" --sample 16 --cpu-fallback
 fi
 
 TOTAL=$(( $(date +%s) - START ))

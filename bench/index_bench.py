@@ -1,8 +1,8 @@
 """Indexing benchmark: `engine index` on a real dataset or N synthetic images → images/s and peak RSS.
 
-    python bench/index_bench.py --data ../shared/data/ucm_captions          # real data, shipped model
-    python bench/index_bench.py --images 100000 --model tiny-test           # synthetic, bounded-memory check
-    python bench/index_bench.py --data ../shared/data/ucm_captions --test-time-views 1   # one pass per image
+    python -m bench.index_bench --data ../shared/data/ucm_captions          # real data, shipped model
+    python -m bench.index_bench --images 100000 --model tiny-test           # synthetic, bounded-memory check
+    python -m bench.index_bench --data ../shared/data/ucm_captions --test-time-views 1   # one pass per image
 
 Synthetic images are generated into a temporary folder first (not timed). The index run is timed end to end
 in a child process, so its peak RSS (``ru_maxrss`` of children) is the indexing process alone; with DataLoader
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import command_line, load_average, machine_info
+from indexing.layout import INDEX_JSON
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, machine_info  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGE_SIDE = 64  # small tiles keep generation cheap; the model resizes them anyway
 RESULTS = REPO / "docs" / "bench" / "indexing.json"
@@ -80,8 +80,8 @@ def render(runs: list[dict]) -> str:
         f"Machine of the last run: {machine.get('nproc')} cores ({machine.get('cpu_model')}), "
         f"{(machine.get('ram_bytes') or 0) / 2**30:.1f} GiB RAM; compare rows of the same cpu only. End to end: process start, model load, image "
         "decode, encoding, caption encoding (real data), Parquet shards, FAISS build. Peak RSS is the indexing "
-        "process's. Commands: `python bench/index_bench.py --data ../shared/data/ucm_captions` and "
-        "`python bench/index_bench.py --images N --model tiny-test --shard-size S`.",
+        "process's. Commands: `python -m bench.index_bench --data ../shared/data/ucm_captions` and "
+        "`python -m bench.index_bench --images N --model tiny-test --shard-size S`.",
         "",
         markdown_table(["date", "cpu", "data", "images", "model (image views)", "shard size", "seconds", "images/s", "peak RSS MiB",
                         "load avg before"], rows),
@@ -111,13 +111,13 @@ def main() -> int:
             data, count, label = Path(scratch) / "images", args.images, "synthetic random tiles"
             generate(data, args.images)
         seconds, peak_mib, summary = run_index(data, out, args)
-        built = json.loads((out / "index.json").read_text())
+        built = json.loads((out / INDEX_JSON).read_text())
         count = built["image_count"] if count is None else count
     run = {"date": time.strftime("%Y-%m-%d"), "data": label, "images": count, "model": args.model or "shipped",
            "test_time_views": built.get("test_time_views") or 1, "shard_size": args.shard_size,
            "seconds": round(seconds, 1), "images_per_s": count / seconds,
            "peak_rss_mib": peak_mib, "load_before": load_before, "summary": summary, "machine": machine_info(),
-           "command": "python " + " ".join(sys.argv)}
+           "command": command_line()}
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     runs.append(run)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,9 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from bench.machine import machine_info, machine_text, run_meta, write_json_atomically
+from bench.machine import machine_info, machine_text, run_meta
+from engine.atomic import write_json_atomic
+from indexing.layout import INDEX_JSON, SHARDS_DIR
 
 QUERIES = ("airport with runways", "dense residential area", "a river through green fields", "baseball diamond",
            "parking lot with many cars", "beach and sea", "harbor with boats", "tennis court", "freeway",
@@ -53,7 +55,7 @@ def index_sentences(index: Path, count: int, seed: int = 0) -> tuple[list[str], 
     """(distinct query sentences, class names) from the index's own shards (no model needed here)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(index / "shards", columns=["captions", "label"])
+    table = pq.read_table(index / SHARDS_DIR, columns=["captions", "label"])
     captions = [row[0] for row in table.column("captions").to_pylist() if row]
     rng = np.random.default_rng(seed)
     texts = list(dict.fromkeys(QUERIES))
@@ -230,7 +232,7 @@ def measure(index: Path, clients: list[int], seconds: float, queries: int, warmu
     log_path = Path(tempfile.mkstemp(prefix="load-soak-serve-", suffix=".log")[1])
     started = time.perf_counter()
     server = Server(index, log_path, text_encoder)
-    config = json.loads((index / "index.json").read_text())
+    config = json.loads((index / INDEX_JSON).read_text())
     report = {"index": str(index), "images": config["image_count"], "factory": config["factory"],
               "test_time_views": config.get("test_time_views"), "queries": len(params),
               "filtered_every": FILTER_EVERY, "k": K,
@@ -308,7 +310,7 @@ def main() -> None:
         report = json.loads(args.from_json.read_text())
         print(markdown(report))
         if args.update_docs:
-            from bench.docs_blocks import update_page
+            from release.docs_blocks import update_page
 
             update_page(DOCS / "benchmarks.md", "load-soak", markdown(report))
         return
@@ -320,10 +322,10 @@ def main() -> None:
     report["meta"] = run_meta(REPO)
     report["meta"]["command"] = "python -m bench.load_soak " + " ".join(sys.argv[1:])
     out = args.out or DOCS / "bench" / f"load_soak_{args.index.resolve().name}.json"
-    write_json_atomically(out, report)
+    write_json_atomic(out, report, indent=1)
     print(markdown(report))
     if args.update_docs:
-        from bench.docs_blocks import update_page
+        from release.docs_blocks import update_page
 
         update_page(DOCS / "benchmarks.md", "load-soak", markdown(report))
 

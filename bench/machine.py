@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
-from engine.atomic import write_text_atomic
 
 VERSIONED_PACKAGES = ("numpy", "faiss-cpu", "duckdb", "pyarrow", "torch")
 
@@ -58,10 +56,6 @@ def load_average() -> list[float]:
 
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
-
-
 def machine_text(info: dict | None = None) -> str:
     """One readable line: cores, CPU model, RAM, Python."""
     info = info or machine_info()
@@ -69,13 +63,24 @@ def machine_text(info: dict | None = None) -> str:
     return f"{info['nproc']} cores ({info['cpu_model']}), {ram}, Python {info['python']}"
 
 
+def command_line() -> str:
+    """This run's command as a reader would retype it: ``python -m bench.NAME ARGS`` (under ``-m``,
+    ``sys.argv[0]`` is the file's full path)."""
+    import sys
+
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    head = f"python -m {spec.name}" if spec is not None and spec.name else f"python {sys.argv[0]}"
+    return " ".join([head, *sys.argv[1:]])
+
+
 def run_meta(repo: Path) -> dict:
     """What a results file records about its run: date, commit, exact command, machine, load, libraries."""
-    import sys
     import time
 
     from engine.evaluation.report import git_commit
 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit(repo),
-            "command": "python " + " ".join(sys.argv), "machine": machine_text(),
+            "command": command_line(), "machine": machine_text(),
             "load_average": load_average(), "libraries": library_versions()}

@@ -2,12 +2,12 @@
 
 For every mode the split's images are encoded through indexing's own masking path (``indexing.encode.ImageItems``:
 mask on the 8-bit RGB image, then the model's transform), with the built-in foreground estimate of
-``indexing.masking`` (UCM ships no masks). Captions are encoded once (masking touches images only). Reported:
+``engine.data.masking`` (UCM ships no masks). Captions are encoded once (masking touches images only). Reported:
 image→image Recall@1/2/4/8 by class (query = each image, gallery = the other images of the split, hit = same
-class; :mod:`engine.evaluation.class_recall`) and text↔image R@1/5/10 + mR (:mod:`engine.evaluation.metrics`).
+class; :mod:`engine.evaluation.class_recall`) and text↔image R@1/5/10 + mR (:mod:`engine.metrics`).
 Raw results go to ``docs/bench/masking.json``; the ``masking`` block of docs/ablations.md is rendered from them.
 
-    python bench/masking_ablation.py --data ../shared/data/ucm_captions [--checkpoint MODEL_DIR]
+    python -m bench.masking_ablation --data ../shared/data/ucm_captions [--checkpoint MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.ablation_results import write_ablation_results
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import run_meta
+from engine.atomic import write_json_atomic
+from engine.errors import EngineError
 
-from bench.ablation_results import write_ablation_results  # noqa: E402
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta, write_json_atomically  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MODES = (("none", "none", None), ("soft σ=0.2", "soft", 0.2), ("soft σ=0.5", "soft", 0.5), ("hard", "hard", None))
 TEXT_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
@@ -35,7 +35,7 @@ def encode_masked(model, subset, mode: str, sigma: float | None, batch_size: int
     import numpy as np
 
     from indexing.encode import ImageItems, PlannedImage, encode_pixels, image_loader
-    from indexing.masking import mask_options
+    from engine.data.masking import mask_options
 
     planned = [PlannedImage(image_id=image.image_id, source_id=image.image_id, path=image.path,
                             rel_path=image.relative_path(subset.root), split=image.split, label=image.label)
@@ -58,7 +58,7 @@ def measure(data: Path, split: str, checkpoint: str | None, batch_size: int, mas
     import encoders
     from engine.data import load_dataset
     from engine.evaluation.class_recall import CLASS_KS, class_recalls, per_class_recalls
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
     from indexing.encode import encode_texts
 
     subset = load_dataset(data).split(split)
@@ -129,7 +129,7 @@ def render(result: dict) -> str:
         where += "; "
     else:
         where = ("UCM has no foreground masks, so the foreground is the built-in colour-contrast estimate of "
-                 "`indexing.masking` (the same for every model); ")
+                 "`engine.data.masking` (the same for every model); ")
     return "\n".join([
         f"## {result.get('title', 'Background masking')}", "",
         f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit']}`.",
@@ -199,7 +199,7 @@ def main() -> int:
     result["meta"] = run_meta(REPO)
     result.update(title=args.title, plot=_relative(args.plot, args.docs.parent),
                   results=_relative(args.results, REPO))
-    write_json_atomically(args.out, result)
+    write_json_atomic(args.out, result, indent=1)
     write_comparison(result, args.results, args.plot)
     update_page(args.docs, args.block, render(result))
     print(render(result))

@@ -26,6 +26,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from engine.atomic import write_json_atomic
+
 QUERIES = ("airport with runways", "dense residential area", "a river through green fields", "baseball diamond",
            "parking lot with many cars", "beach and sea", "harbor with boats", "tennis court", "freeway",
            "storage tanks", "golf course", "sparse residential houses")
@@ -36,7 +38,7 @@ GOAL_P50_MS = 15.0  # issue goal: p50 text query without rerank, end to end, war
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def _get(port: int, params: dict) -> tuple[float, dict]:
+def get_query(port: int, params: dict) -> tuple[float, dict]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     started = time.perf_counter()
     connection.request("GET", "/query?" + urlencode(params))
@@ -62,7 +64,7 @@ def query_texts(engine, count: int, seed: int = 0) -> list[str]:
     return texts[:count]
 
 
-def _percentiles(values) -> dict[str, float]:
+def percentiles(values) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
             "mean_ms": float(values.mean())}
@@ -95,11 +97,11 @@ def measure(index: Path, count: int, depth: int, rerank_count: int) -> dict:
             # warm-up: a few queries for the plain row; for rerank rows every timed query once, which fills the
             # attention cache of its candidates (steady state of a warm server; cold costs are in docs/ablations.md)
             for warm in (params[:WARMUP] if method == "none" else params):
-                _get(port, warm)
-            timed = [_get(port, p) for p in params]
-            row = _percentiles([elapsed for elapsed, _ in timed])
+                get_query(port, warm)
+            timed = [get_query(port, p) for p in params]
+            row = percentiles([elapsed for elapsed, _ in timed])
             row["queries"] = len(timed)
-            row["stages"] = {stage: _percentiles([answer["timings_ms"][stage] for _, answer in timed])
+            row["stages"] = {stage: percentiles([answer["timings_ms"][stage] for _, answer in timed])
                              for stage in ("encode", "search", "rerank", "total") if stage in timed[0][1]["timings_ms"]}
             row["raw_ms"] = [round(elapsed, 3) for elapsed, _ in timed]
             report["results"][row_name] = row
@@ -200,13 +202,10 @@ def main() -> None:
     report = measure(args.index, args.queries, args.rerank_depth, args.rerank_queries)
     report["command"] = "python -m bench.query_bench " + " ".join(sys.argv[1:])
     out = args.out or DOCS / "bench" / f"query_{args.index.resolve().name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
-    temp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temp, out)
+    write_json_atomic(out, report)
     print(markdown(report))
     if args.update_docs:
-        from bench.docs_blocks import update_page
+        from release.docs_blocks import update_page
 
         update_page(DOCS / "benchmarks.md", args.block, markdown(report))
 

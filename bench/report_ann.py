@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bench.ann_bench import size_label
-from bench.docs_blocks import markdown_table, update_page
+from release.docs_blocks import markdown_table, update_page
 from engine.errors import DataError, EngineError
 
 BLOCK = "ann"

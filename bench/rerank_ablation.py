@@ -10,7 +10,7 @@ the attention-feature cache (it is emptied first unless ``--keep-cache``), separ
 image queries run warm (their own features are extracted per query by design). Raw results go to
 ``docs/bench/rerank.json``; the ``rerank`` block of docs/ablations.md is rendered from them.
 
-    python bench/rerank_ablation.py --index INDEX_DIR --data ../shared/data/ucm_captions [--rerank-depth 50]
+    python -m bench.rerank_ablation --index INDEX_DIR --data ../shared/data/ucm_captions [--rerank-depth 50]
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import run_meta
+from engine.atomic import write_json_atomic
+from engine.errors import EngineError
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta, write_json_atomically  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # (row label, reranker, RerankOptions overrides). par-bonus with PAR's paper gates (0.7), and at 0.5: see the docs.
 VARIANTS = (("none", "none", {}), ("aas", "aas", {}), ("par-bonus", "par-bonus", {}),
@@ -54,8 +54,8 @@ def measure(index_dir: Path, data: Path, split: str, checkpoint: str | None, dep
     from engine.evaluation.index_search import (class_hit_ranks, latency_summary, rerank_lists, search_lists,
                                                 target_ranks)
     from engine.evaluation.index_split import read_indexed_split
-    from engine.evaluation.metrics import RetrievalRanks, recalls_from_ranks, retrieval_ranks
-    from engine.query.config import QueryRequest, RerankOptions
+    from engine.metrics import RetrievalRanks, recalls_from_ranks, retrieval_ranks
+    from engine.query.request import QueryRequest, RerankOptions
     from engine.query.engine import QueryEngine
 
     options = IndexEvalOptions(index_dir=index_dir, rerank="aas", rerank_depth=depth, ks=KS).validate()
@@ -173,7 +173,7 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result["meta"] = run_meta(REPO)
-    write_json_atomically(args.out, result)
+    write_json_atomic(args.out, result, indent=1)
     update_page(args.docs, "rerank", render(result))
     print(render(result))
     return 0

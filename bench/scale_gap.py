@@ -7,7 +7,7 @@ The model's transform resizes every image to 256 px (shorter side) and crops 224
 the original and the degraded split, and writes the difference: the loss of a model trained at 256 px when it
 sees 150 px detail. The rows go to docs/bench/scale_gap.json and the ``scale-gap`` block of docs/ablations.md.
 
-    python bench/scale_gap.py --data ../shared/data/ucm_captions --splits val test --test-time-views 1 \
+    python -m bench.scale_gap --data ../shared/data/ucm_captions --splits val test --test-time-views 1 \
         --checkpoint shipped --checkpoint runs/ablation-tail/o-mix-aid-seed1/best
 """
 
@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import update_page
+from engine.atomic import write_json_atomic
 
-from bench.docs_blocks import update_page  # noqa: E402
-from bench.machine import write_json_atomically  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHIPPED = "shipped"
 
@@ -69,7 +67,7 @@ def main() -> None:
     parser.add_argument("--block", default="scale-gap")
     args = parser.parse_args()
 
-    from bench.machine import machine_text
+    from bench.machine import command_line, machine_text
     from engine.evaluation.cli import evaluate
     from engine.evaluation.report import git_commit
 
@@ -91,9 +89,9 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
-            "command": "python " + " ".join(sys.argv), "size": args.size, "quality": args.quality,
+            "command": command_line(), "size": args.size, "quality": args.quality,
             "test_time_views": args.test_time_views}
-    write_json_atomically(args.out, {"meta": meta, "rows": rows})
+    write_json_atomic(args.out, {"meta": meta, "rows": rows}, indent=1)
     update_page(args.docs, args.block, render(rows, meta))
     print(render(rows, meta))
 

@@ -1,6 +1,6 @@
 """Scaling on paper: indexing time for 1 / 8 / 64 workers from costs measured on this machine.
 
-    python bench/scaling_table.py --encode docs/bench/encode.json --ivf runs/syn-10m [--update-docs]
+    python -m bench.scaling_table --encode docs/bench/encode.json --ivf runs/syn-10m [--update-docs]
 
 Inputs, all measured: from ``bench/encode_bench.py``'s single-process run (``docs/bench/encode.json``) the
 seconds per image of image encoding, caption encoding and shard writing on one worker (this machine's cores),
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import run_meta
+from engine.atomic import write_json_atomic
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import run_meta, write_json_atomically  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 WORKERS = (1, 8, 64)
 ARCHIVES = (1_000_000, 10_000_000, 100_000_000)
@@ -85,7 +85,7 @@ def main() -> int:
     add_per_million, factory = ivf_add_seconds_per_million(args.ivf, args.add_vectors)
     result = {"meta": run_meta(REPO), "costs_per_image": costs, "ivf_add_s_per_million": add_per_million,
               "ivf_factory": factory, "train_seconds": args.train_seconds, "encode_run": encode["meta"]}
-    write_json_atomically(RESULTS, result)
+    write_json_atomic(RESULTS, result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:

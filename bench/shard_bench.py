@@ -1,6 +1,6 @@
 """Sharded serving: warm-server latency and memory per process, in-process faiss vs one Ray actor per shard.
 
-    python bench/shard_bench.py --index runs/syn-10m [--backends local ray] [--queries 300] [--update-docs]
+    python -m bench.shard_bench --index runs/syn-10m [--backends local ray] [--queries 300] [--update-docs]
 
 For each backend in turn (same index folder, same queries, same run): ``QueryEngine`` as ``engine serve`` builds
 it (``--shard-backend local|ray``, ONNX Runtime text encoder), served on loopback; k=10 text queries without
@@ -22,20 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
+from bench.machine import load_average, run_meta
+from engine.atomic import write_json_atomic
+from bench.query_bench import K, WARMUP, get_query, percentiles, query_texts
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
-from bench.machine import load_average, run_meta, write_json_atomically  # noqa: E402
-from bench.query_bench import K, WARMUP, _get, _percentiles, query_texts  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GOAL_RECALL = 0.95
 
 
 def _process_memory() -> dict[str, int]:
-    from indexing.ray_shards import _memory
+    from indexing.ray_shards import process_memory
 
-    return _memory()
+    return process_memory()
 
 
 def measure_backend(index: Path, backend: str, count: int) -> dict:
@@ -51,13 +51,13 @@ def measure_backend(index: Path, backend: str, count: int) -> dict:
         texts = query_texts(engine, count)
         params = [{"q": text, "k": K} for text in texts]
         for warm in params[:WARMUP]:
-            _get(port, warm)
-        timed = [_get(port, p) for p in params]
+            get_query(port, warm)
+        timed = [get_query(port, p) for p in params]
         answers = [[hit["image_id"] for hit in answer["results"]] for _, answer in timed]
         vectors = np.stack([engine.encode_text(text, []) for text in texts]).astype(np.float32)
         row = {"backend": backend, "load_seconds": load_seconds, "queries": len(timed),
-               **_percentiles([elapsed for elapsed, _ in timed]),
-               "search": _percentiles([answer["timings_ms"]["search"] for _, answer in timed]),
+               **percentiles([elapsed for elapsed, _ in timed]),
+               "search": percentiles([answer["timings_ms"]["search"] for _, answer in timed]),
                "server_memory": _process_memory(), "parts": len(engine.loaded.config.faiss_shards) or 1,
                "factory": engine.loaded.config.factory, "params": engine.loaded.config.index_params,
                "images": engine.image_count}
@@ -103,7 +103,7 @@ def main() -> int:
               "rows": [{key: value for key, value in row.items() if key not in ("answers", "vectors", "texts")}
                        for row in rows]}
     name = args.index.resolve().name
-    write_json_atomically(REPO / "docs" / "bench" / f"shards_{name}.json", result)
+    write_json_atomic(REPO / "docs" / "bench" / f"shards_{name}.json", result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:

@@ -13,8 +13,8 @@ The output folder is a normal index: 100k-row shards with explicit int64 ids, fa
 Resumable (rerun the same command after a kill); ``--faiss-shards N`` splits the faiss part for sharded serving,
 and rerunning with another N only re-splits (the vectors and the trained quantiser are kept).
 
-    python bench/synthetic_index.py --template /tmp/ucm-index --count 1000000 --out /tmp/syn-1m
-    nohup nice -n 5 python bench/synthetic_index.py --template runs/ucm-1v --count 10000000 --out runs/syn-10m \\
+    python -m bench.synthetic_index --template /tmp/ucm-index --count 1000000 --out /tmp/syn-1m
+    nohup nice -n 5 python -m bench.synthetic_index --template runs/ucm-1v --count 10000000 --out runs/syn-10m \\
         > runs/syn-10m.log 2>&1 &
 """
 
@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from engine.errors import ConfigError
 
-from engine.errors import ConfigError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARD_ROWS = 100_000
 RECIPE_FILE = "synthetic.json"  # the arguments that define the vectors (a resumed run must repeat them)
@@ -82,7 +81,8 @@ def copy_caption_shards(template: Path, out: Path, template_rows: int) -> int:
     """Copy the template's caption shards (their image ids are the first copies' ids when the template's ids
     are its row positions), so the index carries real text queries: the build calibrates its search setting
     on them, as it would for the real collection. Returns the caption count (0 when not copied)."""
-    from indexing.shards import TEXT_SHARDS_DIR, read_columns
+    from indexing.layout import SHARD_PATTERN, TEXT_SHARDS_DIR
+    from indexing.shards import read_columns
 
     ids = np.concatenate([read_columns(file, ["image_id"]).column("image_id").to_numpy()
                           for file in shard_files_of(template)])
@@ -90,7 +90,7 @@ def copy_caption_shards(template: Path, out: Path, template_rows: int) -> int:
         return 0
     (out / TEXT_SHARDS_DIR).mkdir(exist_ok=True)
     count = 0
-    for file in sorted((template / TEXT_SHARDS_DIR).glob("part-*.parquet")):
+    for file in sorted((template / TEXT_SHARDS_DIR).glob(SHARD_PATTERN)):
         shutil.copyfile(file, out / TEXT_SHARDS_DIR / file.name)
         count += read_columns(file, ["caption_id"]).num_rows
     return count
@@ -110,11 +110,14 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
     import resource
 
     from indexing.choose import parse_memory
-    from indexing.config import IndexConfig, MaskOptions, ShardInfo, tool_version
+    from engine.data.masking import MaskOptions
+    from indexing.manifest import IndexConfig, ShardInfo, tool_version
     from indexing.faiss_build import build_faiss
+    from indexing.layout import SHARDS_DIR, shard_name
     from indexing.loader import load_index
     from indexing.row_store import write_row_file
-    from indexing.shards import SHARDS_DIR, image_table, shard_name, write_table_atomically, write_text_atomically
+    from engine.atomic import write_table_atomic, write_text_atomic
+    from indexing.shards import image_table
 
     if count <= 0:
         raise ConfigError(f"--count must be positive, got {count}")
@@ -127,7 +130,7 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
         if stored != recipe:
             raise ConfigError(f"--out {out}: holds another synthetic index ({stored}); pass --overwrite")
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    write_text_atomically(json.dumps(recipe), out / RECIPE_FILE)
+    write_text_atomic(out / RECIPE_FILE, json.dumps(recipe))
     source = load_index(template)
     meta, vectors, data_root = read_template(template)
     dim = vectors.shape[1]
@@ -143,7 +146,7 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
         rows = synthetic_rows(meta, vectors, first, rows_count, noise, np.random.default_rng([seed, number]))
         metadata = {"model_fingerprint": source.config.model_fingerprint, "embed_dim": str(dim),
                     "data_root": data_root, "shard_index": str(number), "synthetic_from": str(template)}
-        write_table_atomically(image_table(rows, dim, metadata), out / SHARDS_DIR / name)
+        write_table_atomic(out / SHARDS_DIR / name, image_table(rows, dim, metadata))
         print(f"shard {number}: ids {first}..{first + rows_count - 1}", flush=True)
     text_rows = copy_caption_shards(template, out, meta.num_rows)
     shard_seconds = time.perf_counter() - started
@@ -173,10 +176,11 @@ def build(template: Path, count: int, out: Path, noise: float, seed: int, factor
 def save_result(out: Path, result: dict) -> Path:
     """``docs/bench/synthetic_<out name>.json``: the build's numbers with date, machine and command (read by
     bench/shard_bench.py for its build line)."""
-    from bench.machine import load_average, run_meta, write_json_atomically
+    from bench.machine import load_average, run_meta
+    from engine.atomic import write_json_atomic
 
     path = REPO / "docs" / "bench" / f"synthetic_{out.resolve().name}.json"
-    write_json_atomically(path, {"meta": run_meta(REPO), "load_after": load_average(), **result})
+    write_json_atomic(path, {"meta": run_meta(REPO), "load_after": load_average(), **result}, indent=1)
     return path
 
 

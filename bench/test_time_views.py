@@ -6,7 +6,7 @@ For each checkpoint, every image of a split is encoded once per view (identity, 
 The time of ``encode_image`` on one batch is measured for N = 1, 2, 4, 8 in the same run, so the ratios compare.
 Pick N on val; test is reported, never used to choose.
 
-    python bench/test_time_views.py --data ../shared/data/ucm_captions \
+    python -m bench.test_time_views --data ../shared/data/ucm_captions \
         --checkpoint runs/ablation-tail/m-aidtail1-seed1/best runs/ablation-tail/m-aidtail1-seed2/best \
         runs/ablation-tail/m-aidtail1-seed3/best
 """
@@ -14,16 +14,14 @@ Pick N on val; test is reported, never used to choose.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import markdown_table, update_page
 
-from bench.docs_blocks import markdown_table, update_page  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TIMED_VIEWS = (1, 2, 4, 8)
 BLOCK = "test-time-views"
@@ -35,7 +33,7 @@ def split_curve(model, subset, batch_size: int) -> list[float]:
 
     from encoders.views import VIEW_NAMES, apply_view
     from engine.data.images import load_rgb
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
     from engine.text_encoding import encode_distinct
 
     transform = model.image_transform(train=False)
@@ -140,7 +138,8 @@ def main() -> None:
     import torch
 
     import encoders
-    from bench.machine import run_meta, write_json_atomically
+    from bench.machine import run_meta
+    from engine.atomic import write_json_atomic
     from engine.data import load_dataset
     from engine.data.images import load_rgb
 
@@ -159,7 +158,7 @@ def main() -> None:
               flush=True)
     result = {"meta": run_meta(REPO), "splits": args.splits, "runs": runs, "timed_images": timed,
               "repeats": args.repeats, "encode_seconds": {str(n): seconds for n, seconds in timings.items()}}
-    write_json_atomically(args.out, result)
+    write_json_atomic(args.out, result, indent=1)
     update_page(args.docs, BLOCK, render(result))
     print(render(result))
 

@@ -7,21 +7,19 @@ ONNX Runtime graph (when onnxruntime is installed), (3) the TorchScript float32 
 bfloat16 graph, and reports text→image Recall@1/5/10, the worst cosine to the eager vector and the time per query, all
 measured in the same run.
 
-    python bench/text_precision_check.py --index /tmp/ucm-index --data ../shared/data/ucm_captions --split test
+    python -m bench.text_precision_check --index /tmp/ucm-index --data ../shared/data/ucm_captions --split test
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
@@ -37,9 +35,10 @@ def main() -> None:
     from encoders.query_text import trace_query_encoder
     from engine.data import load_dataset
     from engine.evaluation.index_split import read_indexed_split
-    from engine.evaluation.metrics import recalls_from_ranks, retrieval_ranks
+    from engine.metrics import recalls_from_ranks, retrieval_ranks
     from engine.query.engine import QueryEngine
-    from bench.machine import run_meta, write_json_atomically
+    from bench.machine import command_line, run_meta
+    from engine.atomic import write_json_atomic
 
     engine = QueryEngine(args.index, device="cpu")
     try:
@@ -71,9 +70,9 @@ def main() -> None:
             print(name, json.dumps(rows[name]), flush=True)
     finally:
         engine.close()
-    write_json_atomically(args.out, {"meta": run_meta(REPO), "index": str(args.index), "data": str(args.data),
-                                     "split": args.split, "rows": rows,
-                                     "command": "python " + " ".join(sys.argv)})
+    write_json_atomic(args.out, {"meta": run_meta(REPO), "index": str(args.index), "data": str(args.data),
+                                 "split": args.split, "rows": rows,
+                                 "command": command_line()}, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ whose per-seed runs were not kept (measured before the file existed) are carried
 script printed then, under ``earlier_summaries``, each with the date and commit it was measured at; a new
 measurement of a variant replaces its earlier summary.
 
-    python bench/train_ablation.py --data ../shared/data/ucm_captions \
+    python -m bench.train_ablation --data ../shared/data/ucm_captions \
         --instruction-weights runs/instruction-aid/instruction.safetensors --cache runs/cache-ucm \
         --seeds 1 2 3 --epochs 15 --out runs/ablation
 """
@@ -19,16 +19,14 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.ablation_results import write_ablation_results
+from release.docs_blocks import update_page
+from engine.atomic import write_json_atomic
 
-from bench.ablation_results import write_ablation_results  # noqa: E402
-from bench.docs_blocks import update_page  # noqa: E402
-from bench.machine import write_json_atomically  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # stand for the files given by flags in a variant's overrides
 AID_TAIL = "<--aid-tail-instruction>"
@@ -140,7 +138,7 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     import torch
 
     from encoders.checkpoint import load_model
-    from training.data_setup import _cached_features
+    from training.loaders import cached_split_features
     from training.distributed import DistInfo
     from training.evaluate import evaluate_cached
     from training.pairs import build_pairs
@@ -172,7 +170,7 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     model = load_model(out / "best")
     train_pairs = build_pairs(dataset, "train")
     test_pairs = build_pairs(dataset, "test", class_names=train_pairs.class_names)
-    features = _cached_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
+    features = cached_split_features(Path(config.feature_cache), model, test_pairs, 1, config, torch.device("cpu"),
                                 DistInfo())  # unmasked: training masks apply to training images only
     test = evaluate_cached(model, test_pairs, features, config.eval_batch_size, torch.device("cpu"), config.recall_ks,
                            tail=config.unfreeze_last)
@@ -299,8 +297,8 @@ def main() -> None:
 
     from engine.data import load_dataset
     from engine.evaluation.report import git_commit
-    from training.config import TrainConfig
-    from bench.machine import machine_text
+    from training.train_config import TrainConfig
+    from bench.machine import command_line, machine_text
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = load_dataset(args.data)
@@ -319,11 +317,11 @@ def main() -> None:
             run = run_variant(dataset, config, name, args.out / f"{name}-seed{seed}")
             run["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
             runs.append(run)
-            write_json_atomically(args.runs_file, {"runs": runs, "earlier_summaries": earlier})
+            write_json_atomic(args.runs_file, {"runs": runs, "earlier_summaries": earlier}, indent=1)
             print(f"{name} seed {seed}: val mR {run['val']['mR']:.2f}, test mR {run['test']['mR']:.2f} "
                   f"({run['train_seconds']:.0f} s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
-            "command": "python " + " ".join(sys.argv), "data": str(args.data), "seeds": args.seeds,
+            "command": command_line(), "data": str(args.data), "seeds": args.seeds,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "model": args.model,
             "views": args.views, "plot": _relative(args.plot, args.docs.parent),
             "runs_file": _relative(args.runs_file, REPO), "results": _relative(args.results, REPO)}

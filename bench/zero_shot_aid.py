@@ -8,7 +8,7 @@ one view per image. On this shared 2-core machine that turns ~30 min of image en
 ``--check RESULT.json`` compares the first checkpoint with an `engine eval --zero-shot --test-time-views 1`
 result of the same model and stops when they disagree by more than 0.2 top-1 points (float16 trunk maps).
 
-    python bench/zero_shot_aid.py --trunk-cache /work/runs-shared/cache-aid-tail1 \
+    python -m bench.zero_shot_aid --trunk-cache /work/runs-shared/cache-aid-tail1 \
         --checkpoint shipped=shipped --checkpoint mixed=runs/ablation-tail/o-mix-aid-seed1/best \
         --check runs/zs/shipped-aid-heldout-1view.json
 """
@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import update_page
+from engine.atomic import write_json_atomic
 
-from bench.docs_blocks import update_page  # noqa: E402
-from bench.machine import write_json_atomically  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TAIL = 1
 
@@ -63,7 +61,7 @@ def main() -> None:
     import numpy as np
 
     import encoders
-    from bench.machine import machine_text
+    from bench.machine import command_line, machine_text
     from engine.data import load_dataset
     from engine.data.splits import stratified_split
     from engine.evaluation.report import git_commit
@@ -101,14 +99,14 @@ def main() -> None:
             "model": {"spec": path, "fingerprint": model.fingerprint()}, "prompts": {"set": PROMPT_SET},
             "settings": {"label": label, "test_time_views": 1,
                          "images_from": "cached float16 trunk maps (bench/zero_shot_aid.py)"}, **metrics}
-        write_json_atomically(args.results / f"aid-heldout-{label}.json", document)
+        write_json_atomic(args.results / f"aid-heldout-{label}.json", document, indent=1)
         plot_confusion(document, args.img / f"zero-shot-aid-{label}.png")
         print(f"{label}: top-1 {row['top1']:.2f}, top-5 {row['top5']:.2f}, mean per class "
               f"{row['mean_class_top1']:.2f} ({row['seconds']:.0f} s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine_text(), "commit": git_commit(REPO),
-            "command": "python " + " ".join(sys.argv), "images": len(held_out), "classes": len(classes),
+            "command": command_line(), "images": len(held_out), "classes": len(classes),
             "prompt_set": PROMPT_SET}
-    write_json_atomically(args.out, {"meta": meta, "rows": rows})
+    write_json_atomic(args.out, {"meta": meta, "rows": rows}, indent=1)
     update_page(args.docs, args.block, render(rows, meta))
     print(render(rows, meta))
 

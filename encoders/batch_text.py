@@ -2,7 +2,7 @@
 
 Why: captions cost more than images when an archive has several per tile (five 20-token captions through a
 6-layer MiniLM are ~10x the FLOPs of one EfficientNet-Lite0 pass), and ONNX Runtime runs that graph faster
-than eager PyTorch on CPU (the single-query encoder, ``encoders.query_onnx``, measured 2x). The graph is the
+than eager PyTorch on CPU (as for the single-query encoder, ``encoders.query_onnx``). The graph is the
 query encoder's (``query_text._TextQueryGraph``: backbone + mean pooling + projection + LCA), exported with a
 padded example so the attention mask path is part of the graph, and checked against ``model.encode_text`` on
 padded probe batches of several lengths: every probe must keep cosine >= ``MIN_COSINE`` and differ by at most

@@ -11,7 +11,6 @@ backbone weights its dependencies already hold; loading checks the stored set ag
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from encoders.config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
+from encoders.model_config import NO_PRETRAINED, ModelConfig, config_from_dict, load_config
+from encoders.fingerprint import compute_fingerprint
 from encoders.model import PIRModel
 from encoders.strict_load import read_safetensors, state_problem
 from engine.errors import ConfigError
@@ -177,16 +177,6 @@ def load_weights(model: PIRModel, folder: Path) -> None:
     full_state = dict(model.state_dict())
     full_state.update(saved)
     model.load_state_dict(full_state, strict=True)
-
-
-def compute_fingerprint(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the canonical config JSON, then every tensor's name, dtype, shape and bytes in key order."""
-    digest = hashlib.sha256(config.to_json().encode("utf-8"))
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _loaded_fingerprint(model: PIRModel, saved_config: ModelConfig, saved: Mapping[str, torch.Tensor]) -> str:

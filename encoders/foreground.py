@@ -7,7 +7,7 @@ Two sources, both from VIR (the model's instruction-guided token filter):
   kept 4 % of UCM's pixels (its single most believed patch); the logits order the patches the same way;
 - ``vir-attention``: the attention each patch receives in VIR's last self-attention (averaged over heads and
   queries), 0 for the patches VIR dropped.
-The grid (B, g, g) is scaled to [0, 1] per image; ``indexing.masking`` upsamples it to the image's pixels and
+The grid (B, g, g) is scaled to [0, 1] per image; ``engine.data.masking`` upsamples it to the image's pixels and
 thresholds it (``engine index masks``). The image is seen whole (resized to the model's input size, no centre
 crop), so the grid covers every pixel of the file.
 """

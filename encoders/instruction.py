@@ -25,9 +25,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from encoders.config import InstructionConfig
+from encoders.model_config import InstructionConfig
 from encoders.vision import create_timm_model
 from encoders.strict_load import read_safetensors, state_problem
+from engine.atomic import replace_atomically
 from engine.errors import ConfigError
 
 SHARED_BACKBONE_PREFIX = "shared_backbone."
@@ -99,13 +100,11 @@ class InstructionEncoder(nn.Module):
         """Write all weights (backbone + classifier, plus any shared-backbone tensors) via a temporary file."""
         if shared_backbone_state and not self.config.share_vision_backbone:
             raise ConfigError("shared-backbone tensors only fit an instruction encoder with share_vision_backbone")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp")
         state = {key: value.detach().contiguous().cpu() for key, value in self.state_dict().items()}
         state.update({SHARED_BACKBONE_PREFIX + key: value.detach().contiguous().cpu()
                       for key, value in (shared_backbone_state or {}).items()})
-        save_file(state, str(temp), metadata={"timm_name": self.config.timm_name, "classes": str(self.config.num_classes)})
-        temp.replace(path)
+        metadata = {"timm_name": self.config.timm_name, "classes": str(self.config.num_classes)}
+        replace_atomically(path, lambda temp: save_file(state, str(temp), metadata=metadata))
 
     def load_weights(self, path: Path) -> None:
         """Strict load: every key present, nothing extra, every shape equal."""

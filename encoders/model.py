@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from encoders.config import ModelConfig
+from encoders.model_config import ModelConfig
 from encoders.instruction import InstructionEncoder, shared_backbone_state
 from encoders.pae import LanguageCycleAttention, VisualInstructionRefiner, masked_mean
 from encoders.text import TextBackbone, TextBatch
@@ -157,7 +157,7 @@ class PIRModel(nn.Module):
     # ---- identity and inspection --------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """sha256 of the canonical config JSON and every weight; recomputed only when a weight has changed."""
-        from encoders.checkpoint import compute_fingerprint
+        from encoders.fingerprint import compute_fingerprint
 
         state = self.state_dict()
         version = tuple(t._version for t in state.values()) + tuple(t.data_ptr() for t in state.values())

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from encoders.attention import AttentionBlock
-from encoders.config import PIRHeadConfig
+from encoders.model_config import PIRHeadConfig
 from encoders.par import ParSettings, ParStats, reinforce
 
 

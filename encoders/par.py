@@ -17,7 +17,7 @@ and TOAI are computed without gradient; the gradient flows through the reinforce
 The reference of a sample is the next sample of the batch (cyclically) with the same class label and another
 image id; a sample without one, or without a label, is not reinforced. PAR acts only in training: at inference
 there is no reference and the model runs unchanged. The test-time score bonus of ``engine query --rerank
-par-bonus`` (engine/query/rerank.py) is a different mechanism that borrows the same gates.
+par-bonus`` (engine/query/rerank/scores.py) is a different mechanism that borrows the same gates.
 """
 
 from __future__ import annotations

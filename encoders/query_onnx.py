@@ -2,10 +2,9 @@
 
 Why: for one short query the PyTorch graph is dominated by per-operator dispatch and small-matrix GEMMs;
 ONNX Runtime fuses LayerNorm/GELU and its MLAS kernels handle (L × 384) · (384 × 1536) products for small L
-well. Measured on the 2-core EPYC VM, one thread, "airport with runways" (6 tokens): 4.2 ms against 11.6 ms
-for the frozen TorchScript float32 graph and 9.5 ms for its bfloat16 variant, with embeddings equal to the eager
-model's to 3e-7 (float32 throughout). Dynamic int8 quantisation was tried and rejected: per-channel weights
-still gave cosine 0.989 with float32 on the probe queries.
+well; its embeddings equal the eager model's to rounding (float32 throughout). Dynamic int8 quantisation was
+tried and rejected: it moved the embeddings too far from float32. Measured latencies and cosines:
+docs/benchmarks.md, "Measurements behind design choices".
 
 The export uses the TorchScript-based exporter (``dynamo=False``: no ``onnxscript`` needed, 2.5 s) with a
 dynamic sequence axis; the session is built from the bytes in memory, nothing is written to disk. Like the
@@ -22,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 
-from encoders.query_text import QUERY_THREADS, CompiledTextQueryEncoder
+from encoders.query_encoder import QUERY_THREADS, CompiledTextQueryEncoder
 from encoders.text import TextBatch
 
 OPSET = 17

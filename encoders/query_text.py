@@ -10,14 +10,12 @@ when ``onnxruntime`` is installed. ``float32`` reproduces ``encode_text`` to rou
 text backbone with bfloat16 weights (half the memory traffic; the heads stay float32) and is accepted only when
 every probe embedding keeps cosine ≥ ``BF16_MIN_COSINE`` with the float32 model. ``auto`` builds every
 available kind, times them on the probes and keeps the fastest: on CPUs without native bfloat16 and without
-onnxruntime that is float32. On the 2-core EPYC VM (avx512_bf16) ONNX Runtime is ~2× faster than eager with
-the same rankings, and bfloat16 sits between them at a minimum cosine of ~0.9998 with eager; the measured
-table (bench/text_precision_check.py, re-run for each shipped model) is in docs/ENCODERS.md.
+onnxruntime that is float32. The measured table (``python -m bench.text_precision_check``, re-run for each
+shipped model) is in docs/ENCODERS.md.
 
 Threads: the graph runs with one intra-op thread (``QUERY_THREADS``). A 5-token query is too small to split,
-and a second OpenMP worker that has gone to sleep between queries must be woken for every operator: on the
-2-core VM, queries 5 ms apart took 21 ms p50 / 91 ms p95 with two threads and 13 ms / 15 ms with one (back to
-back, two threads were only ~1 ms faster). The previous thread count is restored after each call, so image
+and a second OpenMP worker that has gone to sleep between queries must be woken for every operator (measured
+p50/p95 with one and two threads: docs/benchmarks.md, "Measurements behind design choices"). The previous thread count is restored after each call, so image
 encoding and reranking keep both cores.
 
 Safety: tracing records one execution, so a graph that baked in a shape would silently give wrong answers for
@@ -33,12 +31,12 @@ import copy
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from encoders.model import PIRModel
+from encoders.query_encoder import QUERY_THREADS, CompiledTextQueryEncoder, FidelityCheck
 from encoders.text import TextBatch
 
 PROBE_WORDS = "dense residential area with many houses and green trees beside a wide road"
@@ -46,7 +44,6 @@ PROBE_WORDS = "dense residential area with many houses and green trees beside a 
 LONG_PROBE_WORDS = "photogrammetrically orthorectified quasiperiodic"
 DEFAULT_TOLERANCE = 1e-4
 BF16_MIN_COSINE = 0.9995
-QUERY_THREADS = 1
 TEXT_ENCODER_KINDS = ("auto", "onnx", "float32", "bfloat16")  # engine serve --text-encoder, besides eager
 FLOAT32_KINDS = ("onnx", "float32")  # held to DEFAULT_TOLERANCE; bfloat16 to BF16_MIN_COSINE
 TIMING_ROUNDS = 5
@@ -62,40 +59,6 @@ class _TextQueryGraph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.model.encode_text_from_tokens(hidden.float(), attention_mask)
-
-
-@dataclass
-class FidelityCheck:
-    """How a compiled encoder compared with the eager float32 model on the probe queries when it was built."""
-
-    max_difference: float = 0.0  # worst |compiled - eager| over the probe embeddings
-    min_cosine: float = 1.0  # worst cosine with the eager embedding
-    probe_ms: float = 0.0  # median time per probe query (what ``auto`` compares)
-
-
-class CompiledTextQueryEncoder:
-    """Call with one TextBatch of batch size 1; returns its (1, D) float32 embedding.
-
-    Subclasses say how the graph runs (``_run``); the kind, the fidelity check and ``describe`` are shared."""
-
-    kind: str  # one of TEXT_ENCODER_KINDS except auto
-    runtime: str  # for people: what executes the graph
-
-    def __init__(self) -> None:
-        self.check = FidelityCheck()
-
-    def __call__(self, batch: TextBatch) -> torch.Tensor:
-        if batch.input_ids.shape[0] != 1:
-            raise ValueError(f"the {self.runtime} query encoder takes one query at a time")
-        return self._run(batch)
-
-    def _run(self, batch: TextBatch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """What was chosen and why, for the server's start-up line and benchmark reports."""
-        return (f"{self.runtime}, {self.check.probe_ms:.1f} ms per probe query, "
-                f"min cosine {self.check.min_cosine:.5f} with float32")
 
 
 class TracedTextQueryEncoder(CompiledTextQueryEncoder):

@@ -13,7 +13,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from encoders.config import PACKAGE_MINILM, TextConfig
+from encoders.model_config import PACKAGE_MINILM, TextConfig
 from engine.errors import ConfigError
 
 # Weights a pretrained checkpoint may carry that we deliberately do not use (the sentence pooler).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover  (torch stays unimported: encoders.config reads VIEW_NAMES)
+if TYPE_CHECKING:  # pragma: no cover  (torch stays unimported: encoders.model_config reads VIEW_NAMES)
     import torch
 
 VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
@@ -37,7 +37,7 @@ def view_averaged(encode: Callable[[torch.Tensor], torch.Tensor], pixels: torch.
     """normalise(sum over the first ``views`` views of encode(view)); ``encode`` returns L2-normalised rows.
 
     One ``encode`` call per view, each on the caller's batch: stacking all views into one batch of B * views
-    images was measured slower on CPU (1.6x at 8 views: the activations outgrow the caches), and a GPU already
+    images was measured slower on CPU (the activations outgrow the caches; docs/benchmarks.md), and a GPU already
     gets the caller's batch size.
     """
     import torch.nn.functional as F

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from encoders import efficientnet_weights
-from encoders.config import NO_PRETRAINED, PACKAGE_EFFICIENTNET, TIMM_HUB, VisionConfig
+from encoders.model_config import NO_PRETRAINED, PACKAGE_EFFICIENTNET, TIMM_HUB, VisionConfig
 from engine.errors import ConfigError
 
 SUGGESTIONS = 5

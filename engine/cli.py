@@ -1,7 +1,8 @@
 """The ``engine`` command: maps command names to the functions of the packages that own them.
 
 Each package exposes a typer app or command in its own ``cli`` module; this file only registers them and turns
-``EngineError`` into one clear line on stderr with a non-zero exit (no traceback for user mistakes).
+``EngineError`` into one clear line on stderr with a non-zero exit (no traceback for user mistakes:
+:func:`engine.console.run_app`, shared with ``python -m training``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 
 import typer
 
-from engine.errors import EngineError
+from engine.console import run_app
 
 app = typer.Typer(
     name="engine",
@@ -40,21 +41,6 @@ def _register_commands() -> None:
 
 
 _register_commands()
-
-
-def run_app(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
-    """Run a typer app and turn user mistakes into one ``error:`` line and an exit code (no traceback)."""
-    try:
-        typer_app(args=argv, prog_name=prog_name, standalone_mode=True)
-    except SystemExit as stop:
-        return int(stop.code or 0) if not isinstance(stop.code, str) else 1
-    except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

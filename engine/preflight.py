@@ -1,6 +1,6 @@
 """Cheap checks of paths and flags that commands run *before* loading a model (which takes seconds).
 
-A missing ``--image``, an unwritable ``--html`` or ``--out`` or a mistyped ``--checkpoint`` should be one
+A missing ``--image``, an unwritable ``--html`` or ``--out`` or a mistyped ``--model`` should be one
 error line at once, not after the model has loaded (or after a ten-minute evaluation). Each function raises an
 ``EngineError`` subclass naming the flag and what was expected, and imports nothing heavy.
 """
@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.devices import check_device  # noqa: F401  (the commands call preflight.check_device)
 from engine.errors import ConfigError, DataError
 
-DEVICES = ("auto", "cpu", "cuda")
+def model_choice(model: str | None, checkpoint: str | None) -> tuple[str | None, str]:
+    """The model folder of ``--model`` or its old name ``--checkpoint`` (hidden; kept for one release), and the
+    flag the user typed, for error lines."""
+    if model is not None and checkpoint is not None and model != checkpoint:
+        raise ConfigError("--model and --checkpoint (its old name) name different models; pass only --model")
+    return (checkpoint, "--checkpoint") if model is None and checkpoint is not None else (model, "--model")
 
 
-def check_device(device: str, flag: str = "--device") -> None:
-    if device not in DEVICES:
-        raise ConfigError(f"{flag}: expected auto, cpu or cuda, got {device!r}")
-
-
-def check_checkpoint_folder(spec: str | None, flag: str = "--checkpoint", named: tuple[str, ...] = ("default",)
+def check_checkpoint_folder(spec: str | None, flag: str = "--model", named: tuple[str, ...] = ("default",)
                             ) -> None:
     """A model folder must exist (``named`` specs are not paths)."""
     if spec is None or spec in named:

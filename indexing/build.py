@@ -18,19 +18,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engine.devices import resolve_device
 from engine.errors import ConfigError, DataError
-from indexing.config import (FAISS_FILE, FAISS_SHARDS_DIR, INDEX_JSON, MANIFEST_FILE, PLAN_DIR, IndexConfig,
-                             Manifest, MaskOptions, ShardInfo, tool_version)
-from indexing.lock import LOCK_FILE, BuildLock
-from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, remove_stale_temps, shard_files
-from indexing.skipped import SKIPPED_FILE
+from engine.data.masking import MaskOptions
+from indexing.manifest import IndexConfig, Manifest, ShardInfo, tool_version
+from indexing.layout import LOCK_FILE, OWN_ENTRIES, PLAN_DIR, SHARDS_DIR, SKIPPED_FILE, TEXT_SHARDS_DIR
+from indexing.lock import BuildLock
+from engine.atomic import sweep_temps
+from indexing.shards import shard_files
 from indexing.stages import StageTimes
 
 DEFAULT_SHARD_SIZE = 10_000
 SKIPPED_SHOWN = 5  # skipped images named in the summary; all of them are in skipped.jsonl
-# attention: the query engine's feature cache; rows.arrow: memory-mapped rows for by-id reads (indexing.row_store)
-OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, FAISS_SHARDS_DIR,
-               "attention", "rows.arrow", SKIPPED_FILE, LOCK_FILE)
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class IndexOptions:
     mask: MaskOptions = field(default_factory=MaskOptions)
     with_text: bool = True
     test_time_views: int | None = None  # dihedral views averaged per image; None = what the model's config says
-    remember: bool = True  # record the folder as this project's last index (engine.query.state)
+    remember: bool = True  # record the folder as this project's last index (indexing.last_index)
     ray: str | None = None  # encode on a Ray cluster: "auto" or its address (indexing.ray_index); None = this process
     ray_workers: int | None = None  # Ray encoder actors (default: one per GPU, else one per 4 CPUs)
     faiss_shards: int = 1  # split the faiss part into this many files for sharded serving
@@ -236,12 +235,12 @@ def _usable_file(path: Path) -> bool:
 
 
 def _run_index_locked(options: IndexOptions) -> IndexSummary:
-    from engine.query.state import record_last_index
+    from indexing.last_index import record_last_index
     from indexing import encode, plan as planning
     from indexing.choose import parse_memory, validate_factory
     from indexing.encode_loop import encode_segment
     from indexing.faiss_build import build_faiss, check_unique_ids
-    from indexing.masking import check_masks_present
+    from engine.data.masking import check_masks_present
     import pyarrow.parquet as pq
 
     from indexing.row_store import write_row_file
@@ -249,7 +248,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
 
     started = time.perf_counter()
     budget = parse_memory(options.memory_budget)
-    device = encode.resolve_device(options.device)
+    device = resolve_device(options.device)
     dataset = _load_readable_dataset(options.data_dir)
     times = StageTimes()
     with times.timed("model load"):
@@ -263,7 +262,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
     manifest = _prepare_out(options, fingerprint, views)
     out = options.out
     for folder in (out, out / SHARDS_DIR, out / TEXT_SHARDS_DIR, out / PLAN_DIR):
-        remove_stale_temps(folder)
+        sweep_temps(folder)
     summary = IndexSummary(out=out, stages=times)
     if manifest is None:
         manifest = Manifest(model_fingerprint=fingerprint, model_spec=options.model_spec or "default",

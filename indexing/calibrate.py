@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexing.shards import TEXT_SHARDS_DIR, embeddings_of, read_columns, shard_files
+from indexing.layout import TEXT_SHARDS_DIR
+from indexing.shards import embeddings_of, read_columns, shard_files
 
 TARGET_RECALL = 0.95
 RECALL_K = 10

@@ -19,7 +19,7 @@ import duckdb
 import numpy as np
 
 from engine.errors import ConfigError
-from indexing.shards import SHARD_PATTERN, SHARDS_DIR, TEXT_SHARDS_DIR
+from indexing.layout import SHARDS_DIR, SHARD_PATTERN, TEXT_SHARDS_DIR
 from indexing.sql_filter import FILTER_VIEW, filter_columns, lock_connection, run_filter
 
 METADATA_COLUMNS = "image_id, source_id, path, split, label, captions, width, height"

@@ -3,12 +3,12 @@
 The rules (documented in docs/indexing.md, unit-tested in tests/test_indexing_choose.py):
 
 1. ``count <= FLAT_MAX_COUNT`` and the raw vectors fit the budget → ``IDMap,Flat`` (exact inner product).
-   Measured on 2 cores (docs/benchmarks.md, ann block): one Flat query over 100k × 512 takes ~22 ms, over 10k
-   ~1 ms; the 50k bound keeps exact search near 11 ms, inside the 15 ms p50 latency goal of the query server.
+   The 50k bound keeps one exact query inside the query server's 15 ms p50 latency goal (measured Flat latencies:
+   docs/benchmarks.md, ann block and "Measurements behind design choices").
 2. ``count <= HNSW_MAX_COUNT`` and vectors + HNSW graph fit → ``IDMap,HNSW32`` (best recall/latency when the
-   data fits in RAM; its build time grows super-linearly, hence the upper bound). efSearch 512: on clustered
-   512-d data efSearch 128 gave recall@10 0.91 at 100k, 512 gave 0.958 at ~2 ms per query. These efSearch and
-   nprobe values are starting points: :mod:`indexing.calibrate` tunes them on the built index.
+   data fits in RAM; its build time grows super-linearly, hence the upper bound). efSearch 512 (why: the
+   recall measured at 128 and 512 is in docs/benchmarks.md, "Measurements behind design choices"). These
+   efSearch and nprobe values are starting points: :mod:`indexing.calibrate` tunes them on the built index.
 3. raw vectors + inverted-list ids fit → ``IVF{nlist},Flat`` (exact distances inside probed lists).
 4. otherwise → ``IVF{nlist},PQ{m}np`` with the largest ``m`` (bytes per code) dividing ``dim`` that fits
    (``np``: no polysemous training, a slow extra step a pure IVF-PQ search never uses). Its recall is limited

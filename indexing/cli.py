@@ -75,7 +75,7 @@ def build_command(
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
-    from indexing.masking import mask_options
+    from engine.data.masking import mask_options
 
     options = IndexOptions(data_dir=data_dir, out=out, model_spec=model, batch_size=batch_size, workers=workers,
                            shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ConfigError, EngineError
+from engine.errors import EngineError
 from engine.torch_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()
@@ -24,8 +24,7 @@ import torch  # noqa: E402  (the shim must run before anything imports torchvisi
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from indexing.config import MaskOptions  # noqa: E402
-from indexing.masking import apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
+from engine.data.masking import MaskOptions, apply_mask, estimate_foreground, load_mask, mask_path_for  # noqa: E402
 
 PROBE_SIDE = 32  # size of the blank image used to learn the transform's output shape
 # ``--image-runtime auto`` compiles the image encoder (an ONNX export: seconds) only for at least this many images
@@ -44,15 +43,6 @@ class PlannedImage:
     rel_path: str
     split: str | None
     label: str | None
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device: expected auto, cpu or cuda, got {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible to torch on this machine")
-    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
 
 
 def runtime_for(requested: str, images: int, device: torch.device, compiled: str = "auto") -> str:
@@ -94,7 +84,7 @@ def load_encoder(spec: str | None, device: torch.device) -> Any:
 
     named = getattr(encoders, "create_model", None) is not None and spec is not None and not Path(spec).exists()
     if named:
-        from encoders.config import named_configs
+        from encoders.model_config import named_configs
 
         named = spec in named_configs()
     if named:

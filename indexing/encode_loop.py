@@ -24,11 +24,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from engine.data.model import Dataset
-from indexing.config import Manifest
+from indexing.manifest import Manifest
 from indexing.encode import ImageItems, PlannedImage, encode_decoded, encode_texts, image_loader
+from indexing.layout import SHARDS_DIR, TEXT_SHARDS_DIR, shard_name
 from indexing.plan import SegmentPlan
-from indexing.shards import (SHARDS_DIR, TEXT_SHARDS_DIR, ImageRows, TextRows, image_table, shard_name, text_table,
-                             write_table_atomically)
+from engine.atomic import write_table_atomic
+from indexing.shards import ImageRows, TextRows, image_table, text_table
 from indexing.skipped import SKIPPED_META
 from indexing.stages import StageTimes
 
@@ -79,11 +80,11 @@ def write_shard(model: Any, rows: ImageRows, captions_of: dict[int, list[tuple[i
         with times.timed("caption encode"):
             texts.embeddings = encode_texts(model, texts.text, batch_size, manifest.embed_dim, text_encoder)
         with times.timed("shard write"):
-            write_table_atomically(text_table(texts, manifest.embed_dim, metadata),
-                                   out / TEXT_SHARDS_DIR / shard_name(shard_index))
+            write_table_atomic(out / TEXT_SHARDS_DIR / shard_name(shard_index),
+                               text_table(texts, manifest.embed_dim, metadata))
     with times.timed("shard write"):
-        write_table_atomically(image_table(rows, manifest.embed_dim, image_metadata),
-                               out / SHARDS_DIR / shard_name(shard_index))
+        write_table_atomic(out / SHARDS_DIR / shard_name(shard_index),
+                           image_table(rows, manifest.embed_dim, image_metadata))
     return len(texts)
 
 

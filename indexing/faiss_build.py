@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 from engine.errors import ConfigError, DataError
 from indexing.calibrate import Calibration, calibrate
 from indexing.choose import IndexSpec, choose_index, validate_factory
-from indexing.config import FAISS_FILE, FAISS_SHARDS_DIR
-from indexing.shards import embeddings_of, read_columns, replace_atomically, shard_files
+from engine.atomic import replace_atomically
+from indexing.layout import FAISS_FILE, FAISS_SHARDS_DIR, FAISS_SHARD_PATTERN, faiss_shard_name
+from indexing.shards import embeddings_of, read_columns, shard_files
 
 TRAIN_SAMPLE_MIN = 20_000
 TRAIN_POINTS_PER_CENTROID = 100
@@ -185,16 +186,12 @@ def build_faiss(index_dir: Path, dim: int, memory_budget: int, override: str | N
     if shards == 1:
         replace_atomically(index_dir / FAISS_FILE, lambda temp: faiss.write_index(index, str(temp)))
     else:
-        names = tuple(f"{FAISS_SHARDS_DIR}/{faiss_shard_name(number)}" for number in range(shards))
+        names = tuple(faiss_shard_name(number) for number in range(shards))
         for name, part in zip(names, parts):
             replace_atomically(index_dir / name, lambda temp, part=part: faiss.write_index(part, str(temp)))
     _remove_other_layout(index_dir, names)
     return FaissBuild(spec=spec, count=total, seconds=time.perf_counter() - start,
                       device="cuda" if use_gpu else "cpu", calibration=calibration, shard_files=names)
-
-
-def faiss_shard_name(number: int) -> str:
-    return f"part-{number:03d}.index"
 
 
 def merged_view(parts: list):
@@ -214,7 +211,7 @@ def _remove_other_layout(index_dir: Path, keep: tuple[str, ...]) -> None:
         (index_dir / FAISS_FILE).unlink(missing_ok=True)
     folder = index_dir / FAISS_SHARDS_DIR
     if folder.is_dir():
-        for file in folder.glob("part-*.index"):
+        for file in folder.glob(FAISS_SHARD_PATTERN):
             if f"{FAISS_SHARDS_DIR}/{file.name}" not in keep:
                 file.unlink()
         if not keep and not any(folder.iterdir()):

@@ -1,6 +1,6 @@
 """``engine index masks``: write one foreground PNG per image (same stem), for ``--masks`` of index and train.
 
-Sources: ``colour`` is the built-in colour-contrast estimate of ``indexing.masking`` (model-independent);
+Sources: ``colour`` is the built-in colour-contrast estimate of ``engine.data.masking`` (model-independent);
 ``vir-belief`` / ``vir-attention`` are where a trained model looks (``encoders.foreground``): the patch grid is
 upsampled bilinearly to the file's pixels and thresholded with Otsu's method (a grid without spread keeps every
 pixel). The folder also gets ``masks.json``: the source, the model's fingerprint, and the share of pixels kept as
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.atomic import write_text_atomic
+from engine.atomic import replace_atomically, write_text_atomic
 from engine.errors import ConfigError, DataError
-from indexing.masking import MASK_SUFFIX, estimate_foreground, mask_path_for, otsu_threshold
+from engine.data.masking import estimate_foreground, mask_path_for, otsu_threshold
 
 COLOUR_SOURCE = "colour"
 MASKS_REPORT = "masks.json"
@@ -103,9 +103,8 @@ def write_masks(data_dir: Path, out: Path, source: str, model_spec: str | None, 
             masks = [estimate_foreground(np.asarray(picture)) for picture in pictures]
         for record, mask in zip(chunk, masks):
             path = mask_path_for(out, record.path)
-            temp = path.with_name(f".{path.name}.tmp{MASK_SUFFIX}")
-            Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(temp)
-            temp.replace(path)
+            picture = Image.fromarray((mask * 255).astype(np.uint8), mode="L")
+            replace_atomically(path, lambda temp, picture=picture: picture.save(temp, format="PNG"), durable=False)
             fractions[record.path.stem] = float(mask.mean())
             labels[record.path.stem] = record.label
         if on_progress:
@@ -119,7 +118,7 @@ def write_masks(data_dir: Path, out: Path, source: str, model_spec: str | None, 
     write_text_atomic(out / MASKS_REPORT, json.dumps({
         "source": source, "data": str(data_dir), "split": split, "model": model_spec or "shipped-default",
         "fingerprint": fingerprint, "threshold": "otsu over the pixels of the upsampled grid" if model is not None
-        else "built-in colour-contrast estimate (indexing.masking)", "images": report.images,
+        else "built-in colour-contrast estimate (engine.data.masking)", "images": report.images,
         "mean_foreground": report.mean_foreground, "per_class_foreground": per_class,
         "per_image_foreground": fractions}, indent=2))
     return report

@@ -11,7 +11,8 @@ from typing import Any
 
 from engine.errors import ConfigError
 from indexing.catalog import Catalog
-from indexing.config import FAISS_SHARDS_DIR, IndexConfig
+from indexing.manifest import IndexConfig
+from indexing.layout import FAISS_SHARDS_DIR
 
 
 @dataclass

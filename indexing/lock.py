@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.errors import ConfigError
+from indexing.layout import LOCK_FILE
 
-LOCK_FILE = "build.lock"
 
 
 def _process_start(pid: int) -> str | None:

@@ -23,9 +23,11 @@ import pyarrow.parquet as pq
 
 from engine.data.model import Dataset
 from engine.errors import DataError
-from indexing.config import PLAN_DIR, Manifest, Segment
+from indexing.manifest import Manifest, Segment
 from indexing.encode import PlannedImage
-from indexing.shards import SHARDS_DIR, read_columns, shard_files, shard_name, write_table_atomically
+from engine.atomic import write_table_atomic
+from indexing.layout import SHARDS_DIR, plan_file_name, shard_name
+from indexing.shards import read_columns, shard_files
 
 PLAIN_FOLDER_KIND = "images"
 
@@ -39,10 +41,6 @@ class SegmentPlan:
 
     def shard_images(self, local_shard: int, shard_size: int) -> list[PlannedImage]:
         return self.images[local_shard * shard_size:(local_shard + 1) * shard_size]
-
-
-def plan_file_name(segment_number: int) -> str:
-    return f"{PLAN_DIR}/segment-{segment_number:03d}.parquet"
 
 
 def used_ids_and_paths(index_dir: Path, manifest: Manifest) -> tuple[int, set[str]]:
@@ -83,7 +81,7 @@ def new_segment_plan(dataset: Dataset, index_dir: Path, manifest: Manifest, shar
             "split": pa.array([image.split for image in images], pa.string()),
             "label": pa.array([image.label for image in images], pa.string()),
         })
-        write_table_atomically(table, index_dir / segment.plan_file)
+        write_table_atomic(index_dir / segment.plan_file, table)
     return SegmentPlan(segment=segment, images=images, duplicates=duplicates, renumbered=renumber and bool(images))
 
 

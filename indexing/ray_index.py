@@ -67,7 +67,7 @@ class RayPlan:
 def require_ray() -> None:
     """One line saying how to install Ray when it is missing."""
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError:
         raise ConfigError(f"--ray: Ray is not installed; install it with {INSTALL_HINT}") from None
@@ -242,7 +242,7 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         from indexing.encode_loop import write_shard
-        from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, shard_name
+        from indexing.layout import SHARDS_DIR, TEXT_SHARDS_DIR, shard_name
         from indexing.stages import StageTimes
 
         if (self.out / SHARDS_DIR / shard_name(shard_index)).exists():  # a retry of a call that finished

@@ -3,7 +3,7 @@ sends every query to all actors and merges their top-k (``engine serve --shard-b
 
 The actors read ``INDEX_DIR/faiss_shards/part-K.index`` themselves (so on a multi-node cluster the index folder
 must be on a filesystem every node mounts at the same path) and answer unfiltered and filtered searches with the
-same functions the in-process index uses (``engine.query.search.search_batch_selected``), so a sharded index
+same functions the in-process index uses (``indexing.faiss_search.search_batch_selected``), so a sharded index
 answers exactly what faiss ``IndexShards`` over the same parts answers, which for Flat and IVF parts is what the
 unsharded index answers. ``search_parameters`` / ``set_parameter`` reach every part (nprobe / efSearch).
 """
@@ -19,7 +19,7 @@ from engine.errors import ConfigError
 SEARCH_THREADS = 1  # one query at a time per actor; parallelism comes from the actors
 
 
-def _memory() -> dict[str, int]:
+def process_memory() -> dict[str, int]:
     """Resident and peak resident bytes of this process (Linux /proc; zeros elsewhere)."""
     values = {"rss_bytes": 0, "peak_rss_bytes": 0}
     try:
@@ -43,10 +43,10 @@ class ShardSearcher:
         self.index = faiss.read_index(path)
 
     def info(self) -> dict:
-        return {"ntotal": int(self.index.ntotal), "d": int(self.index.d), **_memory()}
+        return {"ntotal": int(self.index.ntotal), "d": int(self.index.d), **process_memory()}
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        from engine.query.search import search_batch_selected
+        from indexing.faiss_search import search_batch_selected
 
         if allowed is None:
             return self.index.search(queries, k)
@@ -58,7 +58,7 @@ class ShardSearcher:
         faiss.ParameterSpace().set_index_parameter(self.index, name, value)
 
     def parameters(self) -> dict[str, int]:
-        from engine.query.search import search_parameters
+        from indexing.faiss_search import search_parameters
 
         return search_parameters(self.index)
 
@@ -97,14 +97,14 @@ class RayShardedIndex:
         return self._search(queries, k, None)
 
     def search_selected(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Search among ``allowed`` ids only; every actor filters its own part (engine.query.search)."""
+        """Search among ``allowed`` ids only; every actor filters its own part (indexing.faiss_search)."""
         return self._search(queries, k, np.ascontiguousarray(allowed, dtype=np.int64))
 
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None):
         import ray
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        from engine.query.search import merge_top_k
+        from indexing.faiss_search import merge_top_k
 
         answers = ray.get([actor.search.remote(queries, k, allowed) for actor in self.actors])
         return merge_top_k([scores for scores, _ in answers], [ids for _, ids in answers], k)

@@ -1,10 +1,10 @@
 """Random access to indexed rows by image id: a memory-mapped Arrow copy of the image shards (``rows.arrow``).
 
 Why: a warm server needs the metadata (path, class, captions) and sometimes the stored embeddings of ~10–50
-ids per query. Parquet cannot be read by row, so DuckDB answers ``image_id IN (...)`` by scanning the shards:
-8 ms for one id and 24 ms for ten over 1 M rows on two cores, more than the whole latency budget. An
-uncompressed Arrow IPC file can be memory-mapped: ``take`` touches only the pages of the wanted rows, the OS
-page cache (not the process heap) holds what is hot, and a lookup costs well under a millisecond.
+ids per query. Parquet cannot be read by row, so DuckDB answers ``image_id IN (...)`` by scanning the shards,
+which over 1 M rows costs more than the whole latency budget. An uncompressed Arrow IPC file can be
+memory-mapped: ``take`` touches only the pages of the wanted rows and the OS page cache (not the process heap)
+holds what is hot (measured costs of both: docs/benchmarks.md, "Measurements behind design choices").
 
 The file is derived data: it is rebuilt whenever the shard set changes (a signature of every shard's name,
 size and mtime is stored in its schema metadata), written atomically, and never needed to rebuild anything
@@ -22,12 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import EngineError
-from indexing.shards import replace_atomically, shard_files
+from engine.atomic import replace_atomically
+from indexing.layout import ROWS_FILE
+from indexing.shards import shard_files
 
-ROWS_FILE = "rows.arrow"
 SIGNATURE_KEY = b"engine.shard_signature"
 MISSING = -1
-SLICE_ROWS_MAX = 64  # up to this many ids, one zero-copy slice per row beats a take per batch (0.27 vs 0.72 ms for 10)
+SLICE_ROWS_MAX = 64  # up to this many ids, one zero-copy slice per row beats a take per batch (docs/benchmarks.md)
 
 
 def shard_signature(index_dir: Path) -> str:
@@ -62,7 +63,7 @@ class RowStore:
 
     def __init__(self, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:
         # Batches are kept apart: Arrow's take on a chunked column first concatenates the chunks (a copy of
-        # the whole column: 110 ms for ten rows of 1 M), a take inside one batch touches only those rows.
+        # the whole column, docs/benchmarks.md), a take inside one batch touches only those rows.
         self.schema, self.batches = schema, batches
         self.starts = np.cumsum([0] + [batch.num_rows for batch in batches])
         ids = np.concatenate([batch.column(0).to_numpy() for batch in batches]) if batches else np.zeros(0, np.int64)

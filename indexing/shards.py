@@ -2,15 +2,13 @@
 
 Image shards ``shards/part-KKKKK.parquet`` and caption shards ``text_shards/part-KKKKK.parquet`` share the shard
 number K. Shard K of a build segment holds the K-th block of ``shard_size`` planned images, so a resumed run
-writes byte-for-byte the same rows. Every file is written to a hidden temp name in the same folder, fsynced and
-renamed (``os.replace`` is atomic on POSIX), so a reader or a resumed run never sees half a shard; the temp
-name does not end in ``.parquet``, so DuckDB's ``*.parquet`` glob never picks it up.
+writes byte-for-byte the same rows. Every file is written with ``engine.atomic``
+(hidden temp name in the same folder, fsynced and renamed), so a reader or a resumed run never sees half a
+shard; the temp name does not end in ``.parquet``, so DuckDB's ``*.parquet`` glob never picks it up.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,16 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import EngineError
+from indexing.layout import SHARDS_DIR, SHARD_PATTERN
 
-SHARDS_DIR = "shards"
-TEXT_SHARDS_DIR = "text_shards"
-SHARD_PATTERN = "part-*.parquet"
-TEMP_SUFFIX = ".tmp"
 META_PREFIX = "engine."
-
-
-def shard_name(shard_index: int) -> str:
-    return f"part-{shard_index:05d}.parquet"
 
 
 def image_schema(dim: int) -> pa.Schema:
@@ -108,58 +99,6 @@ def text_table(rows: TextRows, dim: int, metadata: dict[str, str]) -> pa.Table:
     columns = [pa.array(rows.caption_id, pa.int64()), pa.array(rows.image_id, pa.int64()),
                pa.array(rows.text, pa.string()), _embedding_array(matrix, dim)]
     return pa.Table.from_arrays(columns, schema=text_schema(dim).with_metadata(_metadata(metadata)))
-
-
-def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
-def _describe_os_error(error: OSError) -> str:
-    if error.errno == errno.ENOSPC:
-        return "no space left on device"
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied (is the folder writable?)"
-    return error.strerror or str(error)
-
-
-def replace_atomically(path: Path, write) -> None:
-    """Run ``write(temp_path)``, fsync, rename onto ``path``; on OSError remove the temp and raise EngineError."""
-    temp = temp_path_for(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError as error:
-        temp.unlink(missing_ok=True)
-        raise EngineError(f"cannot write {path}: {_describe_os_error(error)}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def write_table_atomically(table: pa.Table, path: Path) -> None:
-    replace_atomically(path, lambda temp: pq.write_table(table, temp))
-
-
-def write_text_atomically(text: str, path: Path) -> None:
-    replace_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files a killed run left behind (they are never valid data); returns how many."""
-    if not folder.is_dir():
-        return 0
-    stale = [path for path in folder.glob(f".*{TEMP_SUFFIX}") if path.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
 
 
 def shard_files(index_dir: Path, subdir: str = SHARDS_DIR) -> list[Path]:

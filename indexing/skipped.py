@@ -11,10 +11,11 @@ import json
 import os
 from pathlib import Path
 
-from indexing.shards import read_metadata, shard_files, write_text_atomically
+from engine.atomic import write_text_atomic
+from indexing.layout import SKIPPED_FILE
+from indexing.shards import read_metadata, shard_files
 
 SKIPPED_META = "skipped"
-SKIPPED_FILE = "skipped.jsonl"
 
 
 def collect_skipped(index_dir: Path) -> list[dict]:
@@ -34,5 +35,5 @@ def collect_skipped(index_dir: Path) -> list[dict]:
 def write_skipped_list(index_dir: Path) -> list[dict]:
     records = collect_skipped(index_dir)
     text = "".join(json.dumps(record) + "\n" for record in records)
-    write_text_atomically(text, Path(index_dir) / SKIPPED_FILE)
+    write_text_atomic(Path(index_dir) / SKIPPED_FILE, text)
     return records

@@ -6,7 +6,7 @@ Stages: ``model load``, ``runtime build`` (compiling the image encoder, ``--imag
 shards), ``writer wait`` (the Ray driver waiting for busy shard writers), ``faiss`` (choose, train, add,
 calibrate, save), ``row file`` (``rows.arrow``), ``ids check``. Rerank attention caches are not a stage:
 ``engine index`` does not compute them (the query engine fills ``INDEX_DIR/attention`` lazily, for the
-candidates a rerank actually needs; see engine/query/features.py).
+candidates a rerank actually needs; see engine/query/rerank/features.py).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class FakeEncoder(nn.Module):
         return transform
 
     def set_test_time_views(self, views: int) -> "FakeEncoder":
-        from encoders.config import VisionConfig
+        from encoders.model_config import VisionConfig
 
         VisionConfig(test_time_views=views).validate()  # the real model's check and message
         self.config = FakeConfig(vision=FakeVision(views))

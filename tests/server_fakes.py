@@ -18,7 +18,7 @@ class FakeEngine:
         self.delay = 0.0
 
     def search(self, request):
-        from engine.query.config import QueryResult
+        from engine.query.request import QueryResult
 
         time.sleep(self.delay)
         return QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,

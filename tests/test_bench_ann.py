@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a scri
 
 faiss = pytest.importorskip("faiss")
 
-from bench import ann_data, docs_blocks, report_ann  # noqa: E402
+from bench import ann_data, report_ann  # noqa: E402
+from release import docs_blocks  # noqa: E402
 from bench.ann_bench import BenchConfig, main, run_size  # noqa: E402
 from bench.ann_data import ClusterMixture, SyntheticConfig, exact_top_k, make_vectors, recall_at_k  # noqa: E402
 from engine.errors import ConfigError, DataError  # noqa: E402

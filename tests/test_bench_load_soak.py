@@ -10,8 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not an installed package
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench import load_soak  # noqa: E402
-from server_fakes import FakeEngine  # noqa: E402
+from bench import load_soak
+from server_fakes import FakeEngine
 
 
 class InProcess:
@@ -21,7 +21,7 @@ class InProcess:
 
 class Hits(FakeEngine):
     def search(self, request):
-        from engine.query.config import Hit
+        from engine.query.request import Hit
 
         result = super().search(request)
         result.hits.append(Hit(1, 0.5, 0.5, 1, "a.png", "test", "farm", ["a farm"]))

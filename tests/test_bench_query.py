@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a scri
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.importorskip("faiss")
 
-from bench import query_bench  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
+from bench import query_bench
+from query_fixtures import build_query_index
 
 
 def test_query_bench_measures_every_row_and_states_the_goal(tmp_path_factory: pytest.TempPathFactory) -> None:

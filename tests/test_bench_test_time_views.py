@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not an installed package
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench import test_time_views as bench  # noqa: E402
-from query_fixtures import write_dataset  # noqa: E402
+from bench import test_time_views as bench
+from query_fixtures import write_dataset
 
 
 def test_curve_starts_at_engine_eval_and_is_checked_against_encode_image(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_curve_starts_at_engine_eval_and_is_checked_against_encode_image(tmp_pat
     import encoders
     from engine.data import load_dataset
     from engine.evaluation.embed import embed_split
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
 
     write_dataset(tmp_path / "data")
     torch.manual_seed(0)

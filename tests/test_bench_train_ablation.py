@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not an installed package
 
-from bench import train_ablation  # noqa: E402
+from bench import train_ablation
 
 
 def _run(variant: str, seed: int, test_mr: float) -> dict:
@@ -52,7 +52,7 @@ def test_partial_unfreezing_is_not_in_the_frozen_table_by_default() -> None:
 def test_aid_tail_variant_takes_its_instruction_weights_from_the_flag() -> None:
     import pytest
 
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
 
     base = TrainConfig(feature_cache="cache", instruction_weights="linear-probe.safetensors")
     config = train_ablation.variant_config(base, "m-aidtail1", 2, Path("aid-tail.safetensors"))
@@ -65,7 +65,7 @@ def test_aid_tail_variant_takes_its_instruction_weights_from_the_flag() -> None:
 def test_issue19_variants_take_their_files_from_their_flags() -> None:
     import pytest
 
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
 
     base = TrainConfig(feature_cache="cache", instruction_weights="linear-probe.safetensors")
     files = {train_ablation.SEPARATE_INSTRUCTION: Path("sep.safetensors"), train_ablation.TRAIN_MASKS: Path("m")}

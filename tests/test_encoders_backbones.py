@@ -10,7 +10,7 @@ import torch
 import encoders  # noqa: F401  (runs the torchvision shim before timm is imported)
 import timm
 from encoders import efficientnet_weights
-from encoders.config import TextConfig, VisionConfig
+from encoders.model_config import TextConfig, VisionConfig
 from encoders.text import TextBackbone
 from encoders.vision import VisionBackbone, create_timm_model
 from engine.errors import ConfigError

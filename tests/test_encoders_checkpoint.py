@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import encoders
 from encoders import checkpoint
-from encoders.config import load_config
+from encoders.model_config import load_config
 from engine.errors import ConfigError
 
 

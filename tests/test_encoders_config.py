@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from encoders.config import ModelConfig, config_from_dict, load_config, named_configs, save_config
+from encoders.model_config import ModelConfig, config_from_dict, load_config, named_configs, save_config
 from engine.errors import ConfigError
 
 

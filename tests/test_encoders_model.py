@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import encoders
-from encoders.config import load_config
+from encoders.model_config import load_config
 from encoders.pae import select_tokens
 from engine.errors import ConfigError
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import encoders
-from encoders.config import load_config
+from encoders.model_config import load_config
 from encoders.par import NO_REFERENCE, ParSettings, pair_references, reinforce
 
 
@@ -166,7 +166,7 @@ def test_engine_train_par_runs_and_records_its_gate_counts(tmp_path) -> None:
 
 def test_par_needs_vir() -> None:
     from engine.errors import ConfigError
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
 
     with pytest.raises(ConfigError, match="--par"):
         TrainConfig(par=True, use_vir=False)

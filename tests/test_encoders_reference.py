@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import encoders
-from encoders.config import load_config
+from encoders.model_config import load_config
 
 EPS = 1e-5
 
@@ -159,7 +159,7 @@ def test_lca_readout_is_a_checked_config_field_left_out_of_old_fingerprints() ->
     assert "lca_readout" not in config.to_json()  # at "first": models saved before the field keep their hash
     mean = config.replace(head=dataclasses.replace(config.head, lca_readout="mean"))
     assert '"lca_readout":"mean"' in mean.to_json()
-    from encoders.config import config_from_dict
+    from encoders.model_config import config_from_dict
 
     assert config_from_dict(json.loads(mean.to_json())).head.lca_readout == "mean"
     with pytest.raises(ConfigError, match="head.lca_readout"):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.cli import main  # noqa: E402
-from engine.evaluation.class_recall import NO_PARTNER, class_recalls, first_same_class_ranks  # noqa: E402
+from engine.cli import main
+from engine.evaluation.class_recall import NO_PARTNER, class_recalls, first_same_class_ranks
 
 IMAGES = 30  # 2 of every 3 in the test split: 20 test images, 40 captions (R@1 is far from 0 and from 100)
 CLASSES = ("river", "farm", "port")
@@ -58,7 +58,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 def _eval(setup, out_name: str, *extra: str) -> dict:
     out = setup["base"] / out_name
-    code = main(["eval", str(setup["data"]), "--checkpoint", str(setup["model"]), "--out", str(out), *extra])
+    code = main(["eval", str(setup["data"]), "--model", str(setup["model"]), "--out", str(out), *extra])
     assert code == 0
     return json.loads(out.read_text())
 
@@ -112,30 +112,30 @@ def test_index_without_the_split_or_its_captions_is_one_error(setup, tmp_path, c
     entries["images"][1]["filename"] = "renamed.png"
     (other / "images" / "t001.png").rename(other / "images" / "renamed.png")
     (other / "dataset.json").write_text(json.dumps(entries))
-    line = _error_line(capsys, ["eval", str(other), "--checkpoint", str(setup["model"]), "--index", str(setup["flat"])])
+    line = _error_line(capsys, ["eval", str(other), "--model", str(setup["model"]), "--index", str(setup["flat"])])
     assert "lacks 1 of the 20 images" in line and "renamed.png" in line
     entries["images"][1]["filename"] = "t001.png"
     (other / "images" / "renamed.png").rename(other / "images" / "t001.png")
     entries["images"][2]["sentences"].append({"raw": "a sentence added after indexing", "tokens": [],
                                               "imgid": 502, "sentid": 99999})
     (other / "dataset.json").write_text(json.dumps(entries))
-    line = _error_line(capsys, ["eval", str(other), "--checkpoint", str(setup["model"]), "--index", str(setup["flat"])])
+    line = _error_line(capsys, ["eval", str(other), "--model", str(setup["model"]), "--index", str(setup["flat"])])
     assert "lacks caption embeddings for 1 of the 41 captions" in line and "99999" in line
     no_text = _index(setup["data"], setup["model"], tmp_path / "no-text", "--no-text")
     capsys.readouterr()  # the build's own progress output
-    line = _error_line(capsys, ["eval", str(setup["data"]), "--checkpoint", str(setup["model"]), "--index",
+    line = _error_line(capsys, ["eval", str(setup["data"]), "--model", str(setup["model"]), "--index",
                                 str(no_text)])
     assert "no caption embeddings" in line
 
 
 def test_index_of_another_model_is_one_error(setup, capsys) -> None:
-    line = _error_line(capsys, ["eval", str(setup["data"]), "--checkpoint", str(setup["base"] / "other-model"),
+    line = _error_line(capsys, ["eval", str(setup["data"]), "--model", str(setup["base"] / "other-model"),
                                 "--index", str(setup["flat"])])
     assert "built with model" in line
 
 
 def test_rerank_without_index_is_one_error(setup, capsys) -> None:
-    line = _error_line(capsys, ["eval", str(setup["data"]), "--checkpoint", str(setup["model"]), "--rerank", "aas"])
+    line = _error_line(capsys, ["eval", str(setup["data"]), "--model", str(setup["model"]), "--rerank", "aas"])
     assert "--rerank needs --index" in line
 
 

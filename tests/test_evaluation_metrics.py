@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.evaluation.metrics import retrieval_ranks, retrieval_recalls
+from engine.metrics import retrieval_ranks, retrieval_recalls
 
 
 def _naive_ranks(images: np.ndarray, texts: np.ndarray, owner: np.ndarray, ties: str) -> tuple[list[int], list[int]]:

@@ -55,7 +55,7 @@ def test_perfect_embeddings_score_100_and_a_class_without_images_is_skipped_in_t
 def tiny_model(tmp_path_factory):
     """A tiny-test checkpoint (untrained heads): fast, and enough to run the command end to end."""
     import encoders
-    from encoders.config import load_config
+    from encoders.model_config import load_config
 
     folder = tmp_path_factory.mktemp("tiny-model")
     encoders.save_model(encoders.create_model(load_config("tiny-test")), folder)
@@ -65,14 +65,14 @@ def tiny_model(tmp_path_factory):
 def test_cli_writes_the_result_the_plot_and_compares(tmp_path, tiny_model, capsys):
     data = write_scene_folders(tmp_path / "scenes", per_class=5)
     out, plot = tmp_path / "zs.json", tmp_path / "zs.png"
-    assert engine_main(["eval", str(data), "--zero-shot", "--checkpoint", str(tiny_model), "--out", str(out),
+    assert engine_main(["eval", str(data), "--zero-shot", "--model", str(tiny_model), "--out", str(out),
                         "--plot", str(plot), "--label", "tiny"]) == 0
     result = json.loads(out.read_text())
     assert result["format"] == "engine-eval-zeroshot/1"
     assert result["dataset"]["images"] == 3 and result["dataset"]["classes"] == 3  # the held-out part: 1 per class
     assert plot.stat().st_size > 1000
     capsys.readouterr()
-    assert engine_main(["eval", str(data), "--zero-shot", "--split", "all", "--checkpoint", str(tiny_model),
+    assert engine_main(["eval", str(data), "--zero-shot", "--split", "all", "--model", str(tiny_model),
                         "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dataset"]["images"] == 15
     assert engine_main(["eval", "--compare", str(out), str(out)]) == 0
@@ -103,7 +103,7 @@ def test_bad_inputs_give_one_error_line(tmp_path, tiny_model, capsys):
         ([str(tmp_path / "missing")], "no such file or folder"),
     ]
     for args, message in cases:
-        code = engine_main(["eval", *args, "--zero-shot", "--checkpoint", str(tiny_model)])
+        code = engine_main(["eval", *args, "--zero-shot", "--model", str(tiny_model)])
         err = capsys.readouterr().err
         assert code != 0 and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from engine.cli import main  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
+import indexing_fakes
+from engine.cli import main
+from query_fixtures import build_query_index
 
 pytest.importorskip("faiss")
 
@@ -72,6 +72,7 @@ def test_query_checks_paths_and_flags_before_the_model(built, capsys, tmp_path: 
         (["tile", "--html", str(a_file / "gallery.html")], "--html"),
         (["tile", "--html", str(tmp_path)], "is a folder"),
         (["tile", "--checkpoint", str(tmp_path / "no-model")], "--checkpoint"),
+        (["tile", "--model", str(tmp_path / "no-model")], "--model"),
         (["tile", "--device", "gpu"], "--device"),
         (["tile", "--index", str(tmp_path / "nowhere")], "index folder not found"),
         (["tile", "--index", str(interrupted)], "interrupted build: rerun the same command to finish"),
@@ -98,7 +99,9 @@ def test_index_and_eval_check_paths_before_the_model(built, capsys, tmp_path: Pa
         (["index", str(data), "--out", str(a_file / "idx")], "is not a folder"),
         (["index", str(tmp_path / "no-data"), "--out", out], "no such file or folder"),
         (["eval", str(data), "--out", str(a_file / "result.json")], "--out"),
-        (["eval", str(data), "--checkpoint", str(tmp_path / "no-model")], "--checkpoint"),
+        (["eval", str(data), "--checkpoint", str(tmp_path / "no-model")], "--checkpoint"),  # the hidden old name
+        (["eval", str(data), "--model", str(tmp_path / "no-model")], "--model"),
+        (["eval", str(data), "--model", "a", "--checkpoint", "b"], "different models"),
         (["eval", str(data), "--index", str(tmp_path / "no-index")], "index folder not found"),
     ]
     for argv, fragment in cases:
@@ -108,7 +111,7 @@ def test_index_and_eval_check_paths_before_the_model(built, capsys, tmp_path: Pa
 
 
 def test_last_index_is_per_project_and_the_query_says_which(built, capsys, tmp_path: Path, monkeypatch) -> None:
-    from engine.query.state import last_index, record_last_index
+    from indexing.last_index import last_index, record_last_index
 
     monkeypatch.delenv("ENGINE_PROJECT", raising=False)
     monkeypatch.delenv("ENGINE_INDEX", raising=False)
@@ -204,3 +207,11 @@ def test_dataset_json_with_a_utf8_bom_is_read(tmp_path: Path, capsys) -> None:
     (root / "dataset.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     assert len(load_dataset(root).images) == 3
     assert main(["data", "check", str(root)]) == 0
+
+
+def test_model_flag_is_one_name_and_checkpoint_a_hidden_alias(capsys) -> None:
+    """eval, query and serve take --model like index; --checkpoint still works but is not in the help."""
+    for command in (["eval"], ["query"], ["serve"], ["index", "build"]):
+        assert main([*command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "--model" in text and "--checkpoint" not in text, command

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from engine.cli import main  # noqa: E402
-from engine.errors import ConfigError, EngineError  # noqa: E402
+import indexing_fakes
+from engine.cli import main
+from engine.errors import ConfigError, EngineError
 
 faiss = pytest.importorskip("faiss")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.atomic import write_table_atomic
 from indexing.calibrate import NO_ID, calibrate, exact_neighbours, search_knob
-from indexing.shards import SHARDS_DIR, TEXT_SHARDS_DIR, ImageRows, TextRows, image_table, shard_name, text_table, \
-    write_table_atomically
+from indexing.layout import SHARDS_DIR, TEXT_SHARDS_DIR, shard_name
+from indexing.shards import ImageRows, TextRows, image_table, text_table
 
 DIM = 16
 
@@ -29,11 +30,11 @@ def write_index_shards(folder: Path, vectors: np.ndarray, shard_rows: int, capti
         rows = ImageRows(image_id=ids, source_id=ids, path=[f"{i}.png" for i in ids], split=[None] * len(ids),
                          label=[None] * len(ids), captions=[[] for _ in ids], width=[1] * len(ids),
                          height=[1] * len(ids), embeddings=list(vectors[start:start + len(ids)]))
-        write_table_atomically(image_table(rows, DIM, {}), folder / SHARDS_DIR / shard_name(number))
+        write_table_atomic(folder / SHARDS_DIR / shard_name(number), image_table(rows, DIM, {}))
     if captions is not None:
         texts = TextRows(caption_id=list(range(len(captions))), image_id=[1000] * len(captions),
                          text=["t"] * len(captions), embeddings=captions)
-        write_table_atomically(text_table(texts, DIM, {}), folder / TEXT_SHARDS_DIR / shard_name(0))
+        write_table_atomic(folder / TEXT_SHARDS_DIR / shard_name(0), text_table(texts, DIM, {}))
 
 
 def naive_neighbours(vectors: np.ndarray, queries: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
+import indexing_fakes
+from query_fixtures import build_query_index
 
 faiss = pytest.importorskip("faiss")
 
 from engine.errors import ConfigError  # noqa: E402
-from engine.query.search import search_batch_selected, search_parameters  # noqa: E402
+from indexing.faiss_search import search_batch_selected, search_parameters  # noqa: E402
 from indexing.build import IndexOptions, run_index  # noqa: E402
 from indexing.loader import load_index  # noqa: E402
 
@@ -96,7 +96,7 @@ def test_query_engine_over_a_sharded_index_returns_the_same_hits(tmp_path_factor
     import encoders
 
     from engine.cli import main
-    from engine.query.config import QueryRequest
+    from engine.query.request import QueryRequest
     from engine.query.engine import QueryEngine
 
     monkeypatch.undo()  # the real tiny-test checkpoint, not the fake encoder

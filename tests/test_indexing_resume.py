@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
+import indexing_fakes
 
 pytest.importorskip("faiss")
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from engine.cli import main  # noqa: E402
+import indexing_fakes
+from engine.cli import main
 
 pytest.importorskip("faiss")
 LAUNCH = ("import sys; sys.path.insert(0, {tests!r}); import indexing_fakes; indexing_fakes.install(); "

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexing.row_store import ROWS_FILE, RowStore
-from indexing.shards import SHARDS_DIR, ImageRows, embeddings_of, image_table, read_columns, shard_name, \
-    write_table_atomically
+from engine.atomic import write_table_atomic
+from indexing.layout import ROWS_FILE, SHARDS_DIR, shard_name
+from indexing.row_store import RowStore
+from indexing.shards import ImageRows, embeddings_of, image_table, read_columns
 
 DIM = 4
 
@@ -20,7 +21,7 @@ def write_shard(index_dir: Path, number: int, ids: list[int], seed: int) -> np.n
     rows = ImageRows(image_id=ids, source_id=ids, path=[f"img/{i}.png" for i in ids], split=["test"] * len(ids),
                      label=[f"class{i % 3}" for i in ids], captions=[[f"caption of {i}"] * (i % 3) for i in ids],
                      width=[8] * len(ids), height=[8] * len(ids), embeddings=list(vectors))
-    write_table_atomically(image_table(rows, DIM, {"data_root": "/data"}), index_dir / SHARDS_DIR / shard_name(number))
+    write_table_atomic(index_dir / SHARDS_DIR / shard_name(number), image_table(rows, DIM, {"data_root": "/data"}))
     return vectors
 
 

@@ -1,6 +1,6 @@
 """The paper configuration (`pir-paper`: Swin-T + BERT-base + ResNet-50 instruction) runs end to end.
 
-No hub here, so the architectures are built with random weights (``encoders.config.with_random_weights``): two
+No hub here, so the architectures are built with random weights (``encoders.model_config.with_random_weights``): two
 training steps from a trunk cache and two live, both with ``--unfreeze-last 1`` (Swin's last stage and BERT's
 last layer train), then ``engine index`` and ``engine eval`` with the trained checkpoint on a few images.
 """
@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 import training  # noqa: F401  (torchvision shim)
-from encoders.config import load_config, with_random_weights
+from encoders.model_config import load_config, with_random_weights
 from engine.cli import main as engine_main
 from training_fixtures import write_captioned_dataset
-
-pytestmark = pytest.mark.slow
-
 
 def test_with_random_weights_keeps_the_architectures_and_needs_no_download() -> None:
     paper = load_config("pir-paper")
@@ -64,6 +60,6 @@ def test_pir_paper_trains_cached_and_live_then_indexes_and_evaluates(tmp_path, c
     assert engine_main(["index", str(data), "--out", str(tmp_path / "index"), "--model", str(model),
                         "--workers", "0"]) == 0, capsys.readouterr().err
     out = tmp_path / "eval.json"
-    assert engine_main(["eval", str(data), "--checkpoint", str(model), "--split", "test", "--out", str(out)]) == 0
+    assert engine_main(["eval", str(data), "--model", str(model), "--split", "test", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["dataset"]["images"] == 3 and 0.0 <= result["recalls"]["mR"] <= 100.0

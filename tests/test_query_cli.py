@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.cli import main  # noqa: E402
-from query_fixtures import IMAGE_COUNT, build_query_index  # noqa: E402
+from engine.cli import main
+from query_fixtures import IMAGE_COUNT, build_query_index
 
 pytest.importorskip("faiss")
 REPO = Path(__file__).resolve().parents[1]
@@ -139,12 +139,12 @@ def test_index_of_another_model_is_refused(built, capsys, tmp_path: Path) -> Non
 
     torch.manual_seed(1)
     other = encoders.save_model(encoders.create_model("tiny-test"), tmp_path / "other-model")
-    code = main(["query", "tile", "--index", str(built[0]), "--checkpoint", str(other)])
+    code = main(["query", "tile", "--index", str(built[0]), "--model", str(other)])
     assert_user_error(code, capsys.readouterr().err, "built with model", "loaded model is")
 
 
 def test_default_index_is_the_last_one_built(built, capsys, monkeypatch) -> None:
-    from engine.query.state import record_last_index
+    from indexing.last_index import record_last_index
 
     record_last_index(built[0])
     code = main(["query", "tile", "-k", "2", "--json"])
@@ -205,7 +205,7 @@ def test_index_built_with_test_time_views_encodes_image_queries_the_same_way(bui
 def test_eval_records_test_time_views_and_refuses_them_with_an_index(built, capsys, tmp_path: Path) -> None:
     index_dir, model_dir, data_dir = built
     result_file = tmp_path / "eval.json"
-    assert main(["eval", str(data_dir), "--checkpoint", str(model_dir), "--test-time-views", "3",
+    assert main(["eval", str(data_dir), "--model", str(model_dir), "--test-time-views", "3",
                  "--out", str(result_file)]) == 0
     assert json.loads(result_file.read_text())["settings"]["test_time_views"] == 3
     assert "3 dihedral image views averaged" in " ".join(capsys.readouterr().out.split())

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.query.features import AttentionFeatures  # noqa: E402
-from engine.query.rerank import aas_scores, attend, par_terms, top_positions  # noqa: E402
-from engine.query.search import exact_subset, search_subset  # noqa: E402
+from engine.query.rerank.features import AttentionFeatures
+from engine.query.rerank.scores import aas_scores, attend, par_terms, top_positions
+from engine.query.search import exact_subset, search_subset
 
 HEADS, TOKENS, DIM = 2, 9, 8
 
@@ -104,7 +104,7 @@ def test_aas_runs_on_the_tiny_models_real_features() -> None:
     import torch
 
     import encoders
-    from engine.query.features import extract_features
+    from engine.query.rerank.features import extract_features
     from query_fixtures import structured_image
 
     torch.manual_seed(0)

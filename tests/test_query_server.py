@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from query_fixtures import build_query_index  # noqa: E402
+from query_fixtures import build_query_index
 
 pytest.importorskip("faiss")
 CLIENTS, REQUESTS_EACH = 6, 4

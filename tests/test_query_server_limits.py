@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.cli import main  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
-from server_fakes import FakeEngine  # noqa: E402
+from engine.cli import main
+from query_fixtures import build_query_index
+from server_fakes import FakeEngine
 
 pytest.importorskip("faiss")
 TOKEN = "t0ken-for-tests-0123456789"

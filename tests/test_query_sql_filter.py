@@ -12,9 +12,9 @@ from urllib.parse import quote
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine.cli import main  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
-from query_fixtures import build_query_index  # noqa: E402
+from engine.cli import main
+from engine.errors import EngineError
+from query_fixtures import build_query_index
 
 pytest.importorskip("faiss")
 MARKER = "S3CRET-MARKER-7F3A"

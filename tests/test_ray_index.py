@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
+import indexing_fakes
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (.ci/run installs it)")
 faiss = pytest.importorskip("faiss")
@@ -125,7 +125,7 @@ def test_ray_index_equals_single_process_index_even_when_a_worker_dies_and_resum
 
 
 def test_ray_served_shards_answer_like_the_unsharded_index(ray_cluster, dataset, tmp_path) -> None:
-    from engine.query.search import search_batch_selected, search_parameters
+    from indexing.faiss_search import search_batch_selected, search_parameters
 
     whole, split = tmp_path / "whole", tmp_path / "split"
     run_index(_options(dataset, whole, factory="IVF2,Flat"))

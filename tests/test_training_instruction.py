@@ -44,7 +44,7 @@ def test_shared_backbone_config_saves_only_the_classifier(tmp_path, capsys):
     """The offline default shares the vision backbone: its weights file must hold the classifier alone and load."""
     from safetensors.torch import load_file
 
-    from encoders.config import load_config
+    from encoders.model_config import load_config
     from encoders.instruction import InstructionEncoder
 
     config = json.loads(json.dumps(dataclasses.asdict(load_config("tiny-test"))))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import encoders
 import training  # noqa: F401
-from encoders.config import load_config
+from encoders.model_config import load_config
 from encoders.split import network_trunk
 from encoders.vision import create_timm_model
 from engine.cli import main as engine_main

@@ -163,7 +163,7 @@ def test_pir_loss_uses_the_chosen_affiliation():
 
 
 def test_train_config_knows_every_affiliation_kind():
-    from training.config import AFFILIATIONS, TrainConfig
+    from training.train_config import AFFILIATIONS, TrainConfig
     from engine.errors import ConfigError
 
     assert tuple(AFFILIATIONS) == tuple(AFFILIATION_KINDS)

@@ -181,7 +181,7 @@ def test_cli_trains_on_a_mix_with_cached_features_and_resumes(data, tmp_path, ca
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     # a resumed run must keep its mix
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
 
     saved = TrainConfig.load(out / "train_config.json")
     changed = TrainConfig(**{**json.loads(saved.to_json()), "mix": {**saved.mix, "epoch_pairs": 10}})
@@ -192,7 +192,7 @@ def test_scene_trunk_maps_are_shared_with_train_instruction(data, tmp_path, monk
     """With --unfreeze-last, the scene collection's trunk maps come from train-instruction's cache file."""
     import dataclasses
 
-    from encoders.config import load_config
+    from encoders.model_config import load_config
     from training import instruction_tail
     from training_fixtures import CLASSES
 

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 import encoders
-from encoders.config import load_config
+from encoders.model_config import load_config
 from training import model_ops
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import training  # noqa: F401
+import training
 from engine.cli import main as engine_main
 from engine.data import load_dataset
 from engine.errors import EngineError
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.losses import PIRLoss
 from training.train import TrainingDiverged, train
 from training_fixtures import write_captioned_dataset

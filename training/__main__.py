@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from engine.cli import run_app
+from engine.console import run_app
 from training.cli import train_command
 
 

@@ -74,7 +74,7 @@ def train_command(
 ) -> None:
     """Train the PIR retrieval model; keeps the best checkpoint by val mR."""
     from engine.data import load_dataset
-    from training.config import TrainConfig
+    from training.train_config import TrainConfig
     from training.mix import load_mix, mix_from_arguments
     from training.train import train
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.evaluation.metrics import retrieval_recalls
-from engine.text_encoding import encode_distinct
+from encoders.encode_stage import encode_captions, encode_image_files
+from engine.metrics import retrieval_recalls
 from training import model_ops
 from training.feature_cache import SplitFeatures
 from training.pairs import PairSet
@@ -37,22 +37,16 @@ def evaluate_cached(model, pairs: PairSet, features: SplitFeatures, batch_size: 
 @torch.no_grad()
 def evaluate_files(model, pairs: PairSet, batch_size: int, device: torch.device,
                    ks: tuple[int, ...]) -> dict[str, float]:
-    """Recalls computed end to end from image files and caption strings (backbones run)."""
-    from engine.data.images import load_rgb
-
+    """Recalls computed end to end from image files and caption strings (backbones run), through the encode stage
+    ``engine eval`` uses (``encoders.encode_stage``; no DataLoader workers)."""
     was_training = model.training
     model.eval()
-    transform = model.image_transform(train=False)
     try:
-        image_rows = []
-        for start in range(0, len(pairs.image_paths), batch_size):
-            pixels = torch.stack([transform(load_rgb(p)) for p in pairs.image_paths[start:start + batch_size]])
-            image_rows.append(model.encode_image(pixels.to(device)).float().cpu())
-        texts = encode_distinct(lambda batch: model.encode_text(batch).float().cpu().numpy(), pairs.texts,
-                                batch_size)
+        images = encode_image_files(model, pairs.image_paths, batch_size, 0, device)
+        texts = encode_captions(model, pairs.texts, batch_size)
     finally:
         model.train(was_training)
-    return _recalls(torch.cat(image_rows), torch.from_numpy(texts), pairs, ks)
+    return _recalls(torch.from_numpy(images), torch.from_numpy(texts), pairs, ks)
 
 
 def _recalls(images: torch.Tensor, texts: torch.Tensor, pairs: PairSet, ks: tuple[int, ...]) -> dict[str, float]:

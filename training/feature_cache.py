@@ -1,7 +1,7 @@
 """Cache of frozen-backbone outputs, so that epochs on a CPU only run the trainable heads (VIR, LCA, projections).
 
-Why: with frozen backbones, the backbone forward pass is the same every epoch and dominates CPU time (about
-30 images/s for EfficientNet-Lite0 on two cores). We run it once per image *view* (identity, horizontal flip,
+Why: with frozen backbones, the backbone forward pass is the same every epoch and dominates CPU time
+(docs/benchmarks.md, "Measurements behind design choices"). We run it once per image *view* (identity, horizontal flip,
 vertical flip, 90° rotation: the dihedral symmetries that leave an overhead scene a valid scene) and once per
 caption, store the tensors in a safetensors file keyed by model fingerprint + data, and sample one view per
 training pair each epoch. Values are stored in float16 to halve memory; the heads upcast them.
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders.views import apply_view
 from training.pairs import PairSet
-from engine.atomic import write_text_atomic
+from engine.atomic import replace_atomically
 
 CACHE_DTYPE = torch.float16
 
@@ -103,10 +103,7 @@ def _pad_and_stack(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 def save_features(features: SplitFeatures, path: Path) -> None:
     tensors = {f"image.{k}": v.contiguous() for k, v in features.images.items()}
     tensors.update({f"text.{k}": v.contiguous() for k, v in features.texts.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temp))
-    temp.replace(path)
+    replace_atomically(path, lambda temp: save_file(tensors, str(temp)))
 
 
 def load_features(path: Path) -> SplitFeatures:
@@ -114,10 +111,6 @@ def load_features(path: Path) -> SplitFeatures:
     images = {k.removeprefix("image."): v for k, v in tensors.items() if k.startswith("image.")}
     texts = {k.removeprefix("text."): v for k, v in tensors.items() if k.startswith("text.")}
     return SplitFeatures(images, texts)
-
-
-def write_cache_manifest(folder: Path, entries: dict[str, str]) -> None:
-    write_text_atomic(folder / "manifest.json", json.dumps(entries, indent=2))
 
 
 class CachedPairs(torch.utils.data.Dataset):

@@ -85,7 +85,7 @@ def _pooled_features(encoder, dataset: Dataset, positions: list[int], views: int
 
 def train_instruction(dataset: Dataset, settings: InstructionTrainConfig, out: Path,
                       show_progress: bool = True) -> InstructionReport:
-    from encoders.config import load_config
+    from encoders.model_config import load_config
     from encoders.instruction import InstructionEncoder
     from encoders.vision import VisionBackbone
 

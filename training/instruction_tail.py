@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from encoders.split import vision_tail_modules
+from engine.atomic import replace_atomically
 from engine.data.model import Dataset
 from encoders.views import apply_view
 from training.feature_cache import CACHE_DTYPE, hash_state, tensor_ids
@@ -72,10 +73,7 @@ def cached_trunks(network: nn.Module, dataset: Dataset, positions: list[int], vi
                 print(f"  trunk maps: {min(start + batch_size, len(paths))}/{len(paths)} images", flush=True)
     trunks = torch.cat(chunks)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp")
-        save_file({TRUNK_KEY: trunks.contiguous()}, str(temp))
-        temp.replace(path)
+        replace_atomically(path, lambda temp: save_file({TRUNK_KEY: trunks.contiguous()}, str(temp)))
     return trunks
 
 

@@ -25,8 +25,9 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from engine.errors import ConfigError
 from training import distributed, model_ops
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.distributed import DistInfo
+from training.loaders import TrainingData, cached_split_features
 from training.feature_cache import (CachedPairs, SplitFeatures, cache_key, collate_cached,
                                     load_features, save_features)
 from training.mix import SCENES, Mix, MixSource, relabelled_split
@@ -89,8 +90,6 @@ def collate_mixed_cached(items):
 
 
 def prepare_mixed_data(mix: Mix, config: TrainConfig, model, device: torch.device, info: DistInfo):
-    from training.data_setup import TrainingData, _cached_features
-
     class_names = mix.class_names
     pair_sets = offset_pairs([source_pairs(source, class_names) for source in mix.sources])
     primary = mix.primary_source
@@ -108,9 +107,9 @@ def prepare_mixed_data(mix: Mix, config: TrainConfig, model, device: torch.devic
             if source.kind == SCENES:
                 features = _scene_features(folder, model, source, pairs, views, config, device, info)
             else:
-                features = _cached_features(folder, model, pairs, views, config, device, info)
+                features = cached_split_features(folder, model, pairs, views, config, device, info)
             parts.append(CachedPairs(pairs, features, config.seed, augment=config.augment))
-        val_features = _cached_features(folder, model, val_pairs, 1, config, device, info)
+        val_features = cached_split_features(folder, model, val_pairs, 1, config, device, info)
         collate = collate_mixed_cached
     else:
         transform = model.image_transform(train=config.augment)
@@ -130,11 +129,9 @@ def prepare_mixed_data(mix: Mix, config: TrainConfig, model, device: torch.devic
 def _scene_features(folder: Path, model, source: MixSource, pairs: PairSet, views: int, config: TrainConfig,
                     device: torch.device, info: DistInfo) -> SplitFeatures:
     """Trunk maps (shared with ``engine train-instruction``'s cache) + the distinct captions' text inputs."""
-    from training.data_setup import _cached_features
-
     tail = config.unfreeze_last
     if not tail or model_ops.owns_instruction_backbone(model):
-        return _cached_features(folder, model, pairs, views, config, device, info)
+        return cached_split_features(folder, model, pairs, views, config, device, info)
     from encoders.split import is_efficientnet_style
     from training.instruction_tail import cached_trunks
 

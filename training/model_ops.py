@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from engine.errors import ConfigError
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 from training.feature_cache import hash_state, tensor_ids
 
 
 def model_config_for(config: TrainConfig):
-    from encoders.config import load_config
+    from encoders.model_config import load_config
 
     model_config = load_config(config.model)
     head = dataclasses.replace(model_config.head, use_vir=config.use_vir, use_lca=config.use_lca)
@@ -187,7 +187,7 @@ def _upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _backbones_come_from_dependencies(model, config: TrainConfig) -> bool:
-    from encoders.config import NO_PRETRAINED
+    from encoders.model_config import NO_PRETRAINED
 
     untouched = config.freeze_backbones and config.unfreeze_last == 0
     return untouched and model.config.vision.pretrained != NO_PRETRAINED and model.config.text.pretrained

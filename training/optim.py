@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.config import TrainConfig
+from training.train_config import TrainConfig
 
 _NO_DECAY_MARKERS = ("bias", "norm", "temperature", "log_inverse", "embeddings.position", "cls_token", "pos_embed")
 

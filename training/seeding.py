@@ -18,11 +18,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def worker_seed(base_seed: int, epoch: int, worker_id: int) -> int:
-    """A distinct, reproducible seed per (run, epoch, DataLoader worker)."""
-    return (base_seed * 1_000_003 + epoch * 10_007 + worker_id) % 2**32
-
-
 def seed_dataloader_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: derive numpy/random seeds from torch's per-worker seed."""
     seed = torch.initial_seed() % 2**32

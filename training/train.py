@@ -18,11 +18,13 @@ from torch import nn
 from encoders.par import ParSettings, pair_references
 from engine.atomic import write_text_atomic
 from engine.data.model import Dataset
+from engine.devices import resolve_device
 from engine.errors import EngineError
 from training import distributed, model_ops
-from training.config import TrainConfig
-from training.data_setup import TrainingData, prepare_data
+from training.train_config import TrainConfig
+from training.data_setup import prepare_data
 from training.evaluate import evaluate_cached, evaluate_files
+from training.loaders import TrainingData
 from training.losses import PIRLoss
 from training.mix import Mix
 from training.optim import build_optimizer
@@ -75,14 +77,6 @@ class TrainResult:
     out: Path
     state: RunState
     best_metrics: dict[str, float]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EngineError("--device cuda: no CUDA device is available; use --device auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexing.config import MaskOptions
-from indexing.masking import apply_mask, check_masks_present, load_mask, mask_path_for
-from training.config import TrainConfig
+from engine.data.masking import MaskOptions, apply_mask, check_masks_present, load_mask, mask_path_for
+from training.train_config import TrainConfig
 from training.pairs import PairSet
 
 

@@ -154,7 +154,7 @@ def _describe(error: BaseException) -> str:
 def probe_image(path: str | Path, full_decode: bool = True) -> ImageProbe:
     """Size and mode of one image, or the reason it is unusable; never raises for a bad file.
 
-    ``full_decode=False`` reads only the header (fast, ~0.1 ms, misses truncated data); ``True`` decodes every
+    ``full_decode=False`` reads only the header (fast, misses truncated data); ``True`` decodes every
     pixel, which is what ``engine data check`` does by default because truncated downloads are common.
     """
     path = Path(path)

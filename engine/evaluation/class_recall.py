@@ -3,7 +3,7 @@
 Every image of a labelled set is a query once; the gallery is every *other* image of the set; a query is a hit
 at K when at least one of its K nearest gallery images shares its class label. Ranking is by exact dot product
 of L2-normalised embeddings; equal scores keep set order (a stable sort, as ``ties="index"`` in
-:mod:`engine.evaluation.metrics`). Queries whose class has no other member can never hit and are left out
+:mod:`engine.metrics`). Queries whose class has no other member can never hit and are left out
 (their number is returned so a report can say so). Chunked: the score matrix is never materialised whole.
 """
 

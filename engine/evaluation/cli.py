@@ -30,7 +30,8 @@ def eval_command(
     paths: list[Path] = typer.Argument(None, help="DATA_DIR to evaluate, or result JSON files with --compare"),
     split: str = typer.Option("test", help="split to evaluate: train, val or test (an unsplit scene collection: "
                               "train or test = its fixed held-out part; with --zero-shot also all)"),
-    checkpoint: Optional[str] = typer.Option(None, help="model folder (config.json + model.safetensors); default: the shipped model"),
+    model: Optional[str] = typer.Option(None, "--model", help="model folder (config.json + model.safetensors); default: the shipped model"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="old name of --model"),
     batch_size: int = typer.Option(64, min=1, help="images per encoder batch"),
     workers: int = typer.Option(0, min=0, help="DataLoader worker processes for image decoding"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
@@ -51,6 +52,9 @@ def eval_command(
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
+    from engine import preflight
+
+    checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     if compare:
         compare_results(paths, plot, json_output)
         return
@@ -67,7 +71,7 @@ def eval_command(
     if index is not None and test_time_views is not None:
         raise ConfigError("--test-time-views re-encodes images; with --index the index's own setting applies "
                           "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
-    _preflight(paths[0] if paths else None, split, checkpoint, device, out, index)
+    _preflight(paths[0] if paths else None, split, checkpoint, device, out, index, model_flag)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
                       index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views)
     if out is not None:
@@ -82,7 +86,7 @@ def eval_command(
 
 
 def _preflight(data_dir: Path | None, split: str, checkpoint: str | None, device: str, out: Path | None,
-               index: Path | None) -> None:
+               index: Path | None, model_flag: str = "--model") -> None:
     """Paths and flags checked before the data and model load (an evaluation can take many minutes)."""
     from engine import preflight
 
@@ -91,11 +95,11 @@ def _preflight(data_dir: Path | None, split: str, checkpoint: str | None, device
     if data_dir is not None and not Path(data_dir).exists():
         raise DataError(f"{data_dir}: no such file or folder")
     preflight.check_device(device)
-    preflight.check_checkpoint_folder(checkpoint)
+    preflight.check_checkpoint_folder(checkpoint, model_flag)
     if out is not None:
         preflight.check_output_file(out, "--out")
     if index is not None:
-        from indexing.config import check_index_folder
+        from indexing.manifest import check_index_folder
 
         check_index_folder(index)
 
@@ -118,7 +122,7 @@ def evaluate(
 
     import encoders
     from engine.evaluation.embed import embed_split
-    from engine.evaluation.metrics import retrieval_recalls
+    from engine.metrics import retrieval_recalls
 
     started = time.perf_counter()
     if index is not None:

@@ -5,7 +5,7 @@
   ``--rerank``: ``max(max K, --rerank-depth)``); a caption whose image is not returned is a miss at every K.
   The result names the faiss factory and the search parameters; it is exact only for a Flat index.
 - ``--rerank aas|par-bonus``: the first-stage lists are rescored by the query engine's rerankers (defaults of
-  :class:`engine.query.config.RerankOptions`), and the latency of every rerank call is recorded.
+  :class:`engine.query.request.RerankOptions`), and the latency of every rerank call is recorded.
 The index must have been built with the loaded model (fingerprint check), otherwise the numbers would mix models.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from engine.data.model import Dataset
 from engine.errors import ConfigError
-from engine.evaluation.metrics import DEFAULT_KS, RetrievalRanks, recalls_from_ranks, retrieval_ranks
-from engine.query.config import DEFAULT_RERANK_DEPTH, MAX_RERANK_DEPTH, RERANKERS, RerankOptions
+from engine.metrics import DEFAULT_KS, RetrievalRanks, recalls_from_ranks, retrieval_ranks
+from engine.query.request import DEFAULT_RERANK_DEPTH, MAX_RERANK_DEPTH, RERANKERS, RerankOptions
 
 DEFAULT_MODEL_SPEC = "default"  # QueryEngine's name for the shipped model
 
@@ -63,7 +63,7 @@ def open_engine(index_dir: Path, checkpoint: str | None, device: str):
 
 def index_description(engine) -> dict:
     """Factory, search parameters and whether the search is exact, as a result file records them."""
-    from engine.query.search import search_parameters
+    from indexing.faiss_search import search_parameters
 
     config = engine.loaded.config
     params = search_parameters(engine.loaded.index)
@@ -78,7 +78,7 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                       device: str = "auto") -> IndexEvaluation:
     from engine.evaluation.index_search import latency_summary, rerank_lists, search_lists, target_ranks
     from engine.evaluation.index_split import read_indexed_split
-    from engine.query.config import QueryRequest
+    from engine.query.request import QueryRequest
 
     options.validate()
     engine = open_engine(options.index_dir, checkpoint, device)

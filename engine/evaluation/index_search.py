@@ -1,12 +1,12 @@
 """Ranked lists from an index's own faiss search, optionally reranked by the query engine's AAS/PAR rerankers.
 
 The gallery is one split: every search is restricted to the split's ids with a faiss ``IDSelectorBatch``
-(:func:`engine.query.search.search_batch_selected`, the index's own nprobe/efSearch), so an index that also
+(:func:`indexing.faiss_search.search_batch_selected`, the index's own nprobe/efSearch), so an index that also
 holds train/val images is scored exactly like the exact evaluation's split gallery. A list holds at most
 ``depth`` items; a relevant item that is not in it gets rank :data:`MISSED`, i.e. counts as a miss for every
 R@K (``depth`` must be at least the largest K). First-stage lists are ordered by score, equal scores in split
 order (the exact evaluation's default tie rule), so a Flat index reproduces the exact ranks.
-Reranking reuses :func:`engine.query.reranking.rerank` unchanged (attention-feature cache in the index folder,
+Reranking reuses :func:`engine.query.rerank.apply.rerank` unchanged (attention-feature cache in the index folder,
 feature batches of ``FEATURE_BATCH``) and the engine's final ordering (score, then smaller id).
 """
 
@@ -19,10 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from engine.query.config import QueryRequest
-from engine.query.search import MISSING_ID, Neighbours, search_batch_selected
+from engine.query.request import QueryRequest
+from engine.query.search import Neighbours
+from indexing.faiss_search import MISSING_ID, search_batch_selected
 
-PAR_GATE_NOTE = re.compile(r"par-bonus: (\d+) of (\d+) candidates passed")  # written by engine.query.reranking
+PAR_GATE_NOTE = re.compile(r"par-bonus: (\d+) of (\d+) candidates passed")  # written by engine.query.rerank.apply
 
 MISSED = np.iinfo(np.int32).max  # rank of a relevant item the search did not return (a miss at any K)
 PERCENTILES = (50, 95)
@@ -90,7 +91,7 @@ class RerankRun:
 def rerank_lists(engine, first: list[Neighbours], requests: list[QueryRequest], vectors: np.ndarray,
                  pixels_of: Callable[[int], object] | None = None) -> RerankRun:
     """Rerank every first-stage list with the query engine; ``pixels_of(i)`` gives image query i's pixels."""
-    from engine.query.reranking import rerank
+    from engine.query.rerank.apply import rerank
 
     lists, latencies, cold, notes = [], np.zeros(len(first)), np.zeros(len(first), bool), []
     encoded = gated = gate_candidates = 0

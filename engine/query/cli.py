@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from engine.query.config import DEFAULT_K, DEFAULT_RERANK_DEPTH, RerankOptions
+from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, RerankOptions
 
 _DEFAULTS = RerankOptions()
 
@@ -33,12 +33,13 @@ def query_command(
     par_beta: float = typer.Option(_DEFAULTS.par_beta, "--par-beta", help="par-bonus: bonus for a full overlap."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a gallery page to this file."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model folder (default: the index's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder (default: the index's)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="Old name of --model."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
     from engine import preflight
-    from engine.query.config import QueryRequest, validate_request
+    from engine.query.request import QueryRequest, validate_request
     from engine.query.output import print_json, print_table
 
     options = RerankOptions(layer=layer, prf_references=prf_references, aas_text_weight=aas_weight, par_ccs=par_ccs,
@@ -48,7 +49,8 @@ def query_command(
     # everything that can be checked before the (slow) model load answers at once
     validate_request(request)
     preflight.check_device(device)
-    preflight.check_checkpoint_folder(checkpoint)
+    checkpoint, model_flag = preflight.model_choice(model, checkpoint)
+    preflight.check_checkpoint_folder(checkpoint, model_flag)
     if image is not None:
         preflight.check_image_file(image)
     if html_out is not None:
@@ -72,7 +74,7 @@ def query_command(
 
 def _check_index_folder(index: Path) -> None:
     """Cheap checks of an index folder before anything slow (binding, loading a model)."""
-    from indexing.config import check_index_folder
+    from indexing.manifest import check_index_folder
 
     check_index_folder(index)
 
@@ -102,7 +104,8 @@ def serve_command(
                                              "(at least 16 characters; the environment variable keeps it out of "
                                              "the process list)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without --token."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model folder (default: the index's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder (default: the index's)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="Old name of --model."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     text_encoder: str = typer.Option(
         "auto", "--text-encoder",
@@ -125,7 +128,8 @@ def serve_command(
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
     preflight.check_device(device)
-    preflight.check_checkpoint_folder(checkpoint)
+    checkpoint, model_flag = preflight.model_choice(model, checkpoint)
+    preflight.check_checkpoint_folder(checkpoint, model_flag)
     check_exposure(host, token, insecure)
     if index is not None:
         _check_index_folder(index)

@@ -3,9 +3,8 @@
 Thread safety and speed: all torch work runs on one long-lived model thread (``run_model``), which also
 serialises it; faiss searches are read-only and run concurrently; DuckDB is used through one cursor per thread
 (MetadataStore). Why one thread: torch's OpenMP pool belongs to the calling thread and its idle workers spin, so
-torch calls from several threads on a 2-core machine keep two pools fighting for the cores. Measured with the
-shipped model: a short text query took 11 ms to encode from one thread, 27–30 ms once a second thread had
-also encoded.
+torch calls from several threads on a 2-core machine keep two pools fighting for the cores (the measured cost:
+docs/benchmarks.md, "Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ConfigError, DataError
-from engine.query.config import MAX_QUERY_CHARS, Hit, QueryRequest, QueryResult, validate_request
+from engine.query.request import MAX_QUERY_CHARS, Hit, QueryRequest, QueryResult, validate_request
 from engine.query.search import Neighbours, search_index, search_subset, top_k
 
 DEFAULT_MODEL_SPEC = "default"
@@ -38,7 +37,7 @@ class QueryEngine:
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
                  text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto") -> None:
         import encoders
-        from engine.evaluation.embed import resolve_device
+        from engine.devices import resolve_device
         from engine.query.metadata import MetadataStore
         from indexing.loader import load_index
 
@@ -176,7 +175,7 @@ class QueryEngine:
         result.timings_ms["search"] = (time.perf_counter() - began) * 1000
         scores = first.scores.astype(np.float64)
         if request.rerank != "none" and len(first.ids):
-            from engine.query.reranking import rerank
+            from engine.query.rerank.apply import rerank
 
             began = time.perf_counter()
             scores = rerank(self, request, first, vector, pixels, result.notes)
@@ -215,7 +214,7 @@ class QueryEngine:
             return self._captions
 
     def attention_cache(self, layer: int):
-        from engine.query.features import AttentionCache
+        from engine.query.rerank.features import AttentionCache
 
         with self._caches_lock:
             if layer not in self._caches:

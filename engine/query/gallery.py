@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 
-from engine.query.config import QueryResult
+from engine.query.request import QueryResult
 
 THUMB_SIDE = 224
 JPEG_QUALITY = 80
@@ -83,14 +82,11 @@ def render_gallery(result: QueryResult, form_html: str = "") -> str:
 
 def write_gallery(result: QueryResult, out: Path) -> None:
     """Write the page atomically (temp name in the same folder, then rename)."""
+    from engine.atomic import AtomicWriteError, write_text_atomic
     from engine.errors import EngineError
 
     out = Path(out)
-    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(render_gallery(result), encoding="utf-8")
-        os.replace(temp, out)
-    except OSError as error:
-        temp.unlink(missing_ok=True)
-        raise EngineError(f"--html {out}: cannot write ({error.strerror or error})") from None
+        write_text_atomic(out, render_gallery(result))
+    except AtomicWriteError as error:
+        raise EngineError(f"--html {out}: cannot write ({error.os_error.strerror or error.os_error})") from None

@@ -211,7 +211,7 @@ class PooledRequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and code >= 200 and code not in (HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED):
             self.wfile.write(body)
 
-    def log_request(self, code="-", size="-") -> None:  # noqa: ARG002 -- logged once, when the answer is sent
+    def log_request(self, code="-", size="-") -> None:  # arguments unused: logged once, when the answer is sent
         pass
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 -- the stdlib's signature

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from engine.query.config import QueryResult
+from engine.query.request import QueryResult
 
 CAPTION_WIDTH = 60
 

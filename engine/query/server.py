@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 from engine.errors import EngineError
 from engine.query.access import OPEN_PATHS, authorized
-from engine.query.config import DEFAULT_K, DEFAULT_RERANK_DEPTH, QueryRequest
+from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, QueryRequest
 from engine.query.http_pool import PooledHTTPServer, PooledRequestHandler, ServerLimits
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -136,7 +136,7 @@ class QueryHandler(PooledRequestHandler):
         raise BadRequest(400, "multipart body has no field named 'image'")
 
     def _page(self, fields: dict) -> str:
-        from engine.query.config import QueryResult
+        from engine.query.request import QueryResult
         from engine.query.gallery import render_gallery
 
         value = html.escape(fields.get("q", ""), quote=True)

@@ -14,35 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.data.masking import MaskOptions
 from engine.errors import ConfigError
-from indexing.shards import write_text_atomically
+from engine.atomic import write_text_atomic
+from indexing.layout import FAISS_FILE, INDEX_JSON, MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
-INDEX_JSON = "index.json"
-FAISS_FILE = "faiss.index"
-FAISS_SHARDS_DIR = "faiss_shards"  # faiss_shards/part-KKK.index when the faiss part is split (--faiss-shards N)
-PLAN_DIR = "plan"
 FORMAT_VERSION = 1
-MASK_MODES = ("none", "hard", "soft")
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    """Background masking applied before encoding; ``masks_dir`` None means the built-in foreground estimate."""
-
-    mode: str = "none"
-    sigma: float | None = None
-    masks_dir: str | None = None
-
-    @property
-    def source(self) -> str:
-        if self.mode == "none":
-            return "none"
-        return "mask-files" if self.masks_dir else "builtin-colour-contrast"
-
-    def describe(self) -> dict[str, str]:
-        return {"mask_mode": self.mode, "mask_sigma": "" if self.sigma is None else repr(self.sigma),
-                "mask_source": self.source}
 
 
 @dataclass(frozen=True)
@@ -74,7 +51,7 @@ class Manifest:
         return sum(segment.shard_count for segment in self.segments)
 
     def save(self, index_dir: Path) -> None:
-        write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / MANIFEST_FILE)
+        write_text_atomic(index_dir / MANIFEST_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, index_dir: Path) -> "Manifest | None":
@@ -130,7 +107,7 @@ class IndexConfig:
     faiss_shards: list[str] = field(default_factory=list)
 
     def save(self, index_dir: Path) -> None:
-        write_text_atomically(json.dumps(asdict(self), indent=2) + "\n", index_dir / INDEX_JSON)
+        write_text_atomic(index_dir / INDEX_JSON, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, index_dir: Path) -> "IndexConfig":
@@ -150,7 +127,8 @@ class IndexConfig:
 
 def missing_index_message(index_dir: Path) -> str:
     """Why ``index_dir`` has no ``index.json``: a build still running, an interrupted build, or no index at all."""
-    from indexing.lock import LOCK_FILE, owner_is_running, read_owner
+    from indexing.layout import LOCK_FILE
+    from indexing.lock import owner_is_running, read_owner
 
     owner = read_owner(index_dir) if (index_dir / LOCK_FILE).exists() else None
     if owner is not None and owner_is_running(owner) is not False:

@@ -1,4 +1,4 @@
-"""Apply ``--rerank aas|par-bonus`` to a first-stage candidate list (scores in :mod:`engine.query.rerank`).
+"""Apply ``--rerank aas|par-bonus`` to a first-stage candidate list (scores in :mod:`engine.query.rerank.scores`).
 
 References: an image query is its own reference. A text query has no image to compare with, so the first-stage
 top-m images stand in for it (pseudo-relevance feedback) and a candidate's term is its mean over the m
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import DataError
-from engine.query.config import QueryRequest
-from engine.query.features import FEATURE_BATCH, AttentionFeatures, extract_features
-from engine.query.rerank import aas_scores, par_terms
+from engine.query.request import QueryRequest
+from engine.query.rerank.features import FEATURE_BATCH, AttentionFeatures, extract_features
+from engine.query.rerank.scores import aas_scores, par_terms
 from engine.query.search import Neighbours
 
 

@@ -5,7 +5,7 @@ UCM-captions copy -- 210 images, split 168/21/21 like the full 1,680/210/210 -- 
 names, ids, captions, classes and splits. Images are re-encoded as JPEG at ``--quality`` so the package stays
 small. The output is written to a temporary folder and renamed into place.
 
-    python bench/make_sample.py [--source ../shared/data/ucm_captions] [--output engine/sample]
+    python -m release.make_sample [--source ../shared/data/ucm_captions] [--output engine/sample]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from encoders.views import VIEW_NAMES
-from engine.atomic import write_text_atomic  # noqa: F401  (re-exported)
+from engine.atomic import write_text_atomic
 from engine.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -14,19 +14,39 @@ indexes of different models are then masked identically and stay comparable. A s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from engine.errors import ConfigError, DataError
-from indexing.config import MASK_MODES, MaskOptions
 
+MASK_MODES = ("none", "hard", "soft")
 MASK_SUFFIX = ".png"
 SALIENCY_GRID = 64  # coarse grid: saliency of regions, not of single pixels or JPEG noise
 SALIENCY_BLUR = 3  # box filter width (grid cells) applied to the colours before the contrast
 OTSU_BINS = 256
 MISSING_LISTED = 5
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Background masking applied before encoding; ``masks_dir`` None means the built-in foreground estimate."""
+
+    mode: str = "none"
+    sigma: float | None = None
+    masks_dir: str | None = None
+
+    @property
+    def source(self) -> str:
+        if self.mode == "none":
+            return "none"
+        return "mask-files" if self.masks_dir else "builtin-colour-contrast"
+
+    def describe(self) -> dict[str, str]:
+        return {"mask_mode": self.mode, "mask_sigma": "" if self.sigma is None else repr(self.sigma),
+                "mask_source": self.source}
 
 
 def mask_options(mode: str, sigma: float | None, masks_dir: Path | None) -> MaskOptions:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-ATTENTION_DIR = "attention"
+from engine.atomic import AtomicWriteError, replace_atomically
+from indexing.layout import ATTENTION_DIR
+
 META_FILE = "meta.json"
 FEATURE_BATCH = 16
 STORE_DTYPE = np.float16
@@ -130,11 +132,11 @@ class AttentionCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             meta = self.folder / META_FILE
             if not meta.is_file():
-                _atomic(meta, lambda temp: temp.write_text(json.dumps(
-                    {"model_fingerprint": self.fingerprint, "layer": self.layer}), encoding="utf-8"))
+                replace_atomically(meta, lambda temp: temp.write_text(json.dumps(
+                    {"model_fingerprint": self.fingerprint, "layer": self.layer}), encoding="utf-8"), durable=False)
             name = f"part-{time.time_ns()}-{os.getpid()}.npz"
-            _atomic(self.folder / name, lambda temp: _save(temp, ids, features))
-        except OSError:
+            replace_atomically(self.folder / name, lambda temp: _save(temp, ids, features), durable=False)
+        except (OSError, AtomicWriteError):
             pass  # a read-only index folder still reranks; it only re-encodes next time
 
 
@@ -142,12 +144,3 @@ def _save(temp: Path, ids: list[int], features: AttentionFeatures) -> None:
     with open(temp, "wb") as handle:
         np.savez(handle, ids=np.asarray(ids, np.int64), query=features.query, key=features.key,
                  value=features.value, maps=features.maps, kept=features.kept)
-
-
-def _atomic(path: Path, write) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

