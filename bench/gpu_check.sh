@@ -53,7 +53,7 @@ if [ "$OFFLINE" = 1 ]; then
   "$PYTHON" -c "import torch, sys; print('torch', torch.__version__, torch.cuda.get_device_name(0)) \
 if torch.cuda.is_available() else sys.exit('torch sees no GPU')"
   if "$PYTHON" -c "import faiss, sys; sys.exit(0 if faiss.get_num_gpus() > 0 else 1)" 2>/dev/null; then
-    step faiss "$PYTHON" bench/gpu_check.py faiss --vectors 1000000
+    step faiss "$PYTHON" -m bench.gpu_check faiss --vectors 1000000
   else
     echo "== faiss: skipped (this environment's faiss has no GPU support)"
     echo '{"step": "faiss", "skipped": "faiss without GPU support"}' >> "$RESULTS"
@@ -65,7 +65,7 @@ if torch.cuda.is_available() else sys.exit('torch sees no GPU')"
     --device cuda --workers 4 --quiet ${TRAIN_ARGS:---epochs 1}
   step index "$PYTHON" -m engine index "$DATA" --out "$OUT/index" --model "$OUT/train/best" --device cuda \
     --overwrite
-  step embeddings "$PYTHON" bench/gpu_check.py embeddings --index "$OUT/index" --sample 256
+  step embeddings "$PYTHON" -m bench.gpu_check embeddings --index "$OUT/index" --sample 256
   echo "{\"step\": \"total\", \"seconds\": $(( $(date +%s) - START ))}" >> "$RESULTS"
   echo "offline GPU checks passed; results: $RESULTS"
   exit 0
