@@ -42,8 +42,10 @@ class ImageFiles(Dataset):
 def encode_image_files(model, paths: Sequence, batch_size: int, workers: int, device: torch.device,
                        on_batch: Progress = None) -> np.ndarray:
     """(len(paths), dim) float32 L2-normalised embeddings (the model's eval transform and test-time views)."""
+    # A private generator: a DataLoader otherwise draws its base seed from torch's global RNG, which would shift
+    # a training run's random stream every time it validates (tests/test_training_run.py catches that).
     loader = DataLoader(ImageFiles(paths, model.image_transform(train=False)), batch_size=batch_size,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+                        num_workers=workers, pin_memory=device.type == "cuda", generator=torch.Generator())
     chunks = []
     with torch.no_grad():
         for pixels in loader:
