@@ -56,16 +56,22 @@ def write_result(result: EvalResult, path: Path) -> None:
     write_text_atomic(path, result.to_json() + "\n")
 
 
-def read_result(path: Path) -> dict:
-    """Load a result file, refusing anything that is not an ``engine eval`` result."""
+def read_json_result(path: Path, result_format: str, kind: str) -> dict:
+    """Load a JSON result file whose ``format`` field must be ``result_format`` (one line naming ``kind`` if not)."""
     if not path.is_file():
         raise DataError(f"{path}: result file not found")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
-        raise DataError(f"{path}: not an engine eval result (expected \"format\": \"{RESULT_FORMAT}\")")
+    if not isinstance(data, dict) or data.get("format") != result_format:
+        raise DataError(f"{path}: not {kind} (expected \"format\": \"{result_format}\")")
+    return data
+
+
+def read_result(path: Path) -> dict:
+    """Load a result file, refusing anything that is not an ``engine eval`` result."""
+    data = read_json_result(path, RESULT_FORMAT, "an engine eval result")
     missing = [key for key in RECALL_KEYS if key not in data.get("recalls", {})]
     if missing:
         raise DataError(f"{path}: field recalls lacks {', '.join(missing)}")

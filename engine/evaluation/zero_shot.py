@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.atomic import write_text_atomic
 from engine.errors import DataError
+from engine.evaluation.report import read_json_result
 
 ZERO_SHOT_FORMAT = "engine-eval-zeroshot/1"
 ZERO_SHOT_KS = (1, 5)
@@ -147,15 +148,7 @@ def write_zero_shot(result: ZeroShotResult, path: Path) -> None:
 
 
 def read_zero_shot(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: result file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != ZERO_SHOT_FORMAT:
-        raise DataError(f"{path}: not a zero-shot result (expected \"format\": \"{ZERO_SHOT_FORMAT}\")")
-    return data
+    return read_json_result(path, ZERO_SHOT_FORMAT, "a zero-shot result")
 
 
 def is_zero_shot_file(path: Path) -> bool:
