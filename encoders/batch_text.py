@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 import torch
 
+from encoders.onnx_session import cpu_session
+
 MIN_COSINE = 0.9999
 MAX_DIFFERENCE = 1e-4
 KINDS = ("eager", "onnx")
@@ -73,7 +75,7 @@ def build_batch_text_encoder(model, kind: str = "onnx", threads: int | None = No
 
 
 def _session(model, threads: int | None):
-    import onnxruntime
+    import onnxruntime  # noqa: F401  -- missing ONNX Runtime fails here, before the export
 
     from encoders.query_text import _TextQueryGraph
 
@@ -93,10 +95,4 @@ def _session(model, threads: int | None):
                                             OUTPUT: {0: "batch"}})
         finally:
             hf_logging.set_verbosity(verbosity)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads() or (os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(buffer.getvalue(), threads or torch.get_num_threads() or (os.cpu_count() or 1))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from encoders.onnx_session import cpu_session
 from encoders.views import view_averaged
 
 KINDS = ("eager", "channels_last", "torchscript", "onnx")
@@ -177,7 +178,7 @@ def _build(model: Any, kind: str, probes: torch.Tensor, threads: int | None) -> 
 
 
 def _onnx_session(model: Any, example: torch.Tensor, threads: int | None):
-    import onnxruntime
+    import onnxruntime  # noqa: F401  -- missing ONNX Runtime fails here, before the export
 
     module = _Tokens(model).eval()
     with torch.no_grad():
@@ -188,11 +189,4 @@ def _onnx_session(model: Any, example: torch.Tensor, threads: int | None):
         torch.onnx.export(module, (example,), buffer, input_names=["pixels"], output_names=outputs,
                           opset_version=OPSET, dynamo=False,
                           dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads() or (os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    return session, outputs
+    return cpu_session(buffer.getvalue(), threads or torch.get_num_threads() or (os.cpu_count() or 1)), outputs

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 
+from encoders.onnx_session import cpu_session
 from encoders.query_encoder import QUERY_THREADS, CompiledTextQueryEncoder
 from encoders.text import TextBatch
 
@@ -56,7 +57,7 @@ class OnnxTextQueryEncoder(CompiledTextQueryEncoder):
 
 def export_session(graph: torch.nn.Module, example: TextBatch):
     """An InferenceSession for ``graph(input_ids, attention_mask)`` with a dynamic sequence length."""
-    import onnxruntime
+    import onnxruntime  # noqa: F401  -- missing ONNX Runtime fails here, before the export
 
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -64,10 +65,4 @@ def export_session(graph: torch.nn.Module, example: TextBatch):
         torch.onnx.export(graph, (example.input_ids, example.attention_mask), buffer, input_names=list(INPUTS),
                           output_names=[OUTPUT], opset_version=OPSET, dynamo=False,
                           dynamic_axes={name: {1: "tokens"} for name in INPUTS})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = QUERY_THREADS  # one short query is too small to split (see query_text)
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: no optimiser chatter on the server's stderr
-    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(buffer.getvalue(), QUERY_THREADS)  # one short query is too small to split (query_text)
