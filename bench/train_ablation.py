@@ -90,8 +90,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "f3-sep-instr": ("as g-tail1, but VIR's instruction is a second EfficientNet-Lite0 fully trained on AID "
                    "(pooled feature), not the shared pass's logits",
                    {**_TAIL1, "model": "offline-separate-instruction", "instruction_weights": SEPARATE_INSTRUCTION}),
+    # no instruction file either: an --instruction-weights file with an AID-trained tail would otherwise load that
+    # tail into the vision backbone, and the row would no longer be g-tail1's vision side
     "f3-tail1-novir": ("as g-tail1 without VIR (no instruction at all): what VIR adds in f3-sep-instr and g-tail1",
-                      {**_TAIL1, "use_vir": False}),
+                      {**_TAIL1, "use_vir": False, "instruction_weights": None}),
     # training with background masks (the background-bias study), foreground = the shipped model's VIR belief
     # (engine index masks --source vir-belief); val and test images unmasked
     "f5-mask-soft": ("as m-aidtail1, training images' background × 0.5 (soft mask; foreground = the "

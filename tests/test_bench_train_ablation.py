@@ -81,3 +81,13 @@ def test_issue19_variants_take_their_files_from_their_flags() -> None:
         train_ablation.variant_config(base, "f5-mask-hard", 1, Path("a"), {})
     with pytest.raises(SystemExit, match="--separate-instruction"):
         train_ablation.variant_config(base, "f3-sep-instr", 1, None, {})
+
+
+def test_variant_without_vir_loads_no_instruction_file() -> None:
+    """An --instruction-weights file may carry an AID-trained vision tail; f3-tail1-novir must not get it (it is
+    g-tail1's vision side without VIR), whatever file the command line names."""
+    from training.train_config import TrainConfig
+
+    base = TrainConfig(feature_cache="cache", instruction_weights="aid-tail.safetensors")
+    config = train_ablation.variant_config(base, "f3-tail1-novir", 1, Path("aid-tail.safetensors"))
+    assert (config.use_vir, config.instruction_weights, config.unfreeze_last) == (False, None, 1)
