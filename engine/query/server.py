@@ -23,7 +23,8 @@ from urllib.parse import parse_qs, urlparse
 from engine.errors import EngineError
 from engine.query.access import OPEN_PATHS, authorized
 from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, QueryRequest
-from engine.query.http_pool import PooledHTTPServer, PooledRequestHandler, ServerLimits
+from engine.query.http_handler import PooledRequestHandler
+from engine.query.http_pool import PooledHTTPServer, ServerLimits
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 WORKER_THREADS = 8  # requests handled at once; idle connections hold no worker (http_pool)
