@@ -136,6 +136,10 @@ def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None
     return dataclasses.replace(base, seed=seed, **overrides)
 
 
+def _cache_files(folder: str) -> set[str]:
+    return {path.name for path in Path(folder).glob("features-*.safetensors")}
+
+
 def run_variant(dataset, config, name: str, out: Path) -> dict:
     import torch
 
@@ -146,8 +150,9 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     from training.pairs import build_pairs
     from training.train import train
 
-    # the first run over a fresh cache folder also encodes every image: its time is not a training time
-    built_cache = not any(Path(config.feature_cache).glob("features-*.safetensors"))
+    # a run that first had to encode its images (a new cache file: fresh folder, masked images, another
+    # instruction network) spent most of its time there: its time is not a training time
+    cache_before = _cache_files(config.feature_cache)
     data = dataset
     if config.mix:  # train on the mix; val and test stay the --data dataset's (the mix's primary)
         from training.mix import MixSpec, load_mix
@@ -169,6 +174,7 @@ def run_variant(dataset, config, name: str, out: Path) -> dict:
     else:
         result = train(data, config, out, resume=out if saved is not None else None, show_progress=False)
     seconds = time.perf_counter() - started
+    built_cache = bool(_cache_files(config.feature_cache) - cache_before)
     model = load_model(out / "best")
     train_pairs = build_pairs(dataset, "train")
     test_pairs = build_pairs(dataset, "test", class_names=train_pairs.class_names)

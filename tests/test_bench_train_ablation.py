@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -91,3 +92,37 @@ def test_variant_without_vir_loads_no_instruction_file() -> None:
     base = TrainConfig(feature_cache="cache", instruction_weights="aid-tail.safetensors")
     config = train_ablation.variant_config(base, "f3-tail1-novir", 1, Path("aid-tail.safetensors"))
     assert (config.use_vir, config.instruction_weights, config.unfreeze_last) == (False, None, 1)
+
+
+def test_a_run_that_writes_a_new_cache_file_is_marked_as_having_built_it(tmp_path, monkeypatch) -> None:
+    """The cache folder already holds another variant's file (as for masked images or a second instruction
+    network): what counts is whether this run added one, not whether the folder was empty."""
+    from types import SimpleNamespace
+
+    import encoders.checkpoint
+    import training.evaluate
+    import training.loaders
+    import training.pairs
+    import training.train
+    from training.train_config import TrainConfig
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "features-0000000000000000.safetensors").write_bytes(b"x")
+    metrics = {key: 50.0 for key in train_ablation.KEYS}
+
+    def fake_train(data, config, out, resume=None, show_progress=False):
+        if config.seed == 1:  # the first seed encodes its images into a file of its own
+            (cache / "features-1111111111111111.safetensors").write_bytes(b"y")
+        state = SimpleNamespace(best_epoch=1, history=[{"epoch": 1, "seconds": 2.0, "val": metrics}])
+        return SimpleNamespace(state=state, best_metrics=metrics)
+
+    monkeypatch.setattr(training.train, "train", fake_train)
+    monkeypatch.setattr(encoders.checkpoint, "load_model", lambda path: None)
+    monkeypatch.setattr(training.pairs, "build_pairs", lambda *a, **k: SimpleNamespace(class_names=[]))
+    monkeypatch.setattr(training.loaders, "cached_split_features", lambda *a, **k: None)
+    monkeypatch.setattr(training.evaluate, "evaluate_cached", lambda *a, **k: metrics)
+    config = TrainConfig(feature_cache=str(cache))
+    first = train_ablation.run_variant(None, dataclasses.replace(config, seed=1), "f5-mask-soft", tmp_path / "s1")
+    second = train_ablation.run_variant(None, dataclasses.replace(config, seed=2), "f5-mask-soft", tmp_path / "s2")
+    assert first["built_feature_cache"] is True and second["built_feature_cache"] is False
