@@ -137,7 +137,9 @@ def variant_config(base, name: str, seed: int, aid_tail_instruction: Path | None
 
 
 def _cache_files(folder: str) -> set[str]:
-    return {path.name for path in Path(folder).glob("features-*.safetensors")}
+    from training.feature_cache import CACHE_FILE_PATTERN
+
+    return {path.name for path in Path(folder).glob(CACHE_FILE_PATTERN)}
 
 
 def run_variant(dataset, config, name: str, out: Path) -> dict:

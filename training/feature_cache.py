@@ -37,6 +37,13 @@ class SplitFeatures:
         return next(iter(self.images.values())).shape[1]
 
 
+CACHE_FILE_PATTERN = "features-*.safetensors"  # one file per (backbones, data, views[, masks]) in a cache folder
+
+
+def cache_file(folder: Path, key: str) -> Path:
+    return folder / CACHE_FILE_PATTERN.replace("*", key)
+
+
 def cache_key(model_fingerprint: str, pairs: PairSet, views: int) -> str:
     digest = hashlib.sha256()
     digest.update(model_fingerprint.encode())

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from training import distributed, model_ops
 from training.train_config import TrainConfig
 from training.distributed import DistInfo
-from training.feature_cache import CachedPairs, SplitFeatures, cache_key, compute_features, load_features, save_features
+from training.feature_cache import (CachedPairs, SplitFeatures, cache_file, cache_key, compute_features,
+                                    load_features, save_features)
 from training.pairs import PairSet
 from training.train_masks import TrainingMasks
 
@@ -42,7 +43,7 @@ def cached_split_features(folder: Path, model, pairs: PairSet, views: int, confi
     """Load the cache file for this (backbones, data, views[, masks]), computing it on rank 0 first if absent."""
     tail = config.unfreeze_last  # > 0: cache the trunk before the trainable tail blocks
     identity = model_ops.backbone_identity(model, tail) + (masker.describe() if masker else "")
-    path = folder / f"features-{cache_key(identity, pairs, views)}.safetensors"
+    path = cache_file(folder, cache_key(identity, pairs, views))
     if info.is_main and not path.is_file():
         transform = model.image_transform(train=False)
 
