@@ -104,16 +104,17 @@ def test_a_run_that_writes_a_new_cache_file_is_marked_as_having_built_it(tmp_pat
     import training.loaders
     import training.pairs
     import training.train
+    from training.feature_cache import cache_file
     from training.train_config import TrainConfig
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "features-0000000000000000.safetensors").write_bytes(b"x")
+    cache_file(cache, "0" * 16).write_bytes(b"x")
     metrics = {key: 50.0 for key in train_ablation.KEYS}
 
     def fake_train(data, config, out, resume=None, show_progress=False):
         if config.seed == 1:  # the first seed encodes its images into a file of its own
-            (cache / "features-1111111111111111.safetensors").write_bytes(b"y")
+            cache_file(cache, "1" * 16).write_bytes(b"y")
         state = SimpleNamespace(best_epoch=1, history=[{"epoch": 1, "seconds": 2.0, "val": metrics}])
         return SimpleNamespace(state=state, best_metrics=metrics)
 
