@@ -83,7 +83,7 @@ def test_training_images_that_copy_an_evaluation_image_are_left_out(data, tmp_pa
     for n in range(4):
         shutil.copy(val_image.path, scenes / "Forest" / f"forest_{100 + n}.jpg")
     mix = load_mix(_mix(str(data["captions"]), str(scenes)), use_affiliation=True)
-    warning = [note for note in mix.notes if "copies of evaluation images" in note]
+    warning = [note for note in mix.notes if "near-duplicates of evaluation images" in note]
     assert warning and warning[0].startswith("warning:")
     digest = val_image.path.read_bytes()
     assert all(image.path.read_bytes() != digest for image in mix.sources[1].train.images)
@@ -226,3 +226,62 @@ def test_scene_trunk_maps_are_shared_with_train_instruction(data, tmp_path, monk
                         "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert calls == [2]
     assert set(cache.glob("trunk-*.safetensors")) == before
+
+
+def _precomp_copy(source: Path, target: Path, numeric: int = 0) -> Path:
+    """The captioned fixture rewritten in the precomp layout (train+val merged, as published); the first
+    ``numeric`` training images renamed to class-less numeric names, as RSICD has 921 of."""
+    dataset = load_dataset(source)
+    by_image = dataset.captions_by_image()
+    (target / "imgs").mkdir(parents=True)
+    lines = {"train": ([], []), "test": ([], [])}
+    renamed = 0
+    for image in dataset.images:
+        split = "test" if image.split == "test" else "train"
+        name = f"{image.label}_{image.image_id}.png"
+        if split == "train" and renamed < numeric:
+            name, renamed = f"{90000 + image.image_id}.png", renamed + 1
+        shutil.copy(image.path, target / "imgs" / name)
+        for caption in by_image[image.image_id]:
+            lines[split][0].append(caption.text)
+            lines[split][1].append(name)
+    for split, (captions, names) in lines.items():
+        (target / f"{split}_caps.txt").write_text("\n".join(captions) + "\n")
+        (target / f"{split}_filename.txt").write_text("\n".join(names) + "\n")
+    return target
+
+
+def test_partly_unlabelled_caption_dataset_keeps_the_affiliation_loss_for_the_rest(data, tmp_path):
+    precomp = _precomp_copy(data["captions"], tmp_path / "pre", numeric=2)
+    mix = load_mix(_mix(str(data["captions"]), {"path": str(precomp), "images": str(precomp / "imgs")}),
+                   use_affiliation=True)
+    assert any("2 of" in note and "affiliation loss leaves them out" in note for note in mix.notes)
+    assert any("no val split" in note for note in mix.notes)
+
+
+def test_repeated_captions_once_keeps_rows_and_drops_repeats():
+    from training.pairs import Pair, PairSet, without_repeated_captions
+
+    pairs = PairSet([Pair(0, 0, 0, 0, 7), Pair(0, 0, 1, 0, 7), Pair(0, 0, 2, 0, 8), Pair(1, 1, 3, 0, 7)],
+                    [0, 1], ["a", "b"], ["x .", "x", "y", "x ."], [0, 0, 0, 1], ["c"])
+    once = without_repeated_captions(pairs)
+    assert [(p.image_id, p.caption_row) for p in once.pairs] == [(0, 0), (0, 2), (1, 3)]
+    assert once.texts == pairs.texts and once.image_paths == pairs.image_paths  # the same feature cache serves it
+
+
+def test_every_val_split_of_a_mix_is_scored_and_their_mean_chooses(data, tmp_path, capsys):
+    precomp = _precomp_copy(data["captions"], tmp_path / "pre")
+    mix_file = tmp_path / "mix.yaml"
+    mix_file.write_text(f"datasets:\n  - path: {precomp}\n    images: {precomp / 'imgs'}\n"
+                        f"  - path: {data['captions']}\n  - path: {data['scenes']}\n    weight: 0.5\n")
+    out = tmp_path / "run"
+    args = ["train", str(mix_file), "--config", "tiny-test", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3",
+            "--feature-cache", str(tmp_path / "cache"), "--out", str(out), "--quiet", "--seed", "3",
+            "--repeated-captions", "once"]
+    assert engine_main(args) == 0
+    err = capsys.readouterr().err
+    assert "val: pre + cap (their mean mR chooses the epoch)" in err
+    val = json.loads((out / "history.json").read_text())[0]["val"]
+    assert val["mR"] == pytest.approx((val["pre:mR"] + val["cap:mR"]) / 2)
+    assert json.loads((out / "mix.json").read_text())["val"] == ["pre", "cap"]
+    assert json.loads((out / "best" / "metrics.json").read_text())["mR"] == val["mR"]

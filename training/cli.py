@@ -40,6 +40,9 @@ def train_command(
     same_caption_positives: bool = typer.Option(
         False, "--same-caption-positives/--image-positives-only",
         help="Count a caption that reads like the pair's own (other image) as a positive, not a negative."),
+    repeated_captions: str = typer.Option("keep", "--repeated-captions",
+                                          help="keep, or once: an image's identical captions train as one pair "
+                                               "(RSICD repeats one sentence five times for half its images)."),
     hard_negatives: float = typer.Option(0.0, "--hard-negatives",
                                          help="β of HN-NCE: weight negatives by exp(β·cosine); 0 = plain InfoNCE."),
     par: bool = typer.Option(False, "--par", help="PAR training: reinforce VIR's last self-attention towards the "
@@ -70,6 +73,8 @@ def train_command(
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder (or its last/) to continue."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp DATA (one DATA; in a "
+                                          "mix file, each dataset's 'images')."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the PIR retrieval model; keeps the best checkpoint by val mR."""
@@ -78,12 +83,13 @@ def train_command(
     from training.mix import load_mix, mix_from_arguments
     from training.train import train
 
-    spec = mix_from_arguments(list(data), _parse_weights(weights))
+    spec = mix_from_arguments(list(data), _parse_weights(weights), images)
     train_config = TrainConfig(
         model=config, epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, use_vir=not no_vir,
         use_lca=not no_lca, lca_readout=lca_readout, use_affiliation=not no_affiliation, affiliation_weight=lambda_aff,
         affiliation=affiliation,
-        same_caption_positives=same_caption_positives, hard_negative_beta=hard_negatives,
+        same_caption_positives=same_caption_positives, repeated_captions=repeated_captions,
+        hard_negative_beta=hard_negatives,
         train_mask=train_mask, train_mask_sigma=train_mask_sigma,
         train_masks=str(train_masks) if train_masks else None,
         par=par, par_ccs=par_ccs, par_ascs=par_ascs, par_top=par_top, par_strength=par_strength,
@@ -95,7 +101,9 @@ def train_command(
     if resume is not None and not resume.exists():
         raise ConfigError(f"--resume {resume}: no such run folder")
     if spec is None:
-        source = load_dataset(data[0])
+        source = load_dataset(data[0], images=images)
+        for note in source.notes:
+            typer.echo(f"note: {note}", err=True)
     else:
         source = load_mix(spec, use_affiliation=not no_affiliation)
         for line in describe_mix(source):
@@ -125,8 +133,10 @@ def describe_mix(mix) -> list[str]:
     sizes = [len(source.train.captions) for source in mix.sources]
     weights = [source.entry.weight for source in mix.sources]
     epoch = mix.spec.epoch_pairs or default_epoch_size(sizes, weights, mix.primary)
+    val = " + ".join(source.name for source in mix.val_sources)
+    chooses = "their mean mR chooses the epoch" if len(mix.val_sources) > 1 else "chooses the epoch"
     lines = [f"mix: {len(mix.sources)} datasets, {epoch} training pairs per epoch, "
-             f"{len(mix.class_names)} scene classes; val: {mix.primary_source.name} (chooses the epoch)"]
+             f"{len(mix.class_names)} scene classes; val: {val} ({chooses})"]
     for source, size, count in zip(mix.sources, sizes, allocate(epoch, weights)):
         made = " (captions made from class names)" if source.kind == "scenes" else ""
         lines.append(f"  {source.name}: {source.kind}, {len(source.train.images)} training images, {size} pairs"

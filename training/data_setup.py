@@ -7,6 +7,7 @@ with N replicas the union of the N per-rank batches of a step is exactly the sin
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -16,10 +17,10 @@ from engine.data.model import Dataset
 from training.train_config import TrainConfig
 from training.distributed import DistInfo
 from training.feature_cache import CachedPairs, collate_cached
-from training.loaders import TrainingData, cached_split_features
+from training.loaders import TrainingData, ValSet, cached_split_features
 from training.mix import Mix
 from training.pairs import (ImagePairs, build_pairs, check_affiliation_possible, check_batch_size,
-                            collate_image_pairs)
+                            collate_image_pairs, without_repeated_captions)
 from training.seeding import seed_dataloader_worker
 from training.train_masks import TrainingMasks
 
@@ -34,9 +35,13 @@ def prepare_data(dataset: Dataset | Mix, config: TrainConfig, model, device: tor
 
         return prepare_mixed_data(dataset, config, model, device, info)
     train_pairs = build_pairs(dataset, TRAIN_SPLIT)
+    if config.repeated_captions == "once":
+        train_pairs = without_repeated_captions(train_pairs)
     val_pairs = build_pairs(dataset, VAL_SPLIT, class_names=train_pairs.class_names)
     if config.use_affiliation:
-        check_affiliation_possible(train_pairs, dataset)
+        note = check_affiliation_possible(train_pairs, dataset)
+        if note and info.is_main:
+            print(f"note: {note}", file=sys.stderr)
     check_batch_size(config.batch_size, train_pairs, info.world_size)
     val_features = None
     masker = TrainingMasks.from_config(config, train_pairs)
@@ -57,5 +62,5 @@ def prepare_data(dataset: Dataset | Mix, config: TrainConfig, model, device: tor
                         drop_last=True, num_workers=config.num_workers, collate_fn=collate,
                         worker_init_fn=seed_dataloader_worker, generator=generator,
                         persistent_workers=False, pin_memory=device.type == "cuda")
-    return TrainingData(train_pairs, val_pairs, loader, sampler, bool(config.feature_cache), train_dataset,
-                        val_features)
+    return TrainingData(train_pairs, [ValSet(dataset.name, val_pairs, val_features)], loader, sampler,
+                        bool(config.feature_cache), train_dataset)

@@ -21,14 +21,22 @@ from training.train_masks import TrainingMasks
 
 
 @dataclass
+class ValSet:
+    """One val split scored after every epoch: its pairs and (cached runs) its cached backbone features."""
+
+    name: str
+    pairs: PairSet
+    features: SplitFeatures | None = None
+
+
+@dataclass
 class TrainingData:
     train_pairs: PairSet
-    val_pairs: PairSet
+    val_sets: list[ValSet]  # one per dataset with a val split; the epoch is chosen on their mean mR
     train_loader: DataLoader
     sampler: DistributedSampler  # or a MixSampler (training/mix_sampler.py) for a mix of datasets
     cached: bool
     train_dataset: torch.utils.data.Dataset
-    val_features: SplitFeatures | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

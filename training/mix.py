@@ -3,7 +3,8 @@ in one run, each with a sampling weight, one global list of scene classes, and n
 
 What a mix is (``engine train DATA [DATA ...] [--weights ...]`` or a mix file, docs/training-mix.md):
 - a *caption dataset* trains on its ``train`` split; the first caption dataset with a ``val`` split is the
-  *primary*: its val split chooses the epoch, and one epoch is one pass over its training pairs.
+  *primary*: one epoch is one pass over its training pairs. Every caption dataset with a ``val`` split is scored
+  after each epoch, and the mean of their val mR chooses the epoch (RSICD + UCM: both count equally).
 - a *scene collection* has no split and no captions: the fixed stratified split of ``engine.data.splits`` holds
   out the same images that ``engine train-instruction`` holds out (AID: 2,000 of 10,000), and each training
   image gets ``captions_per_image`` captions from its class name (``engine.data.scene_captions``).
@@ -17,8 +18,8 @@ What a mix is (``engine train DATA [DATA ...] [--weights ...]`` or a mix file, d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class MixEntry:
     split_seed: int = DEFAULT_SPLIT_SEED
     views: int | None = None  # cached dihedral views of its training images (default: --cached-views)
     rename: dict[str, str] = field(default_factory=dict)  # class name -> new class name, before merging
+    images: str | None = None  # precomp caption datasets: the image folder (``--images``), relative like path
 
     def validate(self, where: str) -> None:
         checks = [
@@ -91,8 +93,10 @@ class MixSpec:
             if extra:
                 raise ConfigError(f"{where}: unknown fields {extra}; expected some of {sorted(known)}")
             values = dict(item)
-            if base is not None and not Path(values["path"]).expanduser().is_absolute():
-                values["path"] = str(base / values["path"])
+            for key in ("path", "images"):
+                if base is not None and isinstance(values.get(key), str) and \
+                        not Path(values[key]).expanduser().is_absolute():
+                    values[key] = str(base / values[key])
             values["rename"] = dict(values.get("rename") or {})
             try:
                 entry = MixEntry(**values)
@@ -122,6 +126,8 @@ def _check_types(entry: MixEntry, where: str) -> None:
         value = getattr(entry, name)
         if isinstance(value, bool) or not isinstance(value, types):
             raise ConfigError(f"{where}: {name} must be a number, got {value!r}")
+    if entry.images is not None and not isinstance(entry.images, str):
+        raise ConfigError(f"{where}: images must be a folder path, got {entry.images!r}")
 
 
 def is_mix_file(path: Path) -> bool:
@@ -157,9 +163,13 @@ def read_mix_file(path: Path) -> MixSpec:
     return MixSpec.from_dict(_parse_file(path), str(path), base=path.resolve().parent)
 
 
-def mix_from_arguments(paths: list[Path], weights: list[float] | None) -> MixSpec | None:
+def mix_from_arguments(paths: list[Path], weights: list[float] | None,
+                       images: Path | None = None) -> MixSpec | None:
     """The mix that ``engine train DATA [DATA ...] [--weights w1,w2,...]`` names; ``None`` for one plain dataset
-    without weights (the single-dataset path, unchanged)."""
+    without weights (the single-dataset path, unchanged). ``images`` (``--images``) goes with a single DATA."""
+    if images is not None and (len(paths) != 1 or is_mix_file(paths[0])):
+        raise ConfigError("--images: give it with a single DATA; in a mix, set each precomp dataset's 'images' "
+                          "in a mix file")
     if len(paths) == 1 and is_mix_file(paths[0]):
         if weights:
             raise ConfigError(f"--weights: {paths[0]} is a mix file; set each dataset's weight in it")
@@ -171,7 +181,7 @@ def mix_from_arguments(paths: list[Path], weights: list[float] | None) -> MixSpe
         raise ConfigError(f"--weights: {len(weights)} weights for {len(paths)} datasets; give one per DATA")
     if len(paths) == 1 and weights is None:
         return None
-    entries = tuple(MixEntry(path=str(path), weight=weight)
+    entries = tuple(MixEntry(path=str(path), weight=weight, images=str(images) if images else None)
                     for path, weight in zip(paths, weights or [1.0] * len(paths)))
     raw = {"datasets": [dataclasses.asdict(entry) for entry in entries]}
     return MixSpec.from_dict(raw, "engine train DATA")
@@ -207,9 +217,15 @@ class Mix:
     def primary_source(self) -> MixSource:
         return self.sources[self.primary]
 
+    @property
+    def val_sources(self) -> list[MixSource]:
+        """The caption datasets with a val split: the mean of their val mR chooses the epoch."""
+        return [source for source in self.sources if source.kind == CAPTIONS and source.dataset.split("val").captions]
+
     def describe(self) -> dict:
         """What ``mix.json`` of a run records: the resolved datasets and the global class table."""
         return {"spec": self.spec.to_dict(), "primary": self.sources[self.primary].name,
+                "val": [source.name for source in self.val_sources],
                 "sources": [{"name": s.name, "kind": s.kind, "root": str(s.dataset.root), "weight": s.entry.weight,
                              "train_images": len(s.train.images), "train_captions": len(s.train.captions),
                              "held_out_images": len(s.evaluation)} for s in self.sources],
@@ -226,7 +242,8 @@ def load_mix(spec: MixSpec, use_affiliation: bool) -> Mix:
         path = Path(entry.path).expanduser()
         if not path.exists():
             raise DataError(f"mix datasets[{position}]: {entry.path}: no such file or folder")
-        dataset = load_dataset(path)
+        dataset = load_dataset(path, images=entry.images)
+        notes += dataset.notes
         kind = SCENES if is_unsplit(dataset) else CAPTIONS
         if kind == SCENES:
             _check_scene_collection(dataset, notes)
@@ -250,6 +267,11 @@ def load_mix(spec: MixSpec, use_affiliation: bool) -> Mix:
             source = _caption_source(entry, name, dataset, rename, class_names, use_affiliation)
         sources.append(source)
     notes += _exclude_evaluation_copies(sources)
+    for source in sources:
+        missing = sum(image.label is None for image in source.train.images)
+        if missing and use_affiliation:
+            notes.append(f"{source.name}: {missing:,} of {len(source.train.images):,} training images have no scene "
+                         "class; the affiliation loss leaves them out (the contrastive loss uses them)")
     for source in sources:
         if not source.train.captions:
             raise DataError(f"{source.dataset.root}: no training image with a caption is left in this dataset")
@@ -337,10 +359,9 @@ def _caption_source(entry: MixEntry, name: str, dataset: Dataset, rename: dict[s
     if not part.captions:
         raise DataError(f"{dataset.annotation_file or dataset.root}: no captioned image in the train split "
                         f"(splits present: {dataset.split_counts()})")
-    if use_affiliation and not all(image.label is not None for image in part.images):
-        missing = sum(image.label is None for image in part.images)
-        raise DataError(f"{dataset.annotation_file or dataset.root}: {missing} of {len(part.images)} training "
-                        "images have no scene class, which the affiliation loss needs; train with "
+    if use_affiliation and all(image.label is None for image in part.images):
+        raise DataError(f"{dataset.annotation_file or dataset.root}: none of the {len(part.images)} training "
+                        "images has a scene class, which the affiliation loss needs; train with "
                         "--no-affiliation or leave this dataset out of the mix")
     positions = {image.image_id: p for p, image in enumerate(dataset.images)}
     images = [_relabel(image, rename, class_names, "train") for image in part.images]
@@ -366,26 +387,29 @@ def _scene_source(entry: MixEntry, name: str, dataset: Dataset, rename: dict[str
                      rename)
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
 def _exclude_evaluation_copies(sources: list[MixSource]) -> list[str]:
-    """Drop training images whose bytes equal any source's evaluation image (e.g. a class-folder copy of UCM
-    holding UCM's test images); returns the warnings."""
-    evaluation = {_file_digest(image.path) for source in sources for image in source.evaluation}
+    """Drop training images that are near-duplicates (``engine.data.near_duplicates``: resized, re-encoded or
+    byte-identical copies) of any source's evaluation image (val, test, held-out); returns what was dropped,
+    per dataset and per evaluation set it copied."""
+    from engine.data.near_duplicates import duplicate_of, fingerprints
+
+    owners = [(source.name, image.split or "held-out") for source in sources for image in source.evaluation]
+    references = fingerprints([image.path for source in sources for image in source.evaluation])
     notes = []
     for source in sources:
-        keep = [(image, position) for image, position in zip(source.train.images, source.train_positions)
-                if _file_digest(image.path) not in evaluation]
+        matches = duplicate_of(fingerprints([image.path for image in source.train.images]), references)
+        keep = [(image, position) for image, position, match
+                in zip(source.train.images, source.train_positions, matches) if match < 0]
         dropped = len(source.train.images) - len(keep)
         if not dropped:
             continue
+        copied = Counter(owners[match] for match in matches if match >= 0)
         kept_ids = {image.image_id for image, _ in keep}
         source.train = dataclasses.replace(
             source.train, images=[image for image, _ in keep],
             captions=[caption for caption in source.train.captions if caption.image_id in kept_ids])
         source.train_positions = [position for _, position in keep]
-        notes.append(f"warning: {source.dataset.root}: {dropped} training images are copies of evaluation images "
-                     "(val/test/held-out) of the mix; left out of training")
+        where = ", ".join(f"{name} {split}: {count}" for (name, split), count in sorted(copied.items()))
+        notes.append(f"warning: {source.name}: {dropped} training images are near-duplicates of evaluation images "
+                     f"({where}); left out of training")
     return notes

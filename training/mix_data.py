@@ -27,13 +27,13 @@ from engine.errors import ConfigError
 from training import distributed, model_ops
 from training.train_config import TrainConfig
 from training.distributed import DistInfo
-from training.loaders import TrainingData, cached_split_features
+from training.loaders import TrainingData, ValSet, cached_split_features
 from training.feature_cache import (CachedPairs, SplitFeatures, cache_key, collate_cached,
                                     load_features, save_features)
 from training.mix import SCENES, Mix, MixSource, relabelled_split
 from training.mix_sampler import MixSampler, default_epoch_size
 from training.pairs import (ImagePairs, Pair, PairSet, build_pairs, caption_key, check_batch_size,
-                            collate_image_pairs)
+                            collate_image_pairs, without_repeated_captions)
 from training.seeding import seed_dataloader_worker
 
 TRAIN_SPLIT = "train"
@@ -91,14 +91,17 @@ def collate_mixed_cached(items):
 
 def prepare_mixed_data(mix: Mix, config: TrainConfig, model, device: torch.device, info: DistInfo):
     class_names = mix.class_names
-    pair_sets = offset_pairs([source_pairs(source, class_names) for source in mix.sources])
-    primary = mix.primary_source
-    val_pairs = build_pairs(relabelled_split(primary, "val", class_names), "val", class_names=class_names)
+    pair_sets = [source_pairs(source, class_names) for source in mix.sources]
+    if config.repeated_captions == "once":
+        pair_sets = [without_repeated_captions(pairs) for pairs in pair_sets]
+    pair_sets = offset_pairs(pair_sets)
+    val_sets = [ValSet(source.name, build_pairs(relabelled_split(source, "val", class_names), "val",
+                                                class_names=class_names))
+                for source in mix.val_sources]
     sizes = [len(pairs.pairs) for pairs in pair_sets]
     weights = [source.entry.weight for source in mix.sources]
     epoch_size = mix.spec.epoch_pairs or default_epoch_size(sizes, weights, mix.primary)
     check_batch_size(config.batch_size, epoch_size, info.world_size)
-    val_features = None
     if config.feature_cache:
         folder = Path(config.feature_cache)
         parts = []
@@ -109,7 +112,8 @@ def prepare_mixed_data(mix: Mix, config: TrainConfig, model, device: torch.devic
             else:
                 features = cached_split_features(folder, model, pairs, views, config, device, info)
             parts.append(CachedPairs(pairs, features, config.seed, augment=config.augment))
-        val_features = cached_split_features(folder, model, val_pairs, 1, config, device, info)
+        for val in val_sets:
+            val.features = cached_split_features(folder, model, val.pairs, 1, config, device, info)
         collate = collate_mixed_cached
     else:
         transform = model.image_transform(train=config.augment)
@@ -122,8 +126,8 @@ def prepare_mixed_data(mix: Mix, config: TrainConfig, model, device: torch.devic
                         drop_last=True, num_workers=config.num_workers, collate_fn=collate,
                         worker_init_fn=seed_dataloader_worker, generator=generator,
                         persistent_workers=False, pin_memory=device.type == "cuda")
-    return TrainingData(pair_sets[mix.primary], val_pairs, loader, sampler, bool(config.feature_cache),
-                        train_dataset, val_features)
+    return TrainingData(pair_sets[mix.primary], val_sets, loader, sampler, bool(config.feature_cache),
+                        train_dataset)
 
 
 def _scene_features(folder: Path, model, source: MixSource, pairs: PairSet, views: int, config: TrainConfig,

@@ -76,12 +76,31 @@ def build_pairs(dataset: Dataset, split: str, class_names: list[str] | None = No
     return PairSet(pairs, image_ids, paths, texts, owners, list(names))
 
 
-def check_affiliation_possible(pairs: PairSet, dataset: Dataset) -> None:
-    """The affiliation loss clusters on scene classes: refuse a dataset without them, naming the fix."""
-    if not pairs.has_classes:
-        missing = sum(pair.class_id == NO_CLASS for pair in pairs.pairs)
-        raise DataError(f"{dataset.root}: {missing} of {len(pairs.pairs)} training pairs have no scene class label, "
+def without_repeated_captions(pairs: PairSet) -> PairSet:
+    """``pairs`` with each image's repeated captions kept once (same ``caption_key``; RSICD fills 4,851 of its
+    9,828 train+val images' five lines with one sentence). Image and caption rows are unchanged, so the feature
+    cache of the full pair set serves this one too."""
+    seen: set[tuple[int, int]] = set()
+    kept = []
+    for pair in pairs.pairs:
+        key = (pair.image_id, pair.caption_group)
+        if key not in seen:
+            seen.add(key)
+            kept.append(pair)
+    return PairSet(kept, pairs.image_ids, pairs.image_paths, pairs.texts, pairs.text_to_image, pairs.class_names)
+
+
+def check_affiliation_possible(pairs: PairSet, dataset: Dataset) -> str | None:
+    """The affiliation loss clusters on scene classes: refuse a dataset without any, naming the fix; when only
+    some images lack one (RSICD's numeric file names), the loss leaves those out: the returned note says so."""
+    missing = sum(pair.class_id == NO_CLASS for pair in pairs.pairs)
+    if missing == len(pairs.pairs):
+        raise DataError(f"{dataset.root}: none of the {len(pairs.pairs)} training pairs has a scene class label, "
                         "which the affiliation loss needs; train with --no-affiliation")
+    if missing:
+        return (f"{dataset.root}: {missing:,} of {len(pairs.pairs):,} training pairs have no scene class; the "
+                "affiliation loss leaves them out (the contrastive loss uses them)")
+    return None
 
 
 def check_batch_size(batch_size: int, pairs: PairSet | int, world_size: int) -> None:

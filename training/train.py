@@ -190,10 +190,21 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def _validate(model, data: TrainingData, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    if data.cached:
-        return evaluate_cached(model, data.val_pairs, data.val_features, config.eval_batch_size, device,
-                               config.recall_ks, tail=config.unfreeze_last)
-    return evaluate_files(model, data.val_pairs, config.eval_batch_size, device, config.recall_ks)
+    """Recalls on every val split; with several (a mix), each key is their mean and ``<name>:<key>`` each one's."""
+    scored = []
+    for val in data.val_sets:
+        if data.cached:
+            metrics = evaluate_cached(model, val.pairs, val.features, config.eval_batch_size, device,
+                                      config.recall_ks, tail=config.unfreeze_last)
+        else:
+            metrics = evaluate_files(model, val.pairs, config.eval_batch_size, device, config.recall_ks)
+        scored.append((val.name, metrics))
+    if len(scored) == 1:
+        return scored[0][1]
+    combined = {key: sum(metrics[key] for _, metrics in scored) / len(scored) for key in scored[0][1]}
+    for name, metrics in scored:
+        combined.update({f"{name}:{key}": value for key, value in metrics.items()})
+    return combined
 
 
 def _trainer_state(criterion, optimizer, scheduler, scaler) -> dict:

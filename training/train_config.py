@@ -14,6 +14,7 @@ from engine.devices import DEVICES
 from engine.errors import ConfigError
 
 AFFILIATIONS = ("prototype", "pir")  # training.losses.AFFILIATION_KINDS
+REPEATED_CAPTIONS = ("keep", "once")  # training.pairs.without_repeated_captions
 # Augmented views cached per training image: identity, horizontal flip, vertical flip, 90° rotation.
 DEFAULT_CACHED_VIEWS = 4
 
@@ -38,6 +39,7 @@ class TrainConfig:
     affiliation_weight: float = 1.0
     affiliation: str = "prototype"  # "pir": PIR's formula; "prototype": normalised class prototypes (training/losses.py)
     same_caption_positives: bool = False  # identical captions of other images are positives, not negatives
+    repeated_captions: str = "keep"  # "once": an image's repeated identical captions give one training pair
     hard_negative_beta: float = 0.0  # > 0: negatives weighted by exp(β·cosine) in InfoNCE (HN-NCE)
     # PAR training (encoders/par.py): reinforce VIR's last self-attention towards the top positions it shares
     # with a same-class reference of the batch, when both cosines pass their gates
@@ -98,6 +100,9 @@ class TrainConfig:
             (self.train_mask != "soft" or (self.train_mask_sigma is not None and 0 < self.train_mask_sigma < 1),
              "--train-mask soft needs --train-mask-sigma strictly between 0 and 1"),
             (self.hard_negative_beta >= 0, "hard_negative_beta (--hard-negatives) must be >= 0"),
+            (self.repeated_captions in REPEATED_CAPTIONS,
+             f"repeated_captions (--repeated-captions) must be one of {', '.join(REPEATED_CAPTIONS)}, "
+             f"got {self.repeated_captions!r}"),
             (self.unfreeze_last >= 0, "unfreeze_last must be >= 0"),
             (self.cached_views >= 1, "cached_views must be >= 1"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
@@ -135,7 +140,7 @@ class TrainConfig:
     # fields that must match between a checkpoint and the run that resumes it
     RESUME_FIXED = ("model", "use_vir", "use_lca", "lca_readout", "use_affiliation", "affiliation", "batch_size",
                     "seed", "cached_views", "train_mask", "train_mask_sigma", "train_masks",
-                    "freeze_backbones", "unfreeze_last", "mix")
+                    "freeze_backbones", "unfreeze_last", "mix", "repeated_captions")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
         return [f"{name}: checkpoint {getattr(saved, name)!r} vs now {getattr(self, name)!r}"

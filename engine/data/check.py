@@ -128,7 +128,7 @@ def _check_images(report: CheckReport, probes: list[ImageProbe], log: ProblemLog
 
 def _check_extra_files(dataset: Dataset, log: ProblemLog) -> None:
     """Image files next to the listed ones that no annotation mentions (often a partial copy or a mix-up)."""
-    if dataset.format not in ("karpathy", "pir"):
+    if dataset.format not in ("karpathy", "pir", "precomp"):
         return
     listed = {image.path for image in dataset.images}
     folders = {path.parent for path in listed if path.parent.is_dir()}
@@ -190,11 +190,14 @@ def _check_classes(dataset: Dataset, manifest: Manifest, log: ProblemLog) -> Non
         log.warning("class-count", "classes", f"{len(classes)} classes; {manifest.name} has {manifest.class_count}")
 
 
-def check_dataset(path: str | Path, full_decode: bool = True, workers: int | None = None) -> CheckReport:
-    """Check the dataset at ``path``; unreadable structure still raises ``DataError`` (one line, exit 2)."""
+def check_dataset(path: str | Path, full_decode: bool = True, workers: int | None = None,
+                  images: str | Path | None = None) -> CheckReport:
+    """Check the dataset at ``path``; unreadable structure still raises ``DataError`` (one line, exit 2).
+
+    ``images``: where a precomp folder's image files are (``--images DIR``)."""
     started = time.perf_counter()
     log = ProblemLog(strict=False)
-    dataset = read_dataset(path, log)
+    dataset = read_dataset(path, log, images)
     report = CheckReport(path=Path(path), dataset=dataset, match=match_manifest(dataset), problems=[])
     workers = workers or min(_MAX_WORKERS, (os.cpu_count() or 1) + 1)
     probes = _probe_all(dataset, log, full_decode, workers)

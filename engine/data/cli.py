@@ -41,6 +41,18 @@ def _expected(report: CheckReport) -> dict[str, str]:
     }
 
 
+def _source_files(report: CheckReport) -> str:
+    """The annotation file, or the precomp text files, the dataset was read from."""
+    dataset = report.dataset
+    if dataset.annotation_file:
+        return dataset.annotation_file.name
+    if dataset.format == "precomp":
+        from engine.data.precomp import precomp_files
+
+        return ", ".join(f"{c.name} + {n.name}" for c, n in precomp_files(dataset.root).values())
+    return ""
+
+
 def _print_table(report: CheckReport) -> None:
     from rich.table import Table
 
@@ -55,7 +67,7 @@ def _print_table(report: CheckReport) -> None:
     table.add_column("expected", overflow="fold")
     rows = [
         ("dataset", detected, ", ".join(report.match.evidence) if report.match else ""),
-        ("format", dataset.format, str(dataset.annotation_file.name) if dataset.annotation_file else ""),
+        ("format", dataset.format, _source_files(report)),
         ("images", f"{len(dataset.images):,}", expected.get("images", "")),
         ("captions", f"{len(dataset.captions):,}", expected.get("captions", "")),
         ("splits (images)", _counts(dataset.split_counts()).replace("none", "no split"), expected.get("splits", "")),
@@ -93,13 +105,15 @@ def check_command(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable JSON report instead."),
     quick: bool = typer.Option(False, "--quick", help="Read image headers only (misses truncated files)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Decoding threads (0 = CPU count + 1, at most 8)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp dataset (default: "
+                                          "RSICD_images/, images/ or the folder itself)."),
 ) -> None:
     """Detect which dataset a folder holds, validate it against its manifest and summarise it.
 
     Exit 0 when the dataset is usable (warnings allowed), 1 when it has errors, 2 when it cannot be read.
     """
     path = directory if directory is not None else default_dataset_path()
-    report = check_dataset(path, full_decode=not quick, workers=workers or None)
+    report = check_dataset(path, full_decode=not quick, workers=workers or None, images=images)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

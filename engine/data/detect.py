@@ -1,9 +1,16 @@
 """Finding and reading a dataset from a path, whatever its format, and locating the default dataset.
 
 Order of detection for a folder: Karpathy JSON under a published name (``dataset_rsicd.json``,
-``dataset_RSITMD.json``, ``dataset.json``), then PIR split files (``*_train.json`` ...), then any other JSON
-whose content is either schema, then class sub-folders of images (AID), then images directly in the folder.
-A path to a JSON file reads that file.
+``dataset_RSITMD.json``, ``dataset.json``), then PIR split files (``*_train.json`` ...), then the precomp text
+layout (``train_caps.txt`` + ``train_filename.txt`` ..., as RSICD and RSITMD are published with AMFMN), then any
+other JSON whose content is either schema, then class sub-folders of images (AID), then images directly in the
+folder. A path to a JSON file reads that file; a path to a precomp ``*_caps.txt``/``*_filename.txt`` reads its
+folder.
+
+A caption dataset with a train split and no val split (the precomp copies merge the published train and val)
+gets a class-stratified val split carved out of train (``engine.data.splits.carve_val``): the published val size
+when the dataset is identified and its train split is the published train + val (RSICD: 1,094 images), else 10 %.
+The dataset's ``notes`` say so, and commands print that once.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from engine.data.identify import match_manifest
 from engine.data.karpathy import KARPATHY_FILE_NAMES, looks_like_karpathy, read_karpathy
 from engine.data.model import Dataset
 from engine.data.pir_json import dataset_prefix, find_pir_files, looks_like_pir, read_pir, split_of_file
+from engine.data.precomp import CAPTIONS_FILE, FILENAMES_FILE, looks_like_precomp, read_precomp
 from engine.data.problems import ProblemLog
+from engine.data.splits import carve_val, val_count
 from engine.errors import DataError
 
 DATA_DIR_ENV = "ENGINE_DATA_DIR"
@@ -40,13 +49,20 @@ def _read_json_file(path: Path, log: ProblemLog) -> Dataset:
     )
 
 
-def _read_folder(folder: Path, log: ProblemLog) -> Dataset:
+def _is_precomp_file(path: Path) -> bool:
+    suffixes = (CAPTIONS_FILE.format(split=""), FILENAMES_FILE.format(split=""))  # "_caps.txt", "_filename.txt"
+    return path.name.endswith(suffixes) and looks_like_precomp(path.parent)
+
+
+def _read_folder(folder: Path, log: ProblemLog, images: Path | None = None) -> Dataset:
     for name in KARPATHY_FILE_NAMES:
         if (folder / name).is_file():
             return _read_json_file(folder / name, log)
     pir_files = [path for path in find_pir_files(folder) if looks_like_pir(read_json(path))]
     if pir_files:
         return read_pir(pir_files, log)
+    if looks_like_precomp(folder):
+        return read_precomp(folder, log, images)
     other_json = sorted(folder.glob("*.json"))
     for path in other_json:
         document = read_json(path)
@@ -62,26 +78,55 @@ def _read_folder(folder: Path, log: ProblemLog) -> Dataset:
     found = f" (found {', '.join(p.name for p in other_json[:3])}, none in a known schema)" if other_json else ""
     raise DataError(
         f"{folder}: no recognised annotation JSON{found} and no images; expected dataset_rsicd.json, "
-        "dataset_RSITMD.json, dataset.json, *_train/_val/_test.json, class folders of images, or image files"
+        "dataset_RSITMD.json, dataset.json, *_train/_val/_test.json, train_caps.txt + train_filename.txt, "
+        "class folders of images, or image files"
     )
 
 
-def read_dataset(path: str | Path, log: ProblemLog) -> Dataset:
-    """Read any supported layout, reporting problems to ``log`` (strict logs raise on the first error)."""
+def read_dataset(path: str | Path, log: ProblemLog, images: str | Path | None = None) -> Dataset:
+    """Read any supported layout, reporting problems to ``log`` (strict logs raise on the first error).
+
+    ``images`` (``--images DIR``) says where the image files of a precomp folder are."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    dataset = _read_json_file(path, log) if path.is_file() else _read_folder(path, log)
+    images = Path(images).expanduser() if images is not None else None
+    if path.is_file() and _is_precomp_file(path):
+        path = path.parent
+    if images is not None and not (path.is_dir() and looks_like_precomp(path)):
+        raise DataError(f"--images {images}: only a precomp folder (train_caps.txt + train_filename.txt ...) "
+                        f"takes an image folder; {path} is not one")
+    dataset = _read_json_file(path, log) if path.is_file() else _read_folder(path, log, images)
     match = match_manifest(dataset)
     if match is not None:
         dataset.kind = match.manifest.name
-    return dataset
+    return _with_val_split(dataset, match.manifest if match else None, log)
+
+
+def _with_val_split(dataset: Dataset, manifest, log: ProblemLog) -> Dataset:
+    """A caption dataset with train but no val split gets one carved out of train (see the module notes)."""
+    counts = dataset.split_counts()
+    if not dataset.captions or "train" not in counts or "val" in counts or log.has_errors:
+        return dataset
+    published = manifest.split_counts if manifest is not None else None
+    count = val_count(counts["train"], (published["train"], published["val"]) if published else None)
+    if count < 1:
+        return dataset  # a single train image: nothing to spare
+    carved = carve_val(dataset, count)
+    how = (f"{manifest.name}'s published val size" if published and count == published["val"]
+           else "10 % of train")
+    note = (f"{dataset.root}: no val split; {count:,} of the {counts['train']:,} train images form a "
+            f"class-stratified val split ({how}; seeded, the same every run); train keeps "
+            f"{counts['train'] - count:,}")
+    log.info("val-carved", "splits", note.split(": ", 1)[1])
+    carved.notes.append(note)
+    return carved
 
 
 UNREADABLE_IMAGE_CODES = frozenset({"missing-image", "empty-image"})
 
 
-def load_dataset(path: str | Path, skip_unreadable: bool = False) -> Dataset:
+def load_dataset(path: str | Path, skip_unreadable: bool = False, images: str | Path | None = None) -> Dataset:
     """The dataset at ``path`` (folder or annotation JSON), auto-detected; ``DataError`` on the first problem.
 
     Checks structure, ids, splits, captions and that every listed image file exists and is non-empty; pixel
@@ -90,7 +135,7 @@ def load_dataset(path: str | Path, skip_unreadable: bool = False) -> Dataset:
     indexer then skips and lists them like any other image it cannot decode.
     """
     log = ProblemLog(strict=True, tolerated=UNREADABLE_IMAGE_CODES if skip_unreadable else frozenset())
-    return read_dataset(path, log)
+    return read_dataset(path, log, images)
 
 
 def default_dataset_path() -> Path:

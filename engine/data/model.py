@@ -55,7 +55,8 @@ class Dataset:
     captions: list[Caption]
     annotation_file: Path | None = None
     unlabelled: list[str] = field(default_factory=list)
-    format: str = ""  # the file format read: "karpathy", "pir", "scene_folders" or "images"
+    format: str = ""  # the file format read: "karpathy", "pir", "precomp", "scene_folders" or "images"
+    notes: list[str] = field(default_factory=list)  # what a command should say once about how it was read
 
     def __post_init__(self) -> None:
         self._by_id = {image.image_id: image for image in self.images}
@@ -83,6 +84,7 @@ class Dataset:
             annotation_file=self.annotation_file,
             unlabelled=[name_ for name_ in self.unlabelled if name_ in kept_names],
             format=self.format,
+            notes=list(self.notes),
         )
 
     def captions_by_image(self) -> dict[int, list[Caption]]:

@@ -8,6 +8,7 @@ are the images the others hold out: per class, a seeded shuffle of the files in 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from engine.data.model import Dataset
@@ -60,3 +61,42 @@ def split_part(dataset: Dataset, split: str, train_fraction: float = DEFAULT_TRA
     train, test = stratified_split(dataset, train_fraction, seed)
     keep = train if split == "train" else test
     return dataset.subset([dataset.images[p].image_id for p in keep], f"{dataset.name}:{split}")
+
+
+DEFAULT_VAL_FRACTION = 0.1  # of a merged train split, when no published val size is known
+
+
+def val_count(train_images: int, published: tuple[int, int] | None = None) -> int:
+    """How many images a merged train split gives up to val: the published val size when the train split is
+    exactly the published train + val (``published`` = (train, val); RSICD: 8,734 + 1,094 = 9,828), otherwise
+    ``DEFAULT_VAL_FRACTION`` of it (at least one image, and at least one left to train on)."""
+    if published is not None and published[1] > 0 and sum(published) == train_images:
+        return published[1]
+    return min(train_images - 1, max(1, round(train_images * DEFAULT_VAL_FRACTION)))
+
+
+def carve_val(dataset: Dataset, count: int, seed: int = DEFAULT_SPLIT_SEED) -> Dataset:
+    """``dataset`` with ``count`` of its train images moved to a new val split, class-stratified and seeded.
+
+    Each scene class (images without one form their own stratum) gives a share proportional to its size (largest
+    remainders make the total exact); within a class the images are a seeded shuffle of id order, so the same
+    files and seed always give the same val split. Captions and ids are unchanged."""
+    train = [image for image in dataset.images if image.split == "train"]
+    if not 0 < count < len(train):
+        raise DataError(f"{dataset.root}: cannot move {count} of {len(train)} train images to val")
+    strata: dict[str, list[int]] = {}
+    for image in train:
+        strata.setdefault(image.label if image.label is not None else "", []).append(image.image_id)
+    quotas = {label: len(ids) * count / len(train) for label, ids in strata.items()}
+    shares = {label: int(quota) for label, quota in quotas.items()}
+    by_remainder = sorted(strata, key=lambda label: (-(quotas[label] - shares[label]), label))
+    for label in by_remainder[: count - sum(shares.values())]:
+        shares[label] += 1
+    moved: set[int] = set()
+    for label in sorted(strata):
+        ids = list(strata[label])
+        random.Random(f"{seed}:val:{label}").shuffle(ids)
+        moved.update(ids[: shares[label]])
+    images = [dataclasses.replace(image, split="val") if image.image_id in moved else image
+              for image in dataset.images]
+    return dataclasses.replace(dataset, images=images)

@@ -49,6 +49,8 @@ def eval_command(
     rerank_depth: int = typer.Option(50, "--rerank-depth", help="with --rerank: first-stage images reranked per caption"),
     test_time_views: Optional[int] = typer.Option(None, "--test-time-views", help="dihedral views averaged per image "
                                                   "embedding, 1-8 (default: the model's own setting)"),
+    images: Optional[Path] = typer.Option(None, "--images", help="image folder of a precomp DATA_DIR (default: "
+                                          "RSICD_images/, images/ or the folder itself)"),
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
@@ -73,7 +75,8 @@ def eval_command(
                           "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
     _preflight(paths[0] if paths else None, split, checkpoint, device, out, index, model_flag)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
-                      index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views)
+                      index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views,
+                      images=images)
     if out is not None:
         write_result(result, out)
     if json_output:
@@ -107,7 +110,7 @@ def _preflight(data_dir: Path | None, split: str, checkpoint: str | None, device
 def evaluate(
     data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
     label: str | None = None, index: Path | None = None, rerank: str = "none", rerank_depth: int = 50,
-    test_time_views: int | None = None,
+    test_time_views: int | None = None, images: Path | None = None,
 ) -> EvalResult:
     """Load data and model, encode the split and score it exactly, or (``index``) score what the index holds."""
     from engine.data import default_dataset_path, load_dataset
@@ -115,7 +118,9 @@ def evaluate(
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     root = Path(data_dir) if data_dir is not None else default_dataset_path()
-    dataset = load_dataset(root)
+    dataset = load_dataset(root, images=images)
+    for note in dataset.notes:
+        typer.echo(f"note: {note}", err=True)
     subset = dataset.split(split)
     if not subset.images:
         raise DataError(f"{dataset.annotation_file or root}: no images in split {split!r}")
