@@ -21,9 +21,12 @@ from engine.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 PACKAGE_EFFICIENTNET = "package:efficientnet-lite0"
+# packaged ImageNet weights (encoders/efficientnet_weights.py) -> the timm model they fit
+PACKAGED_TIMM_NAMES = {PACKAGE_EFFICIENTNET: "tf_efficientnet_lite0",
+                       "package:efficientnet-lite2": "tf_efficientnet_lite2"}
 TIMM_HUB = "timm-hub"
 NO_PRETRAINED = "none"
-VISION_SOURCES = (PACKAGE_EFFICIENTNET, TIMM_HUB, NO_PRETRAINED)
+VISION_SOURCES = (*PACKAGED_TIMM_NAMES, TIMM_HUB, NO_PRETRAINED)
 PACKAGE_MINILM = "package:minilm"
 TEXT_BACKENDS = ("hf",)
 TEXT_POOLINGS = ("cls", "mean")
@@ -51,11 +54,7 @@ class VisionConfig:
 
     def validate(self) -> None:
         _check_choice("vision.pretrained", self.pretrained, VISION_SOURCES)
-        if self.pretrained == PACKAGE_EFFICIENTNET and self.timm_name != "tf_efficientnet_lite0":
-            raise ConfigError(
-                f"vision.pretrained {PACKAGE_EFFICIENTNET!r} only fits timm_name 'tf_efficientnet_lite0', "
-                f"got {self.timm_name!r}"
-            )
+        _check_packaged_name("vision", self.pretrained, self.timm_name)
         _check_positive("vision.image_size", self.image_size)
         _check_positive("vision.token_grid", self.token_grid)
         if not 1 <= self.test_time_views <= len(VIEW_NAMES):
@@ -121,6 +120,7 @@ class InstructionConfig:
 
     def validate(self) -> None:
         _check_choice("instruction.pretrained", self.pretrained, VISION_SOURCES)
+        _check_packaged_name("instruction", self.pretrained, self.timm_name)
         _check_choice("instruction.feature", self.feature, INSTRUCTION_FEATURES)
         _check_positive("instruction.num_classes", self.num_classes)
         if self.class_names and len(self.class_names) != self.num_classes:
@@ -330,6 +330,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_packaged_name(part: str, pretrained: str, timm_name: str) -> None:
+    """Packaged weights fit one timm model each."""
+    expected = PACKAGED_TIMM_NAMES.get(pretrained)
+    if expected is not None and timm_name != expected:
+        raise ConfigError(f"{part}.pretrained {pretrained!r} only fits timm_name {expected!r}, got {timm_name!r}")
 
 
 def _check_positive(name: str, value: int) -> None:

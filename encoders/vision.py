@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from encoders import efficientnet_weights
-from encoders.model_config import NO_PRETRAINED, PACKAGE_EFFICIENTNET, TIMM_HUB, VisionConfig
+from encoders.model_config import NO_PRETRAINED, PACKAGED_TIMM_NAMES, TIMM_HUB, VisionConfig
 from engine.errors import ConfigError
 
 SUGGESTIONS = 5
@@ -38,9 +38,9 @@ def create_timm_model(
         raise ConfigError(f"{field}: unknown timm model {timm_name!r}{hint}")
     extra = dict(kwargs or {})
     try:
-        if pretrained == PACKAGE_EFFICIENTNET:
+        if pretrained in PACKAGED_TIMM_NAMES:
             model = timm.create_model(timm_name, pretrained=False, **extra)
-            efficientnet_weights.load_into_timm(model)
+            efficientnet_weights.load_into_timm(model, pretrained)
             if num_classes != efficientnet_weights.IMAGENET_CLASSES:  # keep the trained ImageNet head otherwise
                 model.reset_classifier(num_classes)
             return model

@@ -54,6 +54,7 @@ class IndexOptions:
     faiss_shards: int = 1  # split the faiss part into this many files for sharded serving
     image_runtime: str = "auto"  # eager | channels_last | torchscript | onnx | auto (encoders.image_runtime)
     text_runtime: str = "auto"  # eager | onnx | auto: the caption encoder (encoders.batch_text)
+    images: Path | None = None  # where a precomp dataset's image files are (``--images``)
 
 
 @dataclass
@@ -215,12 +216,12 @@ def run_index(options: IndexOptions) -> IndexSummary:
         return _run_index_locked(options)
 
 
-def _load_readable_dataset(data_dir: Path):
+def _load_readable_dataset(data_dir: Path, images: Path | None = None):
     """The dataset, keeping listed images that are missing or empty (they are skipped and listed later); but
     when not one listed image exists, the data folder is wrong: say so now, not after the model loads."""
     from engine.data import load_dataset
 
-    dataset = load_dataset(data_dir, skip_unreadable=True)
+    dataset = load_dataset(data_dir, skip_unreadable=True, images=images)
     if dataset.images and not any(_usable_file(record.path) for record in dataset.images):
         raise DataError(f"{data_dir}: none of the {len(dataset.images)} listed images exists as a non-empty file "
                         f"(first: {dataset.images[0].path}); check the dataset folder")
@@ -249,7 +250,9 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
     started = time.perf_counter()
     budget = parse_memory(options.memory_budget)
     device = resolve_device(options.device)
-    dataset = _load_readable_dataset(options.data_dir)
+    dataset = _load_readable_dataset(options.data_dir, options.images)
+    for note in dataset.notes:
+        print(f"note: {note}", file=sys.stderr)
     times = StageTimes()
     with times.timed("model load"):
         model = encode.load_encoder(options.model_spec, device)

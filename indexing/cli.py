@@ -72,6 +72,8 @@ def build_command(
         "--shard-backend local|ray); rerun with another N to re-split without re-encoding."),
     ray_workers: Optional[int] = typer.Option(
         None, "--ray-workers", help="Ray encoder actors, one model each (default: one per GPU, else one per 4 CPUs)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp DATA_DIR (default: "
+                                          "RSICD_images/, images/ or the folder itself)."),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
@@ -82,7 +84,7 @@ def build_command(
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
                            with_text=not no_text, test_time_views=test_time_views, ray=ray,
                            ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime,
-                           text_runtime=text_runtime)
+                           text_runtime=text_runtime, images=images)
     print_summary(run_index(options))
 
 

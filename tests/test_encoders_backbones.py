@@ -16,13 +16,25 @@ from encoders.vision import VisionBackbone, create_timm_model
 from engine.errors import ConfigError
 
 
-def test_efficientnet_package_mapping_covers_every_tensor() -> None:
-    source = efficientnet_weights.load_package_state_dict()
-    target = OrderedDict(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
-    mapped = efficientnet_weights.map_to_timm(source, target)
+@pytest.mark.parametrize("source, timm_name, tensors", [("package:efficientnet-lite0", "tf_efficientnet_lite0", 247),
+                                                         ("package:efficientnet-lite2", "tf_efficientnet_lite2", 322)])
+def test_efficientnet_package_mapping_covers_every_tensor(source: str, timm_name: str, tensors: int) -> None:
+    weights = efficientnet_weights.load_package_state_dict(source)
+    target = OrderedDict(timm.create_model(timm_name, pretrained=False).state_dict())
+    mapped = efficientnet_weights.map_to_timm(weights, target, timm_name)
     assert list(mapped) == list(target)
-    assert sum(not k.endswith("num_batches_tracked") for k in mapped) == 247
-    assert all(torch.equal(a, b) for a, b in zip(mapped.values(), source.values()))
+    assert sum(not k.endswith("num_batches_tracked") for k in mapped) == tensors
+    assert all(torch.equal(a, b) for a, b in zip(mapped.values(), weights.values()))
+
+
+def test_lite2_config_gives_a_9x9_token_grid_at_260_px() -> None:
+    backbone = VisionBackbone(VisionConfig(timm_name="tf_efficientnet_lite2", pretrained="package:efficientnet-lite2",
+                                           image_size=260, token_grid=9)).eval()
+    with torch.no_grad():
+        global_token, tokens = backbone(torch.randn(1, 3, 260, 260))
+    assert global_token.shape == (1, 1280) and tokens.shape == (1, 81, 1280)
+    with pytest.raises(ConfigError, match="only fits timm_name 'tf_efficientnet_lite2'"):
+        VisionConfig(pretrained="package:efficientnet-lite2").validate()
 
 
 def test_efficientnet_mapping_rejects_shape_or_count_mismatch() -> None:
