@@ -32,10 +32,14 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights"
+# earlier defaults, kept loadable by name (``--model ucm-v1``) to reproduce the tables made with them
+NAMED_MODELS_DIR = Path(__file__).resolve().parent / "named_models"
+DEFAULT_NAME = "default"
 BACKBONE_PREFIXES = ("vision.", "text.")
 FULL, HEADS_ONLY, HEADS_AND_CHANGES = "full", "heads-only", "heads+changed-backbone"
 WEIGHT_LAYOUTS = (FULL, HEADS_ONLY, HEADS_AND_CHANGES)
 CHANGED_KEYS_FIELD = "changed_backbone_keys"
+TRAINED_ON_FIELD = "trained_on"  # the datasets a checkpoint was trained on (engine.data.Dataset.identity())
 
 
 def create_model(name_or_config: str | Path | ModelConfig) -> PIRModel:
@@ -44,18 +48,42 @@ def create_model(name_or_config: str | Path | ModelConfig) -> PIRModel:
     return PIRModel(config)
 
 
-def load_model(spec: str | Path | None = None) -> PIRModel:
-    """Load a checkpoint folder (``None`` = the default model shipped in ``encoders/weights/``), in eval mode."""
-    if spec is None:
+def shipped_model_names() -> list[str]:
+    """Names ``load_model`` takes besides folders: ``default`` and the earlier defaults kept in the package."""
+    named = sorted(p.name for p in NAMED_MODELS_DIR.iterdir() if (p / CONFIG_FILE).is_file()) \
+        if NAMED_MODELS_DIR.is_dir() else []
+    return [DEFAULT_NAME, *named]
+
+
+def model_folder(spec: str | Path | None = None) -> Path:
+    """The checkpoint folder ``spec`` names: ``None``/``default`` = the shipped default (``encoders/weights/``), a
+    shipped name (``ucm-v1``), or a folder."""
+    if spec is None or str(spec) == DEFAULT_NAME:
         if not (DEFAULT_MODEL_DIR / CONFIG_FILE).is_file():
             raise ConfigError(
                 f"no default model is shipped yet ({DEFAULT_MODEL_DIR} is empty); train one with `engine train` "
                 "and pass its folder"
             )
-        spec = DEFAULT_MODEL_DIR
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: model checkpoint folder not found (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+        return DEFAULT_MODEL_DIR
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return folder
+    if (NAMED_MODELS_DIR / str(spec) / CONFIG_FILE).is_file() and "/" not in str(spec):
+        return NAMED_MODELS_DIR / str(spec)
+    raise ConfigError(f"{folder}: model checkpoint folder not found (expected {CONFIG_FILE} + {WEIGHTS_FILE}), "
+                      f"and not a shipped model name ({', '.join(shipped_model_names())})")
+
+
+def training_provenance(spec: str | Path | None = None) -> list[dict[str, Any]]:
+    """What the checkpoint records about the data it was trained on (``trained_on``; empty when unrecorded)."""
+    recorded = read_checkpoint_meta(model_folder(spec)).get(TRAINED_ON_FIELD, [])
+    return recorded if isinstance(recorded, list) else []
+
+
+def load_model(spec: str | Path | None = None) -> PIRModel:
+    """Load a checkpoint (``model_folder``: ``None`` = the shipped default, a shipped name, a folder), in eval
+    mode."""
+    folder = model_folder(spec)
     meta = read_checkpoint_meta(folder)
     model = PIRModel(config_from_dict(meta["model"], source=str(folder / CONFIG_FILE)))
     load_weights(model, folder)
@@ -86,7 +114,8 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
 
 
 def save_model(
-    model: PIRModel, folder: Path, include_backbones: bool = True, half_precision: bool = False
+    model: PIRModel, folder: Path, include_backbones: bool = True, half_precision: bool = False,
+    trained_on: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights
     plus the backbone tensors that differ from their pretrained sources.
@@ -123,6 +152,8 @@ def save_model(
     }
     if changed:
         meta[CHANGED_KEYS_FIELD] = changed
+    if trained_on:
+        meta[TRAINED_ON_FIELD] = trained_on
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:

@@ -8,6 +8,7 @@ error line at once, not after the model has loaded (or after a ten-minute evalua
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from engine.devices import check_device  # noqa: F401  (the commands call preflight.check_device)
@@ -21,12 +22,16 @@ def model_choice(model: str | None, checkpoint: str | None) -> tuple[str | None,
     return (checkpoint, "--checkpoint") if model is None and checkpoint is not None else (model, "--model")
 
 
+# a shipped model's name (``ucm-v1``): no path separator; encoders.load_model says which names exist
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
 def check_checkpoint_folder(spec: str | None, flag: str = "--model", named: tuple[str, ...] = ("default",)
                             ) -> None:
-    """A model folder must exist (``named`` specs are not paths)."""
+    """A model folder must exist (``named`` specs and shipped model names are not paths)."""
     if spec is None or spec in named:
         return
-    if not Path(spec).expanduser().is_dir():
+    if not Path(spec).expanduser().is_dir() and not _MODEL_NAME.fullmatch(spec):
         raise ConfigError(f"{flag} {spec}: model checkpoint folder not found")
 
 

@@ -26,12 +26,13 @@ def main() -> None:
     import torch
 
     import encoders
-    from encoders.checkpoint import DEFAULT_MODEL_DIR, save_model
+    from encoders.checkpoint import DEFAULT_MODEL_DIR, save_model, training_provenance
 
     model = encoders.load_model(args.checkpoint)
     if args.test_time_views is not None:
         model.set_test_time_views(args.test_time_views)
-    save_model(model, DEFAULT_MODEL_DIR, include_backbones=False, half_precision=True)
+    save_model(model, DEFAULT_MODEL_DIR, include_backbones=False, half_precision=True,
+               trained_on=training_provenance(args.checkpoint))
     shipped = encoders.load_model(None)
     probe = ["a plane is parked at the airport", "many green trees"]
     with torch.inference_mode():

@@ -7,6 +7,7 @@ in miniature: test_filename.txt one line per caption, train_filename.txt one lin
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -185,3 +186,25 @@ def test_a_hash_collision_needs_correlating_thumbnails_to_count() -> None:
     # same hash as both references: the first matches the thumbnail of reference 1, the second matches none
     candidates = Fingerprints(np.array([5, 5], dtype=np.uint64), np.stack([thumbs[1], thumbs[2]]))
     assert duplicate_of(candidates, references).tolist() == [1, -1]
+
+
+def test_index_and_eval_read_a_precomp_folder_with_its_images_elsewhere(tmp_path: Path, capsys) -> None:
+    import encoders
+    from engine.cli import main
+
+    root = write_precomp(tmp_path / "caps", _names(4), _names(2, start=9), write_images=False)
+    for position, name in enumerate(_names(4) + _names(2, start=9)):
+        _scene(tmp_path / "pictures" / name, seed=position, size=40)
+    model = tmp_path / "model"
+    encoders.save_model(encoders.create_model("tiny-test"), model)
+    out = tmp_path / "idx"
+    assert main(["index", str(root), "--images", str(tmp_path / "pictures"), "--out", str(out), "--model",
+                 str(model), "--workers", "0"]) == 0
+    assert "no val split; 1 of the 12 train images" in capsys.readouterr().err
+    result = tmp_path / "eval.json"
+    assert main(["eval", str(root), "--images", str(tmp_path / "pictures"), "--model", str(model), "--split",
+                 "test", "--out", str(result)]) == 0
+    record = json.loads(result.read_text())
+    assert record["dataset"]["images"] == 6 and record["dataset"]["captions"] == 30
+    assert main(["eval", str(root), "--model", str(model)]) == 2  # images not beside the captions: one line
+    assert capsys.readouterr().err.count("error:") == 1

@@ -69,14 +69,37 @@ def test_cli_writes_the_result_the_plot_and_compares(tmp_path, tiny_model, capsy
                         "--plot", str(plot), "--label", "tiny"]) == 0
     result = json.loads(out.read_text())
     assert result["format"] == "engine-eval-zeroshot/1"
-    assert result["dataset"]["images"] == 3 and result["dataset"]["classes"] == 3  # the held-out part: 1 per class
+    # a folder the model never trained on: every image, and the command says so
+    assert result["dataset"]["images"] == 15 and result["dataset"]["classes"] == 3
+    assert "note: 15 images: every image (the model's training record does not name scenes)" in \
+        capsys.readouterr().err
     assert plot.stat().st_size > 1000
-    capsys.readouterr()
-    assert engine_main(["eval", str(data), "--zero-shot", "--split", "all", "--model", str(tiny_model),
+    assert engine_main(["eval", str(data), "--zero-shot", "--split", "test", "--model", str(tiny_model),
                         "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["dataset"]["images"] == 15
+    assert json.loads(capsys.readouterr().out)["dataset"]["images"] == 3  # the held-out part: 1 per class
     assert engine_main(["eval", "--compare", str(out), str(out)]) == 0
     assert "zero-shot comparison" in capsys.readouterr().out
+
+
+def test_a_collection_the_model_trained_on_is_scored_on_its_held_out_part(tmp_path, capsys):
+    import encoders
+    from engine.data import load_dataset
+
+    data = write_scene_folders(tmp_path / "scenes", per_class=5)
+    copy = write_scene_folders(tmp_path / "elsewhere" / "scenes", per_class=5)  # the same listing, another folder
+    record = {**load_dataset(data).identity(), "part": "train part of the stratified split (0.8, seed 42)"}
+    model = tmp_path / "model"
+    encoders.save_model(encoders.create_model("tiny-test"), model, trained_on=[record])
+    assert encoders.checkpoint.training_provenance(model) == [record]
+    for folder in (data, copy):
+        assert engine_main(["eval", str(folder), "--zero-shot", "--model", str(model), "--json"]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["dataset"]["images"] == 3
+        assert "3 images: held-out part of the stratified split" in captured.err
+        assert "(the model trained on the train part of the stratified split (0.8, seed 42) of scenes)" in captured.err
+    other = write_scene_folders(tmp_path / "other", per_class=4)
+    assert engine_main(["eval", str(other), "--zero-shot", "--model", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"]["images"] == 12
 
 
 def test_held_out_part_is_the_instruction_encoders(tmp_path, tiny_model):

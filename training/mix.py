@@ -222,6 +222,13 @@ class Mix:
         """The caption datasets with a val split: the mean of their val mR chooses the epoch."""
         return [source for source in self.sources if source.kind == CAPTIONS and source.dataset.split("val").captions]
 
+    def trained_on(self) -> list[dict]:
+        """Each dataset's identity and the part of it trained on (recorded in checkpoints)."""
+        return [{**source.dataset.identity(), "trained_images": len(source.train.images),
+                 "part": "train split" if source.kind == CAPTIONS else
+                 f"train part of the stratified split ({source.entry.train_fraction:g}, seed {source.entry.split_seed})"}
+                for source in self.sources]
+
     def describe(self) -> dict:
         """What ``mix.json`` of a run records: the resolved datasets and the global class table."""
         return {"spec": self.spec.to_dict(), "primary": self.sources[self.primary].name,

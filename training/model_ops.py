@@ -193,11 +193,13 @@ def _backbones_come_from_dependencies(model, config: TrainConfig) -> bool:
     return untouched and model.config.vision.pretrained != NO_PRETRAINED and model.config.text.pretrained
 
 
-def save_model(model, folder: Path, config: TrainConfig) -> None:
-    """Checkpoint folder via the encoders' format; heads only when the backbones are unchanged pretrained ones."""
+def save_model(model, folder: Path, config: TrainConfig, trained_on: list[dict] | None = None) -> None:
+    """Checkpoint folder via the encoders' format; heads only when the backbones are unchanged pretrained ones.
+    ``trained_on``: the datasets trained on (recorded in the checkpoint, read by ``engine eval --zero-shot``)."""
     from encoders.checkpoint import save_model as save_checkpoint
 
-    save_checkpoint(model, folder, include_backbones=not _backbones_come_from_dependencies(model, config))
+    save_checkpoint(model, folder, include_backbones=not _backbones_come_from_dependencies(model, config),
+                    trained_on=trained_on)
 
 
 def load_weights(model, folder: Path) -> None:

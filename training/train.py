@@ -125,6 +125,8 @@ def train(dataset: Dataset | Mix, config: TrainConfig, out: Path, resume: Path |
         write_text_atomic(out / CONFIG_FILE, config.to_json())
         if isinstance(dataset, Mix):
             write_text_atomic(out / MIX_FILE, json.dumps(dataset.describe(), indent=2))
+    trained_on = dataset.trained_on() if isinstance(dataset, Mix) else [
+        {**dataset.identity(), "trained_images": len(dataset.split("train").images), "part": "train split"}]
     best_metrics: dict[str, float] = {}
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(run.epoch, last_epoch):
@@ -169,7 +171,8 @@ def train(dataset: Dataset | Mix, config: TrainConfig, out: Path, resume: Path |
             run.best_score, run.best_epoch = metrics[SELECTION_METRIC], run.epoch
             best_metrics = metrics
         if info.is_main:
-            _save_epoch(out, model, config, run, improved, metrics, criterion, optimizer, scheduler, scaler)
+            _save_epoch(out, model, config, run, improved, metrics, criterion, optimizer, scheduler, scaler,
+                        trained_on)
             EpochProgress.report(run.history[-1], improved)
         distributed.barrier()
     if not best_metrics and run.history:
@@ -213,16 +216,16 @@ def _trainer_state(criterion, optimizer, scheduler, scaler) -> dict:
 
 
 def _save_epoch(out: Path, model, config: TrainConfig, run: RunState, improved: bool, metrics: dict, criterion, optimizer, scheduler,
-                scaler) -> None:
+                scaler, trained_on: list[dict]) -> None:
     if improved:
         def fill_best(folder: Path) -> None:
-            model_ops.save_model(model, folder, config)
+            model_ops.save_model(model, folder, config, trained_on)
             (folder / METRICS_FILE).write_text(
                 json.dumps({"epoch": run.epoch, "split": "val", **metrics}, indent=2))
         replace_folder(out / BEST_DIR, fill_best)
 
     def fill_last(folder: Path) -> None:
-        model_ops.save_model(model, folder, config)
+        model_ops.save_model(model, folder, config, trained_on)
         save_trainer(folder, _trainer_state(criterion, optimizer, scheduler, scaler), run)
     replace_folder(out / LAST_DIR, fill_last)
     write_text_atomic(out / HISTORY_FILE, json.dumps(run.history, indent=2))

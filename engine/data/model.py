@@ -6,6 +6,7 @@ downstream looks at the original file format again.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,13 @@ class Dataset:
             format=self.format,
             notes=list(self.notes),
         )
+
+    def identity(self) -> dict[str, object]:
+        """What tells this collection apart wherever it is copied: its name, detected kind, image count and a
+        digest of its sorted relative file names (models record it for the data they trained on)."""
+        listing = "\n".join(sorted(image.relative_path(self.root) for image in self.images))
+        return {"name": self.name, "kind": self.kind, "images": len(self.images),
+                "listing": hashlib.sha256(listing.encode()).hexdigest()[:16]}
 
     def captions_by_image(self) -> dict[int, list[Caption]]:
         grouped: dict[int, list[Caption]] = {image.image_id: [] for image in self.images}

@@ -28,7 +28,7 @@ HEADERS = ("I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T�
 
 def eval_command(
     paths: list[Path] = typer.Argument(None, help="DATA_DIR to evaluate, or result JSON files with --compare"),
-    split: str = typer.Option("test", help="split to evaluate: train, val or test (an unsplit scene collection: "
+    split: Optional[str] = typer.Option(None, help="split to evaluate (default test): train, val or test (an unsplit scene collection: "
                               "train or test = its fixed held-out part; with --zero-shot also all)"),
     model: Optional[str] = typer.Option(None, "--model", help="model folder (config.json + model.safetensors); default: the shipped model"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="old name of --model"),
@@ -62,7 +62,7 @@ def eval_command(
         return
     if len(paths) > 1:
         raise ConfigError("engine eval takes one DATA_DIR (use --compare to compare result files)")
-    if zero_shot:
+    if zero_shot:  # --split defaults to what the model never trained on (engine.evaluation.zero_shot)
         if index is not None or rerank != "none":
             raise ConfigError("--zero-shot encodes the images itself: drop --index/--rerank")
         _zero_shot(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label, out, plot,
@@ -73,6 +73,7 @@ def eval_command(
     if index is not None and test_time_views is not None:
         raise ConfigError("--test-time-views re-encodes images; with --index the index's own setting applies "
                           "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
+    split = split or "test"
     _preflight(paths[0] if paths else None, split, checkpoint, device, out, index, model_flag)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
                       index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views,
@@ -163,16 +164,17 @@ def evaluate(
     )
 
 
-def _zero_shot(data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int,
+def _zero_shot(data_dir: Path | None, split: str | None, checkpoint: str | None, batch_size: int, workers: int,
                device: str, label: str | None, out: Path | None, plot: Path | None, json_output: bool,
                test_time_views: int | None) -> None:
     from engine.data import default_dataset_path
     from engine.evaluation.zero_shot import evaluate_zero_shot, plot_confusion, write_zero_shot
 
-    if split not in ("train", "val", "test", "all"):
+    if split not in (None, "train", "val", "test", "all"):
         raise ConfigError(f"--split must be train, val, test or all, got {split!r}")
     root = Path(data_dir) if data_dir is not None else default_dataset_path()
     result = evaluate_zero_shot(root, split, checkpoint, batch_size, workers, device, label, test_time_views)
+    typer.echo(f"note: {result.dataset['split_rule']}", err=True)
     if out is not None:
         write_zero_shot(result, out)
     if plot is not None:

@@ -7,8 +7,11 @@ order of dot product with them; top-k accuracy is the share of images whose true
 Equal scores keep class order (a stable sort). The per-class table gives each class's top-1 / top-k recall and
 its most frequent wrong answer; the confusion matrix counts (true class, top-1 class).
 
-On an unsplit scene collection (AID) the default ``--split test`` is the fixed held-out part of
-``engine.data.splits`` (AID: the 2,000 images the instruction encoder and mixed training hold out).
+Which images (no ``--split``): a collection the model never trained on is scored on every image; one it trained
+on (the checkpoint's ``trained_on`` record names it: same dataset kind, or the same file listing) on what it held
+out: an unsplit scene collection's fixed held-out part of ``engine.data.splits`` (AID: the 2,000 images the
+instruction encoder and mixed training hold out), a split caption dataset's test split. The result says which
+rule applied and how many images it scored.
 """
 
 from __future__ import annotations
@@ -92,9 +95,35 @@ def class_text_embeddings(model, class_names: list[str]) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def evaluate_zero_shot(root: Path, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
-                       label: str | None = None, test_time_views: int | None = None) -> ZeroShotResult:
-    """Load a labelled dataset, encode the split's images and the class prompts, and score them."""
+GENERIC_KINDS = frozenset({"karpathy", "pir", "precomp", "scene_folders", "images"})  # formats, not datasets
+
+
+def trained_on_this(identity: dict, trained_on: list[dict]) -> dict | None:
+    """The ``trained_on`` record that names this dataset: same identified kind (a public dataset such as ``aid``,
+    wherever it is copied), or the same file listing."""
+    for record in trained_on:
+        if identity["kind"] not in GENERIC_KINDS and record.get("kind") == identity["kind"]:
+            return record
+        if record.get("listing") == identity["listing"]:
+            return record
+    return None
+
+
+def default_split(dataset, trained_on: list[dict]) -> tuple[str, str]:
+    """(split, why) for ``--zero-shot`` without ``--split``."""
+    from engine.data.splits import HELD_OUT, is_unsplit
+
+    record = trained_on_this(dataset.identity(), trained_on)
+    if record is None:
+        return "all", f"the model's training record does not name {dataset.name}"
+    part = record.get("part", "train part")
+    return (HELD_OUT if is_unsplit(dataset) else "test"), f"the model trained on the {part} of {dataset.name}"
+
+
+def evaluate_zero_shot(root: Path, split: str | None, checkpoint: str | None, batch_size: int, workers: int,
+                       device: str, label: str | None = None, test_time_views: int | None = None) -> ZeroShotResult:
+    """Load a labelled dataset, encode the split's images (``None``: see ``default_split``) and the class prompts,
+    and score them."""
     import encoders
     from engine.data import load_dataset
     from engine.data.scene_names import scene_words
@@ -114,6 +143,11 @@ def evaluate_zero_shot(root: Path, split: str, checkpoint: str | None, batch_siz
     if len(class_names) < 2:
         raise DataError(f"{dataset.root}: only one class ({class_names[0]}); zero-shot classification needs "
                         "at least 2")
+    why = "--split given"
+    if split is None:
+        from encoders.checkpoint import training_provenance
+
+        split, why = default_split(dataset, training_provenance(checkpoint))
     subset = split_part(dataset, split)
     if not subset.images:
         raise DataError(f"{dataset.annotation_file or dataset.root}: no images in split {split!r} "
@@ -126,13 +160,14 @@ def evaluate_zero_shot(root: Path, split: str, checkpoint: str | None, batch_siz
     images = embed_images(model, [image.path for image in subset.images], batch_size, workers, device)
     classes = class_text_embeddings(model, class_names)
     metrics = zero_shot_metrics(images, classes, labels, class_names)
-    how_split = ("the dataset's own split" if not is_unsplit(dataset) or split == "all" else
+    how_split = ("every image" if split == "all" else f"the dataset's own {split} split" if not is_unsplit(dataset) else
                  f"held-out part of the stratified split (train fraction {DEFAULT_TRAIN_FRACTION}, seed "
                  f"{DEFAULT_SPLIT_SEED}; engine.data.splits)" if split != "train" else
                  f"train part of the stratified split (train fraction {DEFAULT_TRAIN_FRACTION}, seed "
                  f"{DEFAULT_SPLIT_SEED})")
     return ZeroShotResult(
-        dataset={"name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split, "split_rule": how_split,
+        dataset={"name": dataset.name, "kind": dataset.kind, "root": str(root), "split": split,
+                 "split_rule": f"{len(subset.images):,} images: {how_split} ({why})",
                  "images": len(subset.images), "classes": len(class_names)},
         model={"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
         prompts={"set": PROMPT_SET, "templates": list(PROMPTS),
