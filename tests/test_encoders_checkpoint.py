@@ -162,3 +162,15 @@ def test_saved_folder_gets_umask_modes_not_private_ones(tmp_path: Path) -> None:
         os.umask(previous)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert {stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {0o644}
+
+
+def test_earlier_defaults_load_by_name_and_unknown_names_list_the_known_ones() -> None:
+    from encoders.checkpoint import NAMED_MODELS_DIR, load_model, shipped_model_names, training_provenance
+    from engine.errors import ConfigError
+
+    assert "ucm-v1" in shipped_model_names() and shipped_model_names()[0] == "default"
+    model = load_model("ucm-v1")
+    assert model.fingerprint() == json.loads((NAMED_MODELS_DIR / "ucm-v1" / "config.json").read_text())["fingerprint"]
+    assert {record["kind"] for record in training_provenance("ucm-v1")} == {"ucm_captions", "aid"}
+    with pytest.raises(ConfigError, match=r"not a shipped model name \(default, .*ucm-v1"):
+        load_model("ucm-v0")
