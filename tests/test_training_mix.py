@@ -188,8 +188,10 @@ def test_cli_trains_on_a_mix_with_cached_features_and_resumes(data, tmp_path, ca
     assert [m for m in changed.resume_mismatches(saved) if m.startswith("mix")]
 
 
-def test_scene_trunk_maps_are_shared_with_train_instruction(data, tmp_path, monkeypatch):
-    """With --unfreeze-last, the scene collection's trunk maps come from train-instruction's cache file."""
+@pytest.mark.parametrize("leak", [False, True])
+def test_scene_trunk_maps_are_shared_with_train_instruction(data, tmp_path, monkeypatch, leak):
+    """With --unfreeze-last, the scene collection's trunk maps come from train-instruction's cache file, also when
+    the mix leaves out training images that copy an evaluation image (train-instruction cached them all)."""
     import dataclasses
 
     from encoders.model_config import load_config
@@ -202,6 +204,13 @@ def test_scene_trunk_maps_are_shared_with_train_instruction(data, tmp_path, monk
     config_path = tmp_path / "tiny-shared.json"
     config_path.write_text(json.dumps(config))
     cache = tmp_path / "cache"
+    scenes = tmp_path / "scn"
+    shutil.copytree(data["scenes"], scenes)
+    if leak:  # copies of a val image of the caption dataset: some land in the scene collection's train part
+        val_image = next(image for image in load_dataset(data["captions"]).images if image.split == "val")
+        for n in range(4):
+            shutil.copy(val_image.path, scenes / "Forest" / f"forest_{100 + n}.jpg")
+    data = {**data, "scenes": scenes}
     assert engine_main(["train-instruction", str(data["scenes"]), "--config", str(config_path), "--out",
                         str(tmp_path / "instr"), "--epochs", "1", "--views", "2", "--unfreeze-last", "1",
                         "--feature-cache", str(cache), "--quiet"]) == 0
@@ -226,6 +235,8 @@ def test_scene_trunk_maps_are_shared_with_train_instruction(data, tmp_path, monk
                         "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert calls == [2]
     assert set(cache.glob("trunk-*.safetensors")) == before
+    dropped = json.loads((tmp_path / "run" / "mix.json").read_text())["notes"]
+    assert any("near-duplicates of evaluation images" in note for note in dropped) == leak
 
 
 def _precomp_copy(source: Path, target: Path, numeric: int = 0) -> Path:

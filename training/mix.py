@@ -199,6 +199,9 @@ class MixSource:
     train_positions: list[int]  # positions in ``dataset.images`` of the training images (cache keys)
     evaluation: list[ImageRecord]  # images held out from training (val/test splits or the held-out part)
     renamed: dict[str, str] = field(default_factory=dict)  # dataset label -> label after the entry's rename
+    # scene collections: the whole train part of the stratified split, before near-duplicates of evaluation images
+    # are left out: the images `engine train-instruction` caches trunk maps for (a mix reads that file, then rows)
+    split_train_positions: list[int] = field(default_factory=list)
 
     @property
     def views(self) -> int | None:
@@ -391,7 +394,7 @@ def _scene_source(entry: MixEntry, name: str, dataset: Dataset, rename: dict[str
     train = Dataset(name=f"{dataset.name}:train", kind=dataset.kind, root=dataset.root, images=images,
                     captions=captions, format=dataset.format)
     return MixSource(entry, name, SCENES, dataset, train, train_positions, [dataset.images[p] for p in held_out],
-                     rename)
+                     rename, list(train_positions))
 
 
 def _exclude_evaluation_copies(sources: list[MixSource]) -> list[str]:

@@ -146,17 +146,21 @@ def _scene_features(folder: Path, model, source: MixSource, pairs: PairSet, view
     transform = model.image_transform(train=False)
     was_training = model.training
     model.eval()
+    cached = source.split_train_positions or source.train_positions  # what train-instruction cached
     try:
         if info.is_main:
-            trunks = cached_trunks(network, source.dataset, source.train_positions, views, tail, transform,
+            trunks = cached_trunks(network, source.dataset, cached, views, tail, transform,
                                    config.eval_batch_size, folder, show_progress=False)
         distributed.barrier()
         if not info.is_main:
-            trunks = cached_trunks(network, source.dataset, source.train_positions, views, tail, transform,
+            trunks = cached_trunks(network, source.dataset, cached, views, tail, transform,
                                    config.eval_batch_size, folder)
         texts = _text_features(folder, model, pairs, config, device, info)
     finally:
         model.train(was_training)
+    if cached != source.train_positions:  # near-duplicates of evaluation images were left out: their rows too
+        row = {position: index for index, position in enumerate(cached)}
+        trunks = trunks[torch.tensor([row[position] for position in source.train_positions])]
     if trunks.shape[0] != len(pairs.image_ids):
         raise ConfigError(f"{folder}: trunk maps for {trunks.shape[0]} images, the pairs have {len(pairs.image_ids)}")
     return SplitFeatures({"trunk": trunks}, texts)
