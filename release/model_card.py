@@ -4,6 +4,8 @@
         --test runs/shipped/eval-test.json --instruction runs/instruction-aid/instruction_report.json \
         --also runs/shipped/eval-val-1view.json runs/shipped/eval-test-1view.json
 
+``--val`` and ``--test`` take one result file per dataset (a model trained on a mix is scored on each).
+
 Fills the ``card`` block (settings, val/test Recall@K both ways, mR, per-epoch val history, weight size) of
 docs/MODEL_CARD.md; the prose around the block is written by hand and left untouched.
 """
@@ -41,20 +43,25 @@ def _views(result: dict) -> str:
 
 def _split_row(result: dict) -> str:
     data = result["dataset"]
-    return _row(f"{data['split']} ({data['images']} images / {data['captions']} captions), {_views(result)}", result)
+    return _row(f"{data['name']} {data['split']} ({data['images']} images / {data['captions']} captions), "
+                f"{_views(result)}", result)
 
 
-def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path, also: list[dict]) -> str:
+def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict, weights: Path,
+           also: list[dict]) -> str:
     config = json.loads((run / "train_config.json").read_text())
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
+    first = tests[0]
     lines = [
-        f"Evaluated with `engine eval` (exact search; ties by split order, pessimistic bound in the last row), commit `{test.get('git_commit', '?')}`, "
-        f"{test.get('created', '?')}; model fingerprint `{test['model']['fingerprint'][:16]}…`.",
+        f"Evaluated with `engine eval` (exact search; ties by split order, pessimistic bound in the rows that say so), "
+        f"commit `{first.get('git_commit', '?')}`, {first.get('created', '?')}; model fingerprint "
+        f"`{first['model']['fingerprint'][:16]}…`.",
         "",
         HEADERS,
-        _split_row(val),
-        _split_row(test),
-        _row(f"test, {_views(test)}, pessimistic ties", {"recalls": test["recalls_pessimistic"]}),
+        *(_split_row(result) for result in vals),
+        *(_split_row(result) for result in tests),
+        *(_row(f"{test['dataset']['name']} test, {_views(test)}, pessimistic ties",
+               {"recalls": test["recalls_pessimistic"]}) for test in tests),
         *(_split_row(result) for result in also),
         "",
         "Training settings (`train_config.json` of the run; the val mR column below is training's own evaluation "
@@ -70,24 +77,38 @@ def render(run: Path, val: dict, test: dict, instruction: dict, weights: Path, a
         "",
         f"Shipped weights: `{weights.relative_to(REPO)}`, {weights.stat().st_size / 2**20:.2f} MiB.",
     ]
+    if (run / "mix.json").is_file():
+        mix = json.loads((run / "mix.json").read_text())
+        lines += ["", "Training data (`mix.json` of the run):", "",
+                  "| dataset | kind | training images | training pairs | held out |", "|---|---|---|---|---|"]
+        lines += [f"| {s['name']} | {s['kind']} | {s['train_images']:,} | {s['train_captions']:,} | "
+                  f"{s['held_out_images']:,} |" for s in mix["sources"]]
+        lines += ["", *(f"- {note}" for note in mix["notes"] if not note.startswith("class '"))]
     if history:
-        lines += ["", "| epoch | train loss | val mR | seconds |", "|---|---|---|---|"]
-        lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['val']['mR']:.2f} | {h['seconds']:.0f} |" for h in history]
+        per_set = sorted({key.split(":")[0] for h in history for key in h["val"] if key.endswith(":mR")})
+        extra = "".join(f" {name} val mR |" for name in per_set)
+        lines += ["", f"| epoch | train loss | val mR |{extra} seconds |", "|---|---|---|" + "---|" * len(per_set)
+                  + "---|"]
+        lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['val']['mR']:.2f} | "
+                  + "".join(f"{h['val'][f'{name}:mR']:.2f} | " for name in per_set) + f"{h['seconds']:.0f} |"
+                  for h in history]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="the engine train --out folder")
-    parser.add_argument("--val", type=Path, required=True, help="engine eval --split val --out JSON")
-    parser.add_argument("--test", type=Path, required=True, help="engine eval --split test --out JSON")
+    parser.add_argument("--val", type=Path, nargs="+", required=True,
+                        help="engine eval --split val --out JSON, one per dataset")
+    parser.add_argument("--test", type=Path, nargs="+", required=True,
+                        help="engine eval --split test --out JSON, one per dataset")
     parser.add_argument("--instruction", type=Path, required=True, help="instruction_report.json")
     parser.add_argument("--also", type=Path, nargs="*", default=[],
                         help="more engine eval JSONs of the shipped model (e.g. --test-time-views 1) to list")
     parser.add_argument("--weights", type=Path, default=REPO / "encoders" / "weights" / "model.safetensors")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "MODEL_CARD.md")
     args = parser.parse_args()
-    content = render(args.run, read_result(args.val), read_result(args.test),
+    content = render(args.run, [read_result(path) for path in args.val], [read_result(path) for path in args.test],
                      json.loads(args.instruction.read_text()), args.weights.resolve(),
                      [read_result(path) for path in args.also])
     update_page(args.docs, "card", content)
