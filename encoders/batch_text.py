@@ -40,7 +40,12 @@ class BatchTextEncoder:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         if self.session is None:
             return self.model.encode_text(texts)
-        batch = self.model.tokenize(texts)
+        return self.encode_batch(self.model.tokenize(texts))
+
+    def encode_batch(self, batch) -> torch.Tensor:
+        """An already tokenized (padded) TextBatch -> (B, D)."""
+        if self.session is None:
+            return self.model.encode_text(batch)
         feed = {INPUTS[0]: batch.input_ids.numpy().astype(np.int64, copy=False),
                 INPUTS[1]: batch.attention_mask.numpy().astype(np.int64, copy=False)}
         return torch.from_numpy(self.session.run([OUTPUT], feed)[0])

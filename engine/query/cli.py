@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from engine.query.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, RerankOptions
 
 _DEFAULTS = RerankOptions()
@@ -116,6 +117,12 @@ def serve_command(
         "local", "--shard-backend", help="How a sharded faiss index (engine index --faiss-shards N) is served: local "
         "(faiss IndexShards in this process) or ray (one Ray actor per shard, top-k merged here)."),
     ray: str = typer.Option("auto", "--ray", help="With --shard-backend ray: auto (local cluster) or HOST:PORT."),
+    batch: str = typer.Option("on", "--batch", help="on: concurrent queries are encoded together in one encoder "
+                              "call; off: one query at a time (the whole search on the model thread)."),
+    batch_max: int = typer.Option(DEFAULT_MAX_BATCH, "--batch-max", help="With --batch on: most queries per "
+                                  "encoder call."),
+    batch_wait_ms: float = typer.Option(DEFAULT_MAX_WAIT_MS, "--batch-wait-ms", help="With --batch on: most "
+                                        "milliseconds a batch waits for queries still being prepared."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from encoders.query_text import TEXT_ENCODER_KINDS
@@ -127,6 +134,7 @@ def serve_command(
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
+    policy = batch_policy(batch, batch_max, batch_wait_ms)
     preflight.check_device(device)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
@@ -137,8 +145,19 @@ def serve_command(
     server = make_server(None, host, port, token.strip() if token else None)
     try:
         engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder,
-                              shard_backend=shard_backend, ray_address=ray)
+                              shard_backend=shard_backend, ray_address=ray, batch=policy)
     except BaseException:
         server.server_close()
         raise
     serve_forever(engine, host, port, server=server)
+
+
+def batch_policy(batch: str, batch_max: int, batch_wait_ms: float):
+    """``--batch on|off`` and its bounds as a BatchPolicy (None: off), checked before anything slow."""
+    from engine.errors import ConfigError
+    from engine.query.batching import BatchPolicy
+
+    if batch not in ("on", "off"):
+        raise ConfigError(f"--batch must be on or off, got {batch!r}")
+    policy = BatchPolicy(max_batch=batch_max, max_wait_ms=batch_wait_ms).validate()
+    return policy if batch == "on" else None

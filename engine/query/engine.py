@@ -5,6 +5,11 @@ serialises it; faiss searches are read-only and run concurrently; DuckDB is used
 (MetadataStore). Why one thread: torch's OpenMP pool belongs to the calling thread and its idle workers spin, so
 torch calls from several threads on a 2-core machine keep two pools fighting for the cores (the measured cost:
 docs/benchmarks.md, "Measurements behind design choices").
+
+With a ``batch`` policy (``engine serve``'s default) the model thread encodes waiting queries together
+(``engine.query.batching``) and the rest of a request — filter, k-NN search, metadata — runs on the request's
+own thread, concurrently with the next batch; reranking (torch) still runs on the model thread. Without one
+(``engine query``, ``engine serve --batch off``) the whole search runs on the model thread.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ConfigError, DataError
+from engine.query.batching import BatchPolicy, EncodeBatcher
 from engine.query.request import MAX_QUERY_CHARS, Hit, QueryRequest, QueryResult, validate_request
 from engine.query.search import Neighbours, search_index, search_subset, top_k
 
@@ -32,10 +38,13 @@ class QueryEngine:
     ``text_encoder``: ``eager`` (the model's own ``encode_text``), or the kind (auto | onnx | float32 | bfloat16)
     of a traced single-query text encoder (``encoders.query_text``): a few seconds more at start-up for less
     text-encoding time per query, so the warm server builds one and one-shot ``engine query`` does not. It is
-    checked against the eager model at build time and falls back to it."""
+    checked against the eager model at build time and falls back to it.
+
+    ``batch``: encode concurrent queries in batches (``engine.query.batching``); None encodes one at a time."""
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
-                 text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto") -> None:
+                 text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto",
+                 batch: BatchPolicy | None = None) -> None:
         import encoders
         from engine.devices import resolve_device
         from engine.query.metadata import MetadataStore
@@ -59,11 +68,12 @@ class QueryEngine:
                 from encoders.query_text import trace_query_encoder
 
                 traced = trace_query_encoder(model, text_encoder)
-            return model, model.fingerprint(), traced
+            return model, model.fingerprint(), traced, _batch_text_encoder(model, text_encoder, batch)
 
         try:
             # not run_model: weights loaded under inference_mode would become inference tensors
-            self.model, self.fingerprint, self.text_query_encoder = self._model_thread.submit(prepare).result()
+            (self.model, self.fingerprint, self.text_query_encoder,
+             self.batch_text_encoder) = self._model_thread.submit(prepare).result()
         except BaseException:
             self._model_thread.shutdown()
             self.loaded.close()
@@ -74,6 +84,9 @@ class QueryEngine:
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
         self._caches_lock = threading.Lock()
+        self.batcher = None if batch is None else EncodeBatcher(
+            lambda function: self._model_thread.submit(_inference, function),
+            {"text": self._encode_text_batch, "image": self._encode_image_batch}, batch)
 
     @property
     def image_count(self) -> int:
@@ -95,16 +108,39 @@ class QueryEngine:
     def encode_text(self, text: str, notes: list[str]) -> np.ndarray:
         if len(text) > MAX_QUERY_CHARS:
             text = text[:MAX_QUERY_CHARS]
-        limits = self.model.config.text
-        words = text.split()
         batch = self.model.tokenize([text])
-        tokens = int(batch.attention_mask.sum())
         encode = self.text_query_encoder or self.model.encode_text  # traced: less overhead, checked at start-up
         vector = self.run_model(lambda: encode(batch)[0].float().cpu().numpy())
-        if len(words) > limits.max_words or tokens >= limits.max_tokens:
-            notes.append(f"warning: the query was truncated to the model's limit ({limits.max_words} words, "
-                         f"{limits.max_tokens} tokens); the rest was ignored")
+        notes.extend(self._truncation_notes(text, int(batch.attention_mask.sum())))
         return vector
+
+    def _truncation_notes(self, text: str, tokens: int) -> list[str]:
+        limits = self.model.config.text
+        if len(text.split()) > limits.max_words or tokens >= limits.max_tokens:
+            return [f"warning: the query was truncated to the model's limit ({limits.max_words} words, "
+                    f"{limits.max_tokens} tokens); the rest was ignored"]
+        return []
+
+    def _encode_text_batch(self, texts: list[str]) -> list[tuple[np.ndarray, list[str]]]:
+        """(embedding, notes) per text, in one encoder call (on the model thread). One text takes the
+        single-query path of ``encode_text``; more take the padded batch encoder."""
+        texts = [text[:MAX_QUERY_CHARS] for text in texts]
+        batch = self.model.tokenize(texts)
+        if len(texts) == 1 or self.batch_text_encoder is None:
+            encode = self.text_query_encoder or self.model.encode_text
+        else:
+            encode = self.batch_text_encoder.encode_batch
+        vectors = encode(batch).float().cpu().numpy()
+        tokens = batch.attention_mask.sum(dim=1).tolist()
+        return [(vectors[row], self._truncation_notes(text, int(tokens[row]))) for row, text in enumerate(texts)]
+
+    def _encode_image_batch(self, images: list) -> list[tuple[np.ndarray, object]]:
+        """(embedding, (1, 3, S, S) pixels) per PIL image, in one encoder call (on the model thread)."""
+        import torch
+
+        pixels = torch.stack([self.transform(image) for image in images])
+        vectors = self.model.encode_image(pixels.to(self.device)).float().cpu().numpy()
+        return [(vectors[row], pixels[row:row + 1]) for row in range(len(images))]
 
     def load_query_image(self, request: QueryRequest):
         from engine.data.images import load_rgb
@@ -126,7 +162,33 @@ class QueryEngine:
     def search(self, request: QueryRequest) -> QueryResult:
         """Answer one request; the whole search runs on the model thread (torch transforms, encoding, rerank)."""
         validate_request(request)
+        if self.batcher is not None:
+            return self._search_batched(request)
         return self.run_model(self._search, request)
+
+    def _search_batched(self, request: QueryRequest) -> QueryResult:
+        """Encode in a batch with other requests' queries, then search on this thread (rerank: model thread)."""
+        started = time.perf_counter()
+        result = QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
+                             rerank=request.rerank)
+        if request.is_image:
+            def prepare():
+                image = self.load_query_image(request)
+                result.query_image_jpeg = _thumbnail_jpeg(image)
+                result.timings_ms["decode"] = (time.perf_counter() - started) * 1000
+                return image
+
+            encoded = self.batcher.encode("image", prepare)
+            vector, pixels = encoded.output
+        else:
+            encoded = self.batcher.encode("text", lambda: request.text or "")
+            (vector, notes), pixels = encoded.output, None
+            result.notes.extend(notes)
+        result.timings_ms.update(queue=encoded.queue_ms, encode=encoded.encode_ms)
+        result.encode_batch = encoded.batch_size
+        if request.rerank == "none":
+            return self._search_encoded(vector, pixels, request, result, started)
+        return self.run_model(self._search_encoded, vector, pixels, request, result, started)
 
     def _search(self, request: QueryRequest) -> QueryResult:
         started = time.perf_counter()
@@ -140,8 +202,12 @@ class QueryEngine:
             vector = self.encode_pixels(pixels)[0]
         else:
             vector = self.encode_text(request.text or "", result.notes)
-        encoded = time.perf_counter()
-        result.timings_ms["encode"] = (encoded - started) * 1000
+        result.timings_ms["encode"] = (time.perf_counter() - started) * 1000
+        return self._search_encoded(vector, pixels, request, result, started)
+
+    def _search_encoded(self, vector: np.ndarray, pixels, request: QueryRequest, result: QueryResult,
+                        started: float) -> QueryResult:
+        """Filter, k-NN search, rerank and metadata of an encoded query (either thread)."""
         allowed = None
         if request.where is not None:
             allowed = self.store.filter_ids(request.where)
@@ -220,6 +286,20 @@ class QueryEngine:
             if layer not in self._caches:
                 self._caches[layer] = AttentionCache(self.root, layer, self.fingerprint)
             return self._caches[layer]
+
+
+def _batch_text_encoder(model, text_encoder: str, batch: BatchPolicy | None):
+    """The padded-batch text encoder behind batched queries: ONNX Runtime on the query thread count when the
+    single-query encoder is compiled and ONNX is faithful (``encoders.batch_text`` checks it), else eager."""
+    if batch is None:
+        return None
+    from encoders.batch_text import build_batch_text_encoder
+    from encoders.query_encoder import QUERY_THREADS
+
+    built = None
+    if text_encoder != "eager":
+        built = build_batch_text_encoder(model, "onnx", threads=QUERY_THREADS)
+    return built or build_batch_text_encoder(model, "eager")
 
 
 def _inference(function, *args):

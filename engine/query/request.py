@@ -112,11 +112,13 @@ class QueryResult:
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     query_image_jpeg: bytes | None = None  # small thumbnail of an image query, for the gallery
+    encode_batch: int | None = None  # queries encoded in this one's encoder call (batched serving only)
 
     def to_json(self) -> dict:
         return {"query": self.query, "target": self.target, "k": self.k, "where": self.where,
                 "rerank": self.rerank, "notes": self.notes,
                 "timings_ms": {name: round(value, 3) for name, value in self.timings_ms.items()},
+                **({"encode_batch": self.encode_batch} if self.encode_batch is not None else {}),
                 "results": [hit.to_json() for hit in self.hits]}
 
 

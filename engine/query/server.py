@@ -15,6 +15,7 @@ import html
 import json
 import sys
 import threading
+import time
 from dataclasses import replace
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -65,6 +66,19 @@ def request_from_fields(fields: dict, image_bytes: bytes | None = None) -> Query
                         k=_integer(fields.get("k"), "k", DEFAULT_K), where=fields.get("where") or None,
                         rerank=fields.get("rerank") or "none", target=fields.get("target") or "images",
                         rerank_depth=_integer(fields.get("rerank_depth"), "rerank_depth", DEFAULT_RERANK_DEPTH))
+
+
+def server_timing(payload: dict, serialise_ms: float, handler_ms: float) -> str:
+    """The ``Server-Timing`` header of a search answer: the engine's stages (queue wait, decode, encode, search,
+    rerank, total), JSON serialisation and the whole handler, in ms; the encode batch size as a description."""
+    parts = []
+    for name, value in payload["timings_ms"].items():
+        part = f"{name};dur={value:.3f}"
+        if name == "encode" and payload.get("encode_batch") is not None:
+            part += f';desc="batch {int(payload["encode_batch"])}"'
+        parts.append(part)
+    parts += [f"serialise;dur={serialise_ms:.3f}", f"handler;dur={handler_ms:.3f}"]
+    return ", ".join(parts)
 
 
 class QueryHandler(PooledRequestHandler):
@@ -151,6 +165,7 @@ class QueryHandler(PooledRequestHandler):
 
     def _answer(self, route, path: str) -> None:
         headers = {}
+        started = time.perf_counter()
         try:
             if path not in OPEN_PATHS and not authorized(self.headers.get("Authorization"), self.token):
                 headers["WWW-Authenticate"] = 'Bearer realm="rs-engine"'
@@ -163,7 +178,11 @@ class QueryHandler(PooledRequestHandler):
         except Exception as error:  # noqa: BLE001 -- a server answers, logs and keeps serving
             self.log_message("internal error: %r", error)
             status, kind, payload = 500, "application/json", {"error": f"internal error: {type(error).__name__}"}
+        serialising = time.perf_counter()
         data = payload.encode("utf-8") if isinstance(payload, str) else json.dumps(payload).encode("utf-8")
+        if isinstance(payload, dict) and "timings_ms" in payload:
+            headers["Server-Timing"] = server_timing(payload, (time.perf_counter() - serialising) * 1000,
+                                                     (time.perf_counter() - started) * 1000)
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
