@@ -1,6 +1,6 @@
 """Load and soak test of ``engine serve``: N concurrent loopback clients for a fixed time, per phase.
 
-    python -m bench.load_soak --index INDEX_DIR [--clients 10 50] [--seconds 60] [--update-docs]
+    python -m bench.load_soak --index INDEX_DIR [--clients 1 10] [--seconds 60] [--batch on off] [--update-docs]
 
 Starts the real ``engine serve`` as a separate process (``python -m engine serve --port 0``), so its memory is
 measured on its own, waits for ``/healthz``, warms it up, then runs one phase per ``--clients`` value: that many
@@ -10,7 +10,13 @@ the index); every fifth carries a ``where`` filter (a split or a class). A probe
 second on a fresh connection. Recorded per phase: requests, throughput, errors by kind (non-200 statuses,
 timeouts, connection errors), latency p50/p95/p99/max, ``/healthz`` latency under load, the server's resident
 memory (VmRSS) before and after the phase and its peak (sampled every 0.5 s), and its CPU seconds. The server's
-log is scanned for tracebacks at the end. Raw results go to ``docs/bench/load_soak_<index name>.json``;
+log is scanned for tracebacks at the end.
+
+``--batch on off`` compares batched query encoding with one-query-at-a-time in one run: one server per mode
+(``engine serve --batch on|off``), the same index and queries, the phases interleaved (for each client count,
+every mode in turn) so that a change in the machine's load hits both alike. Each phase also averages the
+server's ``Server-Timing`` stages (queue wait, encode and its batch size, search, serialisation, the whole
+handler): where the time goes. Raw results go to ``docs/bench/load_soak_<index name>.json``;
 ``--update-docs`` rewrites the ``load-soak`` block of docs/benchmarks.md.
 
 Clients are threads of this process on the same machine as the server: on a small machine they take CPU from
@@ -96,12 +102,13 @@ def cpu_seconds(pid: int) -> float:
 class Server:
     """``engine serve`` in its own process; port read from its start-up line."""
 
-    def __init__(self, index: Path, log_path: Path, text_encoder: str = "auto") -> None:
+    def __init__(self, index: Path, log_path: Path, text_encoder: str = "auto", batch: str = "on") -> None:
         self.log_path = log_path
         self.log = open(log_path, "w")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--index", str(index),
-                                         "--port", "0", "--device", "cpu", "--text-encoder", text_encoder],
+                                         "--port", "0", "--device", "cpu", "--text-encoder", text_encoder,
+                                         "--batch", batch],
                                         stdout=self.log, stderr=self.log, env=env, cwd=REPO)
         self.port = self._wait_for_port()
 
@@ -131,8 +138,24 @@ class Server:
         return self.log_path.read_text()
 
 
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """``Server-Timing`` -> {stage: ms}, plus ``encode_batch`` when the encode stage names its batch size."""
+    stages: dict[str, float] = {}
+    for part in (header or "").split(","):
+        fields = [field.strip() for field in part.split(";")]
+        if not fields[0]:
+            continue
+        for field in fields[1:]:
+            key, _, value = field.partition("=")
+            if key == "dur":
+                stages[fields[0]] = float(value)
+            elif key == "desc" and value.strip('"').startswith("batch "):
+                stages["encode_batch"] = float(value.strip('"').split()[1])
+    return stages
+
+
 def _client(port: int, params: list[dict], offset: int, stop_at: float, out: dict) -> None:
-    latencies, errors = out["latencies"], out["errors"]
+    latencies, errors, stages = out["latencies"], out["errors"], out.setdefault("stages", {})
     connection = None
     position = offset
     while time.monotonic() < stop_at:
@@ -152,6 +175,8 @@ def _client(port: int, params: list[dict], offset: int, stop_at: float, out: dic
                 errors["empty result"] = errors.get("empty result", 0) + 1
             else:
                 latencies.append(elapsed)
+                for name, value in parse_server_timing(response.getheader("Server-Timing")).items():
+                    stages.setdefault(name, []).append(value)
             if response.getheader("Connection", "").lower() == "close":
                 connection.close()
                 connection = None
@@ -219,6 +244,11 @@ def run_phase(server, params: list[dict], clients: int, seconds: float) -> dict:
     if len(latencies):
         row.update({f"p{q}_ms": round(float(np.percentile(latencies, q)), 1) for q in (50, 95, 99)})
         row["max_ms"] = round(float(latencies.max()), 1)
+    stages: dict[str, list[float]] = {}
+    for result in results:
+        for name, values in result.get("stages", {}).items():
+            stages.setdefault(name, []).extend(values)
+    row["stages_mean_ms"] = {name: round(float(np.mean(values)), 3) for name, values in stages.items()}
     if health:
         row["healthz_p50_ms"] = round(float(np.percentile(health, 50)), 1)
         row["healthz_max_ms"] = round(float(max(health)), 1)
@@ -226,33 +256,41 @@ def run_phase(server, params: list[dict], clients: int, seconds: float) -> dict:
 
 
 def measure(index: Path, clients: list[int], seconds: float, queries: int, warmup_s: float = WARMUP_S,
-            text_encoder: str = "auto") -> dict:
+            text_encoder: str = "auto", batch_modes: tuple[str, ...] = ("on",)) -> dict:
+    """One server per ``--batch`` mode, all up at once; per client count, one phase per mode in turn."""
     texts, labels = index_sentences(index, queries)
     params = query_params(texts, labels)
-    log_path = Path(tempfile.mkstemp(prefix="load-soak-serve-", suffix=".log")[1])
-    started = time.perf_counter()
-    server = Server(index, log_path, text_encoder)
     config = json.loads((index / INDEX_JSON).read_text())
     report = {"index": str(index), "images": config["image_count"], "factory": config["factory"],
               "test_time_views": config.get("test_time_views"), "queries": len(params),
-              "filtered_every": FILTER_EVERY, "k": K,
-              "start_seconds": round(time.perf_counter() - started, 1), "machine": machine_info(),
-              "rss_loaded_mib": round(rss_bytes(server.pid) / 2**20, 1), "warmup_s": warmup_s,
-              "text_encoder": text_encoder, "phases": []}
+              "filtered_every": FILTER_EVERY, "k": K, "machine": machine_info(), "warmup_s": warmup_s,
+              "text_encoder": text_encoder, "modes": []}
+    servers = []
     try:
-        warm = run_phase(server, params, min(clients), warmup_s)
-        report["warmup"] = warm
+        for mode in batch_modes:
+            log_path = Path(tempfile.mkstemp(prefix=f"load-soak-serve-{mode}-", suffix=".log")[1])
+            started = time.perf_counter()
+            server = Server(index, log_path, text_encoder, mode)
+            servers.append(server)
+            found = re.search(r"images; ([^;]+);", server.log_path.read_text())
+            report["modes"].append({"batch": mode, "start_seconds": round(time.perf_counter() - started, 1),
+                                    "text_encoder_chosen": found.group(1) if found else None,
+                                    "rss_loaded_mib": round(rss_bytes(server.pid) / 2**20, 1), "phases": []})
+        for server, entry in zip(servers, report["modes"]):
+            entry["warmup"] = run_phase(server, params, max(clients), warmup_s)
         for count in clients:
-            row = run_phase(server, params, count, seconds)
-            report["phases"].append(row)
-            print(json.dumps(row), flush=True)
+            for server, entry in zip(servers, report["modes"]):
+                row = run_phase(server, params, count, seconds)
+                entry["phases"].append(row)
+                print(json.dumps({"batch": entry["batch"], **row}), flush=True)
     finally:
-        log = server.stop()
-    report["server_tracebacks"] = log.count("Traceback")
-    report["server_log_lines"] = log.count("\n")
-    report["server_log_error_lines"] = [line for line in log.splitlines()
-                                        if "internal error" in line or "connection error" in line][:20]
-    log_path.unlink(missing_ok=True)
+        for server, entry in zip(servers, report["modes"]):
+            log = server.stop()
+            entry["server_tracebacks"] = log.count("Traceback")
+            entry["server_log_lines"] = log.count("\n")
+            entry["server_log_error_lines"] = [line for line in log.splitlines()
+                                               if "internal error" in line or "connection error" in line][:20]
+            server.log_path.unlink(missing_ok=True)
     return report
 
 
@@ -260,35 +298,90 @@ def _count(value) -> str:
     return f"{value:,}" if isinstance(value, int) else "?"
 
 
+def _modes(report: dict) -> list[dict]:
+    """The per-mode results; an older results file (one server, no ``--batch``) is one mode of its own."""
+    if "modes" in report:
+        return report["modes"]
+    return [{"batch": report.get("batch", "—"), "phases": report["phases"],
+             "server_tracebacks": report.get("server_tracebacks", 0)}]
+
+
+def _phase_row(mode: str, row: dict) -> str:
+    errors = str(row["errors"]) + (f" ({', '.join(f'{k}: {v}' for k, v in row['error_kinds'].items())})"
+                                   if row["errors"] else "")
+    return (f"| {mode} | {row['clients']} | {row['seconds']:.0f} | {row['ok']:,} | {errors} | "
+            f"{row['throughput_rps']:.1f} | {row.get('p50_ms', '—')} | {row.get('p95_ms', '—')} | "
+            f"{row.get('p99_ms', '—')} | {row.get('max_ms', '—')} | "
+            f"{row.get('healthz_p50_ms', '—')} / {row.get('healthz_max_ms', '—')} | "
+            f"{row['rss_before_mib']:.0f} → {row['rss_after_mib']:.0f} ({row['rss_peak_mib']:.0f}) | "
+            f"{row['server_cpu_s']:.0f} | {row['load_average_before']:.1f} → {row['load_average_after']:.1f} |")
+
+
+STAGES = ("queue", "encode", "search", "serialise", "handler")
+
+
+def _stage_row(mode: str, row: dict) -> str:
+    stages = row.get("stages_mean_ms", {})
+    cells = [f"{stages[name]:.1f}" if name in stages else "—" for name in STAGES]
+    batch = f"{stages['encode_batch']:.1f}" if "encode_batch" in stages else "1"
+    return f"| {mode} | {row['clients']} | " + " | ".join(cells) + f" | {batch} | {row.get('p50_ms', '—')} |"
+
+
+def comparison(report: dict) -> list[str]:
+    """One sentence per client count: batching on against off, measured in the same run."""
+    modes = {entry["batch"]: entry["phases"] for entry in _modes(report)}
+    if not {"on", "off"} <= set(modes):
+        return []
+    lines = []
+    for on, off in zip(modes["on"], modes["off"]):
+        if on["clients"] != off["clients"] or not off["throughput_rps"]:
+            continue
+        lines.append(f"- {on['clients']} client(s): batching on gives {on['throughput_rps'] / off['throughput_rps']:.2f}× "
+                     f"the req/s of off ({on['throughput_rps']:.1f} vs {off['throughput_rps']:.1f}); p50 "
+                     f"{on.get('p50_ms', '—')} vs {off.get('p50_ms', '—')} ms, p95 {on.get('p95_ms', '—')} vs "
+                     f"{off.get('p95_ms', '—')} ms.")
+    return lines
+
+
 def markdown(report: dict) -> str:
     meta = report.get("meta", {})
+    modes = _modes(report)
     lines = ["## Load and soak (`bench/load_soak.py`)", "",
              f"`engine serve` on `{report['index']}` ({_count(report.get('images'))} images, faiss "
              f"`{report.get('factory', '?')}`, image embeddings of {report.get('test_time_views', '?')} test-time "
-             "view(s): text queries are encoded the same whatever that number) in its own process, loopback "
-             "clients in another, each on a "
+             "view(s): text queries are encoded the same whatever that number) in its own process (one per "
+             "`--batch` mode, phases interleaved), loopback clients in another, each on a "
              f"keep-alive connection sending k={report['k']} text queries back to back ({report['queries']} "
              f"distinct sentences, every {report['filtered_every']}th with a `where` filter), one phase per client "
              f"count; a probe asks `/healthz` once a second. Date {meta.get('date', '?')}, commit "
-             f"`{meta.get('commit', '?')}`, {machine_text(report['machine'])}. Command: `{meta.get('command', '?')}`.",
-             "", "| clients | s | requests ok | errors | req/s | p50 ms | p95 ms | p99 ms | max ms | /healthz p50 / max ms "
-             "| RSS before → after MiB (peak) | server CPU s | load avg |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
-    for row in report["phases"]:
-        errors = str(row["errors"]) + (f" ({', '.join(f'{k}: {v}' for k, v in row['error_kinds'].items())})"
-                                       if row["errors"] else "")
-        lines.append(f"| {row['clients']} | {row['seconds']:.0f} | {row['ok']:,} | {errors} | "
-                     f"{row['throughput_rps']:.1f} | {row.get('p50_ms', '—')} | {row.get('p95_ms', '—')} | "
-                     f"{row.get('p99_ms', '—')} | {row.get('max_ms', '—')} | "
-                     f"{row.get('healthz_p50_ms', '—')} / {row.get('healthz_max_ms', '—')} | "
-                     f"{row['rss_before_mib']:.0f} → {row['rss_after_mib']:.0f} ({row['rss_peak_mib']:.0f}) | "
-                     f"{row['server_cpu_s']:.0f} | {row['load_average_before']:.1f} → {row['load_average_after']:.1f} |")
-    first, last = report["phases"][0], report["phases"][-1]
-    lines += ["", f"Server RSS after loading and a {report['warmup_s']:.0f} s warm-up: {first['rss_before_mib']:.0f} MiB; after "
-              f"the last phase: {last['rss_after_mib']:.0f} MiB ({last['rss_after_mib'] - first['rss_before_mib']:+.0f} "
-              f"MiB over {sum(row['seconds'] for row in report['phases']):.0f} s and "
-              f"{sum(row['ok'] for row in report['phases']):,} requests). Tracebacks in the server log: "
-              f"{report['server_tracebacks']}."]
+             f"`{meta.get('commit', '?')}`, {machine_text(report['machine'])}. Command: `{meta.get('command', '?')}`."
+             + (f" Note: {meta['note']}." if meta.get("note") else ""),
+             "", "| batch | clients | s | requests ok | errors | req/s | p50 ms | p95 ms | p99 ms | max ms | "
+             "/healthz p50 / max ms | RSS before → after MiB (peak) | server CPU s | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for entry in modes:
+        lines += [_phase_row(entry["batch"], row) for row in entry["phases"]]
+    if any(row.get("stages_mean_ms") for entry in modes for row in entry["phases"]):
+        lines += ["", "Where the time goes (server side, mean ms per request from `Server-Timing`): queue = waiting "
+                  "for the model thread, encode = the encoder call (shared by the batch), search = filter + k-NN "
+                  "+ metadata, serialise = JSON, handler = the whole request handler; the client's p50 adds "
+                  "HTTP parsing, waiting for a worker thread and loopback.", "",
+                  "| batch | clients | queue | encode | search | serialise | handler | mean encode batch | "
+                  "client p50 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for entry in modes:
+            lines += [_stage_row(entry["batch"], row) for row in entry["phases"]]
+    versus = comparison(report)
+    if versus:
+        lines += ["", "Batching on against off, same run:", "", *versus]
+    for entry in modes:
+        phases = entry["phases"]
+        first, last = phases[0], phases[-1]
+        chosen = f" ({entry['text_encoder_chosen']})" if entry.get("text_encoder_chosen") else ""
+        lines += ["", f"Server `--batch {entry['batch']}`{chosen}: RSS after loading and a {report['warmup_s']:.0f} s "
+                  f"warm-up {first['rss_before_mib']:.0f} MiB; after the last phase {last['rss_after_mib']:.0f} MiB "
+                  f"({last['rss_after_mib'] - first['rss_before_mib']:+.0f} MiB over "
+                  f"{sum(row['seconds'] for row in phases):.0f} s and {sum(row['ok'] for row in phases):,} "
+                  f"requests). Tracebacks in the server log: {entry.get('server_tracebacks', 0)}."]
     return "\n".join(lines)
 
 
@@ -302,6 +395,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500, help="distinct query sentences cycled by the clients")
     parser.add_argument("--warmup-seconds", type=float, default=WARMUP_S)
     parser.add_argument("--text-encoder", default="auto", help="engine serve --text-encoder")
+    parser.add_argument("--batch", nargs="+", choices=("on", "off"), default=["on"],
+                        help="engine serve --batch modes compared in this run (e.g. --batch on off)")
+    parser.add_argument("--note", default=None, help="a caveat printed with the table (e.g. a shared machine)")
     parser.add_argument("--update-docs", action="store_true")
     parser.add_argument("--out", type=Path, default=None,
                         help="raw results JSON (default docs/bench/load_soak_<index folder name>.json)")
@@ -317,10 +413,13 @@ def main() -> None:
     if args.index is None:
         parser.error("--index is required")
     report = measure(args.index.resolve(), args.clients, args.seconds, args.queries, args.warmup_seconds,
-                     args.text_encoder)
+                     args.text_encoder, tuple(dict.fromkeys(args.batch)))
     report["index"] = str(args.index)
     report["meta"] = run_meta(REPO)
-    report["meta"]["command"] = "python -m bench.load_soak " + " ".join(sys.argv[1:])
+    report["meta"]["command"] = "python -m bench.load_soak " + " ".join(
+        f'"{argument}"' if " " in argument else argument for argument in sys.argv[1:])
+    if args.note:
+        report["meta"]["note"] = args.note
     out = args.out or DOCS / "bench" / f"load_soak_{args.index.resolve().name}.json"
     write_json_atomic(out, report, indent=1)
     print(markdown(report))

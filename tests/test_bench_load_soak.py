@@ -51,6 +51,38 @@ def test_phases_measure_every_column() -> None:
     assert "2,100 images" in text and "| 12 |" in text and "Tracebacks in the server log: 0" in text and "python -m bench.load_soak" in text
     del report["images"]  # an older results file without the index facts still renders
     assert "(? images" in load_soak.markdown(report)
+    assert all(row["stages_mean_ms"]["handler"] > 0 and "serialise" in row["stages_mean_ms"] for row in rows)
+
+
+def test_server_timing_header_is_parsed() -> None:
+    header = 'queue;dur=1.250, encode;dur=8.000;desc="batch 7", search;dur=0.5, serialise;dur=0.1, handler;dur=11'
+    assert load_soak.parse_server_timing(header) == {"queue": 1.25, "encode": 8.0, "encode_batch": 7.0,
+                                                      "search": 0.5, "serialise": 0.1, "handler": 11.0}
+    assert load_soak.parse_server_timing(None) == {}
+
+
+def test_batching_on_and_off_render_side_by_side() -> None:
+    def phase(clients: int, rps: float, p50: float, stages: dict) -> dict:
+        return {"clients": clients, "seconds": 10.0, "ok": int(rps * 10), "errors": 0, "error_kinds": {},
+                "throughput_rps": rps, "p50_ms": p50, "p95_ms": p50 * 2, "p99_ms": p50 * 3, "max_ms": p50 * 4,
+                "rss_before_mib": 900.0, "rss_after_mib": 901.0, "rss_peak_mib": 902.0, "server_cpu_s": 9.0,
+                "load_average_before": 3.0, "load_average_after": 3.5, "healthz_probes": 10, "healthz_failures": [],
+                "stages_mean_ms": stages}
+
+    report = {"index": "runs/x", "images": 2100, "factory": "IDMap,Flat", "test_time_views": 1, "queries": 50,
+              "filtered_every": 5, "k": 10, "warmup_s": 5.0, "machine": {"nproc": 2, "cpu_model": "cpu",
+                                                                         "ram_bytes": 2**30, "python": "3"},
+              "modes": [{"batch": "off", "server_tracebacks": 0,
+                         "phases": [phase(1, 40.0, 20.0, {"encode": 9.0}), phase(10, 60.0, 150.0, {"encode": 9.5})]},
+                        {"batch": "on", "server_tracebacks": 0,
+                         "phases": [phase(1, 42.0, 19.0, {"encode": 9.0, "encode_batch": 1.0}),
+                                    phase(10, 180.0, 50.0, {"encode": 20.0, "encode_batch": 6.5})]}],
+              "meta": {"date": "today", "commit": "abc", "command": "python -m bench.load_soak --batch on off",
+                       "note": "a training run shared the cores"}}
+    text = load_soak.markdown(report)
+    assert "| off | 10 |" in text and "| on | 10 |" in text and "a training run shared the cores" in text
+    assert "10 client(s): batching on gives 3.00× the req/s of off (180.0 vs 60.0)" in text
+    assert "| on | 10 | — | 20.0 | — | — | — | 6.5 | 50.0 |" in text
 
 
 def test_index_sentences_and_labels(tmp_path_factory) -> None:
