@@ -112,6 +112,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An in-memory image (any PIL mode, alpha composited on black) as 8-bit RGB, as ``load_rgb`` reads files."""
+    return _to_rgb(image).copy()
+
+
 def _pil_drops_bits(image: Image.Image) -> bool:
     """True for multi-band TIFFs with more than 8 bits per sample: PIL keeps only the high byte of those."""
     if image.format != "TIFF" or image.mode in _HIGH_DEPTH_MODES:

@@ -58,11 +58,10 @@ def query_command(
         preflight.check_output_file(html_out, "--html")
     if index is not None:
         _check_index_folder(index)
-    engine = _open_engine(index, checkpoint=checkpoint, device=device)
-    try:
-        result = engine.search(request)
-    finally:
-        engine.close()
+    from engine.query.api import Index
+
+    with Index(_open_engine(index, checkpoint=checkpoint, device=device)) as opened:
+        result = opened.query(request)  # what ix.search runs, as a QueryResult
     if html_out is not None:
         from engine.query.gallery import write_gallery
 
@@ -81,17 +80,11 @@ def _check_index_folder(index: Path) -> None:
 
 
 def _open_engine(index: Optional[Path], **options):
-    """The engine over ``--index``, or over the project's default index, saying which one was chosen."""
-    import sys
+    """The engine over ``--index``, or over the project's default index, saying which one was chosen (the
+    opener of the Python API too: ``engine.query.api.open_engine``)."""
+    from engine.query.api import open_engine
 
-    from engine.query.engine import QueryEngine
-    from engine.query.state import resolve_index
-
-    folder, chosen = resolve_index(index)
-    if chosen is not None:
-        _check_index_folder(folder)
-        print(f"note: {chosen}", file=sys.stderr)
-    return QueryEngine(folder, **options)
+    return open_engine(index, **options)
 
 
 def serve_command(

@@ -145,6 +145,8 @@ class QueryEngine:
     def load_query_image(self, request: QueryRequest):
         from engine.data.images import load_rgb
 
+        if request.image is not None:
+            return request.image
         if request.image_path is not None:
             return load_rgb(request.image_path)
         with tempfile.NamedTemporaryFile(suffix=".tif") as handle:

@@ -53,11 +53,12 @@ class RerankOptions:
 
 @dataclass(frozen=True)
 class QueryRequest:
-    """One search: text or an image (a path or the raw bytes of an upload), never both."""
+    """One search: text or an image (a path, the raw bytes of an upload or an RGB PIL image), never both."""
 
     text: str | None = None
     image_path: str | None = None
     image_bytes: bytes | None = None
+    image: object | None = None  # an in-memory RGB PIL image (the Python API)
     k: int = DEFAULT_K
     target: str = "images"
     where: str | None = None
@@ -67,11 +68,13 @@ class QueryRequest:
 
     @property
     def is_image(self) -> bool:
-        return self.image_path is not None or self.image_bytes is not None
+        return self.image_path is not None or self.image_bytes is not None or self.image is not None
 
     def describe(self) -> str:
         if self.text is not None:
             return self.text
+        if self.image is not None:
+            return "in-memory image"
         return f"image {self.image_path}" if self.image_path else "uploaded image"
 
 
