@@ -179,6 +179,7 @@ def test_load_model(built) -> None:
     (lambda ix, built: engine.open(built[0] / "missing"), "not found"),
     (lambda ix, built: engine.open(built[0], device="tpu"), "device"),
     (lambda ix, built: engine.open(42), "folder path"),
+    (lambda ix, built: engine.open(built[0], text_encoder="fast"), "text_encoder must be one of"),
 ])
 def test_bad_arguments_are_one_line_engine_errors(ix, built, call, message) -> None:
     with pytest.raises(EngineError) as caught:

@@ -191,8 +191,24 @@ def test_batched_searches_answer_like_unbatched_ones(engines) -> None:
     requests = [QueryRequest(text=text, k=5) for text in TEXTS] + [
         QueryRequest(text="river", k=4, where="split = 'train'"), QueryRequest(image_path=image, k=3),
         QueryRequest(text="farm", k=3, rerank="aas", rerank_depth=6)]
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        answers = list(pool.map(batched.search, requests))
+    seen: set[int] = set()
+    batch_encoder, single_encoder = batched.batch_text_encoder.encode_batch, batched.text_query_encoder
+
+    def recording(encode):
+        def run(batch):
+            seen.add(threading.get_ident())
+            return encode(batch)
+        return run
+
+    batched.batch_text_encoder.encode_batch = recording(batch_encoder)
+    batched.text_query_encoder = recording(single_encoder)
+    try:
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            answers = list(pool.map(batched.search, requests))
+    finally:
+        del batched.batch_text_encoder.encode_batch
+        batched.text_query_encoder = single_encoder
+    assert seen == {batched._model_thread_id}  # torch/ONNX work stays on the one model thread
     for request, answer in zip(requests, answers):
         expected = single.search(request)
         assert [hit.image_id for hit in answer.hits] == [hit.image_id for hit in expected.hits]
@@ -221,3 +237,14 @@ def test_server_reports_where_the_time_goes(engines) -> None:
     stages = {part.split(";")[0].strip() for part in timing.split(",")}
     assert {"queue", "encode", "search", "total", "serialise", "handler"} <= stages
     assert 'desc="batch 1"' in timing
+
+
+@pytest.mark.parametrize("flags, message", [(["--batch", "maybe"], "--batch must be on or off"),
+                                            (["--batch-max", "0"], "--batch-max must be within"),
+                                            (["--batch-wait-ms", "5000"], "--batch-wait-ms must be within")])
+def test_serve_batch_flags_are_checked_before_anything_slow(flags, message, capsys) -> None:
+    from engine.cli import main
+
+    assert main(["serve", "--port", "0", *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1

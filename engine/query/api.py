@@ -56,6 +56,10 @@ def open_index(index: Path | str | None = None, *, model: str | None = None, dev
         raise ConfigError(f"model must be a model name or folder (str), got {type(model).__name__}")
     preflight.check_device(device)
     preflight.check_checkpoint_folder(model, "model")
+    from encoders.query_text import TEXT_ENCODER_KINDS
+
+    if text_encoder not in (*TEXT_ENCODER_KINDS, "eager"):
+        raise ConfigError(f"text_encoder must be one of eager, {', '.join(TEXT_ENCODER_KINDS)}, got {text_encoder!r}")
     policy = None
     if batch:
         from engine.query.batching import BatchPolicy

@@ -216,6 +216,10 @@ def serve_forever(engine, host: str, port: int, token: str | None = None,
     traced = engine.text_query_encoder
     encoder = f"compiled text encoder ({traced.describe()})" if traced is not None else "eager text encoder"
     auth = "bearer token required" if server.handler_class.token else "no authentication"
+    batcher = getattr(engine, "batcher", None)
+    if batcher is not None:
+        auth += (f"; queries encoded in batches of up to {batcher.policy.max_batch}, waiting at most "
+                 f"{batcher.policy.max_wait_ms:g} ms")
     print(f"serving {engine.root} ({engine.image_count} images; {encoder}; {auth}) on "
           f"http://{bound_host}:{bound_port}/ — Ctrl-C stops", file=sys.stderr, flush=True)
     try:
