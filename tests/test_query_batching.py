@@ -4,6 +4,7 @@ server's per-stage timings (``Server-Timing``) with batching on."""
 from __future__ import annotations
 
 import http.client
+import json
 import sys
 import threading
 import time
@@ -228,6 +229,11 @@ def test_server_reports_where_the_time_goes(engines) -> None:
         response = connection.getresponse()
         response.read()
         timing = response.getheader("Server-Timing")
+        image = sorted((engines[2] / "images").glob("*.png"))[2].read_bytes()
+        connection.request("POST", "/query?k=2", body=image, headers={"Content-Type": "image/png"})
+        uploaded = connection.getresponse()
+        answer = json.loads(uploaded.read())
+        image_timing = uploaded.getheader("Server-Timing")
         connection.close()
     finally:
         running.shutdown()
@@ -237,6 +243,8 @@ def test_server_reports_where_the_time_goes(engines) -> None:
     stages = {part.split(";")[0].strip() for part in timing.split(",")}
     assert {"queue", "encode", "search", "total", "serialise", "handler"} <= stages
     assert 'desc="batch 1"' in timing
+    assert uploaded.status == 200 and len(answer["results"]) == 2 and answer["encode_batch"] == 1
+    assert "decode;dur=" in image_timing and answer["results"][0]["path"].endswith("tile_002.png")
 
 
 @pytest.mark.parametrize("flags, message", [(["--batch", "maybe"], "--batch must be on or off"),
