@@ -145,6 +145,36 @@ def test_the_context_manager_closes(built) -> None:
     assert "closed" in repr(opened)
 
 
+def test_close_waits_for_calls_in_progress_on_other_threads(built) -> None:
+    opened = engine.open(built[0], device="cpu", batch=True)
+    outcomes: list[str] = []
+    started = threading.Event()
+
+    def keep_searching() -> None:
+        for number in range(200):
+            try:
+                opened.search(f"river {number}", k=3, where="split = 'train'")
+                opened.embed_text(["farm"])
+                outcomes.append("ok")
+            except EngineError as error:
+                outcomes.append("closed" if "is closed" in str(error) else repr(error))
+                return
+            except Exception as error:  # noqa: BLE001 -- what the test is about
+                outcomes.append(repr(error))
+                return
+            finally:
+                started.set()
+
+    threads = [threading.Thread(target=keep_searching) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    started.wait(timeout=60)
+    opened.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert set(outcomes) <= {"ok", "closed"} and outcomes.count("closed") == 3, outcomes
+
+
 def test_load_model(built) -> None:
     model = engine.load_model(str(built[1]))
     assert not model.training and model.fingerprint()

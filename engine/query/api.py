@@ -15,6 +15,7 @@ releases the model thread and the index. Mistakes raise ``EngineError`` with one
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -86,8 +87,9 @@ class Index:
 
     def __init__(self, engine) -> None:
         self._engine = engine
-        self._lock = threading.Lock()
+        self._state = threading.Condition()
         self._closed = False
+        self._active = 0  # calls in progress; close() waits for them
 
     # ---- life cycle ----------------------------------------------------------------------------------------
     def __enter__(self) -> "Index":
@@ -97,11 +99,14 @@ class Index:
         self.close()
 
     def close(self) -> None:
-        """Release the model thread and the index; later calls raise EngineError. Safe to call twice."""
-        with self._lock:
+        """Release the model thread and the index once the calls in progress (other threads') have returned;
+        later calls raise EngineError. Safe to call twice."""
+        with self._state:
             if self._closed:
                 return
             self._closed = True
+            while self._active:
+                self._state.wait()
         self._engine.close()
 
     def __repr__(self) -> str:
@@ -130,6 +135,19 @@ class Index:
             raise EngineError(f"index {self._engine.root} is closed; open it again with engine.open(...)")
         return self._engine
 
+    @contextmanager
+    def _using(self):
+        """The engine, counted as in use until the block ends (so ``close`` cannot pull it away mid-call)."""
+        with self._state:
+            engine = self._live()
+            self._active += 1
+        try:
+            yield engine
+        finally:
+            with self._state:
+                self._active -= 1
+                self._state.notify_all()
+
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, text: str | None = None, *, image: Any = None, k: int = DEFAULT_K, where: str | None = None,
                rerank: str = "none", target: str = "images", rerank_depth: int = DEFAULT_RERANK_DEPTH,
@@ -140,52 +158,54 @@ class Index:
         ``image``: a file path, a PIL image or a numpy array (H×W, H×W×3 or H×W×4; uint8, or floats in 0..1).
         ``where``: an SQL condition on the catalog (``ix.columns``), applied before the k-NN search.
         The engine's notes (a clamped k, a truncated query) are in ``table.schema.metadata[b"notes"]``."""
-        engine = self._live()
-        extra = _extra_columns(columns, engine.store.catalog.filter_columns)
-        request = _request(text, image, k, where, rerank, target, rerank_depth, options)
-        return result_table(engine, engine.search(request), extra)
+        with self._using() as engine:
+            extra = _extra_columns(columns, engine.store.catalog.filter_columns)
+            request = _request(text, image, k, where, rerank, target, rerank_depth, options)
+            return result_table(engine, engine.search(request), extra)
 
     def query(self, request: QueryRequest) -> QueryResult:
         """One QueryRequest answered as a QueryResult (what ``engine query`` prints)."""
         if not isinstance(request, QueryRequest):
             raise ConfigError(f"query() takes a QueryRequest, got {type(request).__name__}")
-        return self._live().search(request)
+        with self._using() as engine:
+            return engine.search(request)
 
     # ---- embeddings ----------------------------------------------------------------------------------------
     def embed_text(self, texts: Iterable[str]) -> np.ndarray:
         """(n, D) float32 L2-normalised text embeddings, as stored for the index's captions."""
-        engine = self._live()
-        if isinstance(texts, str):
-            raise ConfigError("embed_text takes a list of strings; wrap one text as [text]")
-        texts = list(texts) if texts is not None else None
-        if texts is None or not all(isinstance(text, str) for text in texts):
-            raise ConfigError("embed_text takes a list of strings")
-        if not texts:
-            return np.zeros((0, engine.model.config.head.embed_dim), np.float32)
+        with self._using() as engine:
+            if isinstance(texts, str):
+                raise ConfigError("embed_text takes a list of strings; wrap one text as [text]")
+            texts = list(texts) if texts is not None else None
+            if texts is None or not all(isinstance(text, str) for text in texts):
+                raise ConfigError("embed_text takes a list of strings")
+            if not texts:
+                return np.zeros((0, engine.model.config.head.embed_dim), np.float32)
 
-        def encode(chunk: list[str]) -> np.ndarray:
-            return engine.model.encode_text(chunk).float().cpu().numpy()
+            def encode(chunk: list[str]) -> np.ndarray:
+                return engine.model.encode_text(chunk).float().cpu().numpy()
 
-        return np.concatenate([engine.run_model(encode, texts[start:start + EMBED_BATCH])
-                               for start in range(0, len(texts), EMBED_BATCH)])
+            return np.concatenate([engine.run_model(encode, texts[start:start + EMBED_BATCH])
+                                   for start in range(0, len(texts), EMBED_BATCH)])
 
     def embed_images(self, images: Iterable[Any]) -> np.ndarray:
         """(n, D) float32 embeddings of images (paths, PIL images or arrays), encoded as the index's images."""
-        engine = self._live()
-        if images is None or isinstance(images, (str, Path, np.ndarray)) or _is_pil(images):
-            raise ConfigError("embed_images takes a list of images (paths, PIL images or arrays); wrap one as [image]")
-        pictures = [as_pil(item, f"images[{position}]") for position, item in enumerate(images)]
-        if not pictures:
-            return np.zeros((0, engine.model.config.head.embed_dim), np.float32)
+        with self._using() as engine:
+            if images is None or isinstance(images, (str, Path, np.ndarray)) or _is_pil(images):
+                raise ConfigError("embed_images takes a list of images (paths, PIL images or arrays); "
+                                  "wrap one as [image]")
+            pictures = [as_pil(item, f"images[{position}]") for position, item in enumerate(images)]
+            if not pictures:
+                return np.zeros((0, engine.model.config.head.embed_dim), np.float32)
 
-        def encode(chunk: list) -> np.ndarray:
-            import torch
+            def encode(chunk: list) -> np.ndarray:
+                import torch
 
-            pixels = torch.stack([engine.transform(picture) for picture in chunk]).to(engine.device)
-            return engine.model.encode_image(pixels).float().cpu().numpy()
+                pixels = torch.stack([engine.transform(picture) for picture in chunk]).to(engine.device)
+                return engine.model.encode_image(pixels).float().cpu().numpy()
 
-        return np.concatenate([engine.run_model(encode, pictures[start:start + EMBED_BATCH])
-                               for start in range(0, len(pictures), EMBED_BATCH)])
+            return np.concatenate([engine.run_model(encode, pictures[start:start + EMBED_BATCH])
+                                   for start in range(0, len(pictures), EMBED_BATCH)])
 
 
 def _request(text, image, k, where, rerank, target, rerank_depth, options) -> QueryRequest:

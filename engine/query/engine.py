@@ -93,8 +93,8 @@ class QueryEngine:
         return int(self.loaded.index.ntotal)
 
     def close(self) -> None:
+        self._model_thread.shutdown(wait=True)  # first: work queued on the model thread still reads the index
         self.loaded.close()
-        self._model_thread.shutdown(wait=True)
 
     def run_model(self, function, *args):
         """``function(*args)`` on the model thread, under ``torch.inference_mode``; returns its result.
