@@ -153,8 +153,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory):
     from engine.query.engine import QueryEngine
 
     index_dir, _, data_dir = build_query_index(tmp_path_factory.getbasetemp() / "query-index")
-    batched = QueryEngine(index_dir, device="cpu", text_encoder="auto", batch=BatchPolicy())
-    single = QueryEngine(index_dir, device="cpu", text_encoder="auto")
+    batched = QueryEngine(index_dir, device="cpu", text_encoder="onnx", batch=BatchPolicy())
+    single = QueryEngine(index_dir, device="cpu", text_encoder="onnx")
     yield batched, single, data_dir
     batched.close()
     single.close()

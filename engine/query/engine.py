@@ -162,7 +162,8 @@ class QueryEngine:
 
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, request: QueryRequest) -> QueryResult:
-        """Answer one request; the whole search runs on the model thread (torch transforms, encoding, rerank)."""
+        """Answer one request: without batching the whole search runs on the model thread (torch transforms,
+        encoding, rerank); with it the query is encoded there in a batch and the rest runs on this thread."""
         validate_request(request)
         if self.batcher is not None:
             return self._search_batched(request)
