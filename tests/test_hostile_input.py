@@ -149,3 +149,150 @@ def test_row8_json_errors_are_400_with_one_line(live, body: bytes) -> None:
     status, payload = post(live, body, "application/json")
     assert status == 400 and "\n" not in payload["error"] and "internal" not in payload["error"], payload
     assert healthy(live)
+
+
+# ---- rows 2 and 3: image bombs --------------------------------------------------------------------------------
+def tiled_tiff_bomb(path: Path, side: int = 14000, tile: int = 512) -> Path:
+    """A few-KB zlib-tiled uint16 TIFF declaring side x side pixels: every tile offset points at one small
+    compressed tile of zeros (what a 405 KB bomb decodes to, without writing 392 MB here)."""
+    import struct
+    import zlib
+
+    data = zlib.compress(bytes(tile * tile * 2), 9)
+    count = ((side + tile - 1) // tile) ** 2
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 16), (259, 3, 1, 8), (262, 3, 1, 1),
+               (277, 3, 1, 1), (284, 3, 1, 1), (322, 3, 1, tile), (323, 3, 1, tile), (324, 4, count, None),
+               (325, 4, count, None), (339, 3, 1, 1)]
+    ifd_at = 8
+    ifd_size = 2 + 12 * len(entries) + 4
+    offsets_at = ifd_at + ifd_size
+    counts_at = offsets_at + 4 * count
+    data_at = counts_at + 4 * count
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, number, value in entries:
+        if tag == 324:
+            value = offsets_at
+        elif tag == 325:
+            value = counts_at
+        packed = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
+        ifd += struct.pack("<HHI", tag, kind, number) + packed
+    ifd += struct.pack("<I", 0)
+    blob = (b"II*\x00" + struct.pack("<I", ifd_at) + ifd + struct.pack(f"<{count}I", *([data_at] * count))
+            + struct.pack(f"<{count}I", *([len(data)] * count)) + data)
+    path.write_bytes(blob)
+    return path
+
+
+def strip_png(path: Path, width: int = 100000, height: int = 5) -> Path:
+    from PIL import Image
+
+    Image.new("L", (width, height)).save(path, optimize=True)
+    return path
+
+
+@pytest.fixture()
+def default_limits(monkeypatch):
+    """The image limits back to their defaults, and back to what they were after the test."""
+    from PIL import Image
+
+    import engine.data.image_guard as guard
+
+    monkeypatch.setattr(guard, "_configured", None)
+    monkeypatch.delenv(guard.MAX_PIXELS_ENV, raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    return guard
+
+
+PEAK_SCRIPT = """
+import json, resource, sys
+from engine.data.images import load_rgb
+from engine.errors import DataError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    image = load_rgb(sys.argv[1])
+    from engine.query.engine import QueryEngine  # noqa: F401 -- what a query does next: resize for the model
+    image.resize((224, max(1, 224 * image.height // image.width)) if image.width < image.height
+                 else (max(1, 224 * image.width // image.height), 224))
+    message = None
+except DataError as error:
+    message = str(error)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"message": message, "peak_kb": after - before}))
+"""
+
+
+def peak_of_loading(path: Path) -> dict:
+    import os
+    import subprocess
+
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    environment.pop("ENGINE_MAX_IMAGE_PIXELS", None)
+    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=120, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("make", [tiled_tiff_bomb, strip_png], ids=["row2-tiff-14000x14000", "row3-png-100000x5"])
+def test_rows_2_3_image_bombs_are_refused_from_the_header_with_small_peak_memory(tmp_path: Path, make) -> None:
+    bomb = make(tmp_path / ("bomb.tif" if make is tiled_tiff_bomb else "strip.png"))
+    assert bomb.stat().st_size < 50_000
+    result = peak_of_loading(bomb)
+    assert result["message"] and "refused before decoding" in result["message"], result
+    assert result["peak_kb"] < 64 * 1024, result  # nothing decoded: well under 64 MB over the interpreter
+
+
+def test_rows_2_3_every_path_refuses_bombs_with_one_line(tmp_path: Path, default_limits, capsys, live_upload) -> None:
+    from engine.cli import main
+    from engine.data.images import probe_image
+
+    tiff = tiled_tiff_bomb(tmp_path / "bomb.tif")
+    png = strip_png(tmp_path / "strip.png")
+    for bomb in (tiff, png):
+        assert not probe_image(bomb).ok and "refused before decoding" in probe_image(bomb).problem
+        capsys.readouterr()
+        code = main(["query", "--image", str(bomb), "--index", str(tmp_path / "no-index")])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip() and " 127.0.0.1 " not in line]  # access log
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
+        assert "refused before decoding" in lines[0] and "Traceback" not in err
+        status, payload = post(live_upload, bomb.read_bytes(), "image/png")
+        assert status == 413 and "refused before decoding" in payload["error"], payload
+    assert healthy(live_upload)
+
+
+def test_rows_2_3_max_image_pixels_is_configurable(tmp_path: Path, default_limits, capsys) -> None:
+    from PIL import Image
+
+    from engine.data.images import load_rgb
+    from engine.errors import DataError
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    assert load_rgb(small).size == (40, 30)
+    default_limits.configure(1000)
+    with pytest.raises(default_limits.ImageTooLarge, match=r"1,200 pixels, over the limit of 1,000"):
+        load_rgb(small)
+    assert default_limits.limits().max_pixels == 1000
+    with pytest.raises(DataError, match="positive"):
+        default_limits.configure(0)
+
+
+@pytest.fixture()
+def live_upload():
+    """A server whose fake engine decodes uploads the way QueryEngine does (image bytes → load_rgb)."""
+    from engine.query.engine import QueryEngine
+    from engine.query.http_pool import ServerLimits
+    from engine.query.server import serve_in_thread
+
+    class DecodingEngine(FakeEngine):
+        def search(self, request):
+            if request.is_image:
+                QueryEngine.load_query_image(self, request)
+            return super().search(request)
+
+    server, thread = serve_in_thread(DecodingEngine(), limits=ServerLimits(workers=2))
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from engine.data.image_guard import MAX_PIXELS_HELP
 from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, RerankOptions
 
 _DEFAULTS = RerankOptions()
@@ -36,9 +37,11 @@ def query_command(
     model: Optional[str] = typer.Option(None, "--model", help="Model folder (default: the index's)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="Old name of --model."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
     from engine import preflight
+    from engine.data.image_guard import configure
     from engine.query.request import QueryRequest, validate_request
     from engine.query.output import print_json, print_table
 
@@ -48,6 +51,7 @@ def query_command(
                            where=where, rerank=rerank, rerank_depth=rerank_depth, options=options)
     # everything that can be checked before the (slow) model load answers at once
     validate_request(request)
+    configure(max_image_pixels)
     preflight.check_device(device)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
@@ -116,10 +120,13 @@ def serve_command(
         "local", "--shard-backend", help="How a sharded faiss index (engine index --faiss-shards N) is served: local "
         "(faiss IndexShards in this process) or ray (one Ray actor per shard, top-k merged here)."),
     ray: str = typer.Option("auto", "--ray", help="With --shard-backend ray: auto (local cluster) or HOST:PORT."),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP +
+                                                   " Uploads over it are answered 413."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from encoders.query_text import TEXT_ENCODER_KINDS
     from engine import preflight
+    from engine.data.image_guard import configure
     from engine.errors import ConfigError
     from engine.query.access import check_exposure
     from engine.query.server import make_server, serve_forever
@@ -128,6 +135,7 @@ def serve_command(
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
     preflight.check_device(device)
+    configure(max_image_pixels)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
     check_exposure(host, token, insecure)

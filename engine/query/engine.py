@@ -117,7 +117,7 @@ class QueryEngine:
             try:
                 return load_rgb(handle.name)
             except DataError as error:
-                raise DataError("uploaded image: " + str(error).replace(handle.name, "").lstrip(": ")) from None
+                raise type(error)("uploaded image: " + str(error).replace(handle.name, "").lstrip(": ")) from None
 
     def encode_pixels(self, pixels) -> np.ndarray:
         return self.run_model(lambda: self.model.encode_image(pixels.to(self.device)).float().cpu().numpy())

@@ -145,8 +145,8 @@ class QueryHandler(PooledRequestHandler):
             status, kind, payload = route()
         except (BadRequest, BodyError) as error:
             status, kind, payload = error.status, "application/json", {"error": str(error)}
-        except EngineError as error:
-            status, kind, payload = 400, "application/json", {"error": str(error)}
+        except EngineError as error:  # an image over the size limits is 413 (engine.data.image_guard)
+            status, kind, payload = getattr(error, "http_status", 400), "application/json", {"error": str(error)}
         except Exception as error:  # noqa: BLE001 -- a server answers, logs and keeps serving
             self.log_message("internal error: %r", error)
             status, kind, payload = 500, "application/json", {"error": f"internal error: {type(error).__name__}"}
