@@ -296,3 +296,110 @@ def live_upload():
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
+
+
+# ---- rows 4 and 7: filters with a time budget, and no clause after the condition -------------------------------
+PATHOLOGICAL = "regexp_matches(captions::VARCHAR, '([^x]{1,100}[^y]{1,100}){1,9}q')"
+WINDOW_GAP = "1=1) WINDOW w AS (ORDER BY getenv('HOME')"
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("faiss")
+    from query_fixtures import build_query_index
+
+    from engine.query.engine import QueryEngine
+    from engine.query.server import serve_in_thread
+
+    index_dir, _, _ = build_query_index(tmp_path_factory.getbasetemp() / "query-index")
+    engine = QueryEngine(index_dir, device="cpu")
+    server, thread = serve_in_thread(engine)
+    yield server.server_address[1], index_dir, engine
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+    engine.close()
+
+
+def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict, float]:
+    began = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), time.perf_counter() - began
+    finally:
+        connection.close()
+
+
+def test_row4_a_pathological_regex_fails_alone_and_fast(real_server) -> None:
+    import threading
+    from urllib.parse import quote
+
+    port = real_server[0]
+    outcome: dict = {}
+    slow = threading.Thread(target=lambda: outcome.update(slow=get(port, f"/query?q=river&where={quote(PATHOLOGICAL)}")))
+    slow.start()
+    time.sleep(0.05)
+    status, payload, elapsed = get(port, "/query?q=farm&k=2&where=" + quote("split = 'test'"))
+    slow.join(timeout=60)
+    assert status == 200 and len(payload["results"]) == 2 and elapsed < 2.0, (status, payload, elapsed)
+    status, payload, elapsed = outcome["slow"]
+    assert status == 400 and "too complex" in payload["error"] and elapsed < 2.0, outcome
+
+
+def test_row4_the_watchdog_interrupts_a_slow_filter_and_others_still_run() -> None:
+    """A filter slow over many rows (no regex at all) stops at its budget; a second cursor is not held up."""
+    import threading
+
+    import duckdb
+
+    from indexing.filter_guard import FilterTimeout
+    from indexing.sql_filter import run_filter
+
+    connection = duckdb.connect()
+    connection.execute("CREATE VIEW query_images AS SELECT range AS image_id, 'tile ' || range::VARCHAR AS label "
+                       "FROM range(1000000000)")
+    columns = ["image_id", "label"]
+    other: dict = {}
+
+    def quick() -> None:
+        began = time.perf_counter()
+        cursor = connection.cursor()  # the same database, its own cursor: not held by the slow one
+        other["ids"] = [row[0] for row in cursor.execute("SELECT image_id FROM query_images LIMIT 2").fetchall()]
+        other["elapsed"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    runner = threading.Timer(0.1, quick)
+    runner.start()
+    with pytest.raises(FilterTimeout, match=r"ran longer than its 0\.5 s budget"):
+        run_filter(connection.cursor(), "label LIKE '%zz%'", columns, budget_s=0.5)
+    stopped = time.perf_counter() - began
+    runner.join(timeout=30)
+    assert stopped < 2.0, stopped
+    assert other["ids"] == [0, 1] and other["elapsed"] < 1.0, other
+
+
+def test_row4_filter_timeout_flag_is_checked(capsys) -> None:
+    from engine.cli import main
+
+    code = main(["query", "river", "--filter-timeout", "-1", "--index", "no-such-index"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--filter-timeout" in err
+
+
+def test_row7_window_clause_after_the_condition_is_refused(real_server, capsys) -> None:
+    from urllib.parse import quote
+
+    from engine.cli import main
+
+    port, index_dir, engine = real_server
+    status, payload, _ = get(port, "/query?q=river&where=" + quote(WINDOW_GAP))
+    assert status == 400 and "closes more than the condition opened" in payload["error"], payload
+    capsys.readouterr()
+    code = main(["query", "river", "--index", str(index_dir), "--where", WINDOW_GAP])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and " 127.0.0.1 " not in line]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "HOME" not in lines[0].split("'")[0]
+    # a balanced condition with parentheses and a ')' inside a string still works
+    assert engine.store.filter_ids("(split = 'test' OR label = 'a)b') AND (image_id >= 0)").size > 0

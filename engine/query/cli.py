@@ -9,6 +9,10 @@ import typer
 
 from engine.data.image_guard import MAX_PIXELS_HELP
 from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, RerankOptions
+from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S
+
+FILTER_TIMEOUT_HELP = ("Seconds a --where filter may run before it is interrupted and fails with one line "
+                       "(0: no limit).")
 
 _DEFAULTS = RerankOptions()
 
@@ -38,6 +42,7 @@ def query_command(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="Old name of --model."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
+    filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout", help=FILTER_TIMEOUT_HELP),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
     from engine import preflight
@@ -52,6 +57,7 @@ def query_command(
     # everything that can be checked before the (slow) model load answers at once
     validate_request(request)
     configure(max_image_pixels)
+    _check_filter_timeout(filter_timeout)
     preflight.check_device(device)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
@@ -61,7 +67,7 @@ def query_command(
         preflight.check_output_file(html_out, "--html")
     if index is not None:
         _check_index_folder(index)
-    engine = _open_engine(index, checkpoint=checkpoint, device=device)
+    engine = _open_engine(index, checkpoint=checkpoint, device=device, filter_budget_s=filter_timeout)
     try:
         result = engine.search(request)
     finally:
@@ -74,6 +80,13 @@ def query_command(
         print_json(result)
     else:
         print_table(result)
+
+
+def _check_filter_timeout(seconds: float) -> None:
+    from engine.errors import ConfigError
+
+    if not seconds >= 0:  # also NaN
+        raise ConfigError(f"--filter-timeout must be 0 (no limit) or a number of seconds, got {seconds}")
 
 
 def _check_index_folder(index: Path) -> None:
@@ -122,6 +135,8 @@ def serve_command(
     ray: str = typer.Option("auto", "--ray", help="With --shard-backend ray: auto (local cluster) or HOST:PORT."),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP +
                                                    " Uploads over it are answered 413."),
+    filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout",
+                                         help=FILTER_TIMEOUT_HELP + " Over it: HTTP 400."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from encoders.query_text import TEXT_ENCODER_KINDS
@@ -136,6 +151,7 @@ def serve_command(
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
     preflight.check_device(device)
     configure(max_image_pixels)
+    _check_filter_timeout(filter_timeout)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
     check_exposure(host, token, insecure)
@@ -145,7 +161,7 @@ def serve_command(
     server = make_server(None, host, port, token.strip() if token else None)
     try:
         engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder,
-                              shard_backend=shard_backend, ray_address=ray)
+                              shard_backend=shard_backend, ray_address=ray, filter_budget_s=filter_timeout)
     except BaseException:
         server.server_close()
         raise

@@ -35,7 +35,8 @@ class QueryEngine:
     checked against the eager model at build time and falls back to it."""
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
-                 text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto") -> None:
+                 text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto",
+                 filter_budget_s: float | None = None) -> None:
         import encoders
         from engine.devices import resolve_device
         from engine.query.metadata import MetadataStore
@@ -70,6 +71,7 @@ class QueryEngine:
             raise
         self.transform = self.model.image_transform(train=False)
         self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
+        self.store.filter_budget_s = filter_budget_s
         self._captions = None
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
@@ -124,11 +126,16 @@ class QueryEngine:
 
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, request: QueryRequest) -> QueryResult:
-        """Answer one request; the whole search runs on the model thread (torch transforms, encoding, rerank)."""
+        """Answer one request. The ``--where`` filter runs first on the calling thread (its own DuckDB cursor,
+        within its time budget), so a slow filter never holds the model thread; the rest of the search runs on
+        the model thread (torch transforms, encoding, rerank)."""
         validate_request(request)
-        return self.run_model(self._search, request)
+        began = time.perf_counter()
+        allowed = self.store.filter_ids(request.where) if request.where is not None else None
+        filtered_ms = (time.perf_counter() - began) * 1000
+        return self.run_model(self._search, request, allowed, filtered_ms)
 
-    def _search(self, request: QueryRequest) -> QueryResult:
+    def _search(self, request: QueryRequest, allowed=None, filtered_ms: float = 0.0) -> QueryResult:
         started = time.perf_counter()
         result = QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
                              rerank=request.rerank)
@@ -142,9 +149,8 @@ class QueryEngine:
             vector = self.encode_text(request.text or "", result.notes)
         encoded = time.perf_counter()
         result.timings_ms["encode"] = (encoded - started) * 1000
-        allowed = None
         if request.where is not None:
-            allowed = self.store.filter_ids(request.where)
+            result.timings_ms["filter"] = filtered_ms
             if len(allowed) == 0:
                 result.notes.append(f"no image matches --where {request.where!r}: nothing to search")
                 return result
@@ -152,7 +158,7 @@ class QueryEngine:
             self._search_captions(vector, request, allowed, result)
         else:
             self._search_images(vector, pixels, request, allowed, result)
-        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000 + filtered_ms
         return result
 
     def _clamped_k(self, request: QueryRequest, available: int, what: str, result: QueryResult) -> int:
