@@ -403,3 +403,89 @@ def test_row7_window_clause_after_the_condition_is_refused(real_server, capsys) 
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "HOME" not in lines[0].split("'")[0]
     # a balanced condition with parentheses and a ')' inside a string still works
     assert engine.store.filter_ids("(split = 'test' OR label = 'a)b') AND (image_id >= 0)").size > 0
+
+
+# ---- row 9: CLI mistakes are one line, and nothing is half-written ---------------------------------------------
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and " 127.0.0.1 " not in line
+             and not line.startswith(("note:", "encoding", "index "))]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_row9_non_utf8_query_text_is_one_line(real_server, capsys) -> None:
+    from engine.cli import main
+
+    capsys.readouterr()
+    code = main(["query", "r\udcffiver", "--index", str(real_server[1])])  # what Python makes of argv b"r\xffiver"
+    assert code == 2 and "not valid UTF-8" in one_error_line(capsys.readouterr().err)
+
+
+def test_row9_a_faiss_factory_that_cannot_train_fails_before_anything_is_written(real_server, tmp_path: Path,
+                                                                                 capsys) -> None:
+    from engine.cli import main
+
+    data_dir = real_server[1].parent / "data"
+    model_dir = real_server[1].parent / "model"
+    out = tmp_path / "new-index"
+    capsys.readouterr()
+    began = time.perf_counter()
+    code = main(["index", str(data_dir), "--out", str(out), "--model", str(model_dir), "--index", "IVF99999999,PQ1"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "99999999 IVF lists" in line and time.perf_counter() - began < 30
+    assert not out.exists()
+
+
+def test_row9_indexing_a_folder_full_of_special_files_is_one_line(tmp_path: Path, capsys) -> None:
+    from engine.cli import main
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc")
+    out = tmp_path / "proc-index"
+    code = main(["index", "/proc", "--out", str(out)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code != 0 and "/proc" in line and not out.exists()
+
+
+def test_row9_an_unlistable_entry_is_not_an_image(tmp_path: Path, monkeypatch) -> None:
+    """What /proc/1/cwd does as a non-root user: examining the entry raises PermissionError."""
+    from engine.data.common import is_folder, is_image_file, list_image_files
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    monkeypatch.setattr(Path, "stat", refuse)
+    assert not is_image_file(tmp_path / "a.png") and not is_folder(tmp_path)
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    assert list_image_files(tmp_path) == []
+
+
+# ---- row 10: control characters in file names ---------------------------------------------------------------
+def hostile_result():
+    from engine.query.request import Hit, QueryResult
+
+    result = QueryResult(query="river", target="images", k=2, where=None, rerank="none")
+    result.hits = [Hit(1, 0.9, 0.9, 7, "/data/evil\x1b[2J\x1b]0;pwned\x07.png", "test", "farm\x1b[31m", ["a\nb [red]x[/]"]),
+                   Hit(2, 0.8, 0.8, 8, "/data/two\nlines.png", "test", "farm", ["c"])]
+    return result
+
+
+def test_row10_control_characters_are_escaped_in_the_table(capsys) -> None:
+    from engine.query.output import print_table
+
+    print_table(hostile_result())
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "\\x1b[2J" in out.replace("\n", "").replace("│", "").replace(" ", "")
+    rows = [line for line in out.splitlines() if line.lstrip().startswith("│") and line.strip("│ ")]
+    assert sum(1 for line in rows if line.strip("│ ").split("│")[0].strip() in ("1", "2")) == 2, out
+    assert "[red]" in out  # shown, not taken as markup
+
+
+def test_row10_control_characters_are_escaped_in_the_gallery() -> None:
+    from engine.query.gallery import render_gallery
+
+    page = render_gallery(hostile_result())
+    assert "\x1b" not in page and "\x07" not in page and "/data/two\nlines" not in page
+    assert "evil\\x1b[2J" in page and "two\\nlines" in page
