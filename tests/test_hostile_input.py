@@ -193,13 +193,17 @@ def strip_png(path: Path, width: int = 100000, height: int = 5) -> Path:
 @pytest.fixture()
 def default_limits(monkeypatch):
     """The image limits back to their defaults, and back to what they were after the test."""
+    import importlib
+
     from PIL import Image
 
-    import engine.data.image_guard as guard
-
-    monkeypatch.setattr(guard, "_configured", None)
-    monkeypatch.delenv(guard.MAX_PIXELS_ENV, raising=False)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.delenv("ENGINE_MAX_IMAGE_PIXELS", raising=False)
+    try:
+        guard = importlib.import_module("engine.data.image_guard")
+    except ImportError:  # code without the guard: the tests then show what it does without one
+        return None
+    monkeypatch.setattr(guard, "_configured", None)
     return guard
 
 
