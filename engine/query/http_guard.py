@@ -13,7 +13,8 @@ same way, and everything else is answered 400 before a worker sees it:
   starting with a space or tab) is refused;
 * ``Content-Length`` appears at most once and is 1 to 15 ASCII digits; with ``Transfer-Encoding`` it is refused.
 
-Body parsers: ``load_json_object`` (finite numbers only, bounded nesting, no lone surrogates) and
+Body parsers: ``load_json_object`` (finite numbers only, nesting bounded by the parser's recursion limit, no
+lone surrogates) and
 ``multipart_image`` (at most ``MAX_MULTIPART_PARTS`` parts, counted on the raw bytes before any parsing).
 """
 
@@ -25,7 +26,6 @@ import re
 from dataclasses import dataclass
 
 MAX_MULTIPART_PARTS = 16
-MAX_JSON_DEPTH = 32
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(rb"[0-9]{1,15}")
 _BAD_HEAD_BYTE = re.compile(rb"[^\t\r\n\x20-\x7e]")
@@ -138,9 +138,6 @@ def load_json_object(body: bytes) -> dict:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BodyError(400, f"malformed JSON body: not UTF-8 (byte {error.start})") from None
-    depth = _nesting_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise BodyError(400, f"malformed JSON body: nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
                              parse_int=_bounded_int)
@@ -152,31 +149,6 @@ def load_json_object(body: bytes) -> dict:
         raise BodyError(400, "the JSON body must be an object such as {\"q\": \"airport\", \"k\": 10}")
     _check_text(payload)
     return payload
-
-
-def _nesting_depth(text: str) -> int:
-    """Bracket depth outside strings (cheap upper bound, run before the recursive parser)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for character in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif character == "\\":
-                escaped = True
-            elif character == '"':
-                in_string = False
-        elif character == '"':
-            in_string = True
-        elif character in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_JSON_DEPTH:
-                    return deepest
-        elif character in "]}":
-            depth -= 1
-    return deepest
 
 
 def _check_text(node) -> None:
