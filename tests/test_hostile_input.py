@@ -342,7 +342,8 @@ def test_row4_a_pathological_regex_fails_alone_and_fast(real_server) -> None:
 
     port = real_server[0]
     outcome: dict = {}
-    slow = threading.Thread(target=lambda: outcome.update(slow=get(port, f"/query?q=river&where={quote(PATHOLOGICAL)}")))
+    slow_path = f"/query?q=river&where={quote(PATHOLOGICAL)}"
+    slow = threading.Thread(target=lambda: outcome.update(slow=get(port, slow_path)))
     slow.start()
     time.sleep(0.05)
     status, payload, elapsed = get(port, "/query?q=farm&k=2&where=" + quote("split = 'test'"))
@@ -470,7 +471,8 @@ def hostile_result():
     from engine.query.request import Hit, QueryResult
 
     result = QueryResult(query="river", target="images", k=2, where=None, rerank="none")
-    result.hits = [Hit(1, 0.9, 0.9, 7, "/data/evil\x1b[2J\x1b]0;pwned\x07.png", "test", "farm\x1b[31m", ["a\nb [red]x[/]"]),
+    result.hits = [Hit(1, 0.9, 0.9, 7, "/data/evil\x1b[2J\x1b]0;pwned\x07.png", "test", "farm\x1b[31m",
+                       ["a\nb [red]x[/]"]),
                    Hit(2, 0.8, 0.8, 8, "/data/two\nlines.png", "test", "farm", ["c"])]
     return result
 

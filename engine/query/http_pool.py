@@ -22,12 +22,12 @@ dispatcher. So an idle connection costs a file descriptor, never a worker. Limit
 
 Every answer the server makes itself (408, 431, 503, 400 for a malformed head, 501 for an unknown method) is
 JSON ``{"error": ...}``, like the handler's own; an unexpected exception while reading or answering one
-connection is one log line and a 500 for that client, never the end of the dispatcher or a worker. Each request produces one access-log line on stderr with a UTC
-timestamp, client, request line, status, bytes and milliseconds; a client that disconnects early is one log
-line, never a traceback.
+connection is one log line and a 500 for that client, never the end of the dispatcher or a worker. Each request
+produces one access-log line on stderr with a UTC timestamp, client, request line, status, bytes and
+milliseconds; a client that disconnects early is one log line, never a traceback.
 
-The strict request framing is ``engine.query.http_guard``, the socket helpers ``engine.query.http_wire``; the handler base class that runs on a
-worker is ``engine.query.http_handler.PooledRequestHandler``.
+The strict request framing is ``engine.query.http_guard``, the socket helpers ``engine.query.http_wire``; the
+handler base class that runs on a worker is ``engine.query.http_handler.PooledRequestHandler``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,11 @@ class PooledHTTPServer:
         self.selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         try:
             while not self._stop.is_set():
-                self._loop_once()
+                try:
+                    self._loop_once()
+                except Exception as error:  # noqa: BLE001 -- last line of defence: the loop must go on
+                    log_line(f"dispatcher error: {type(error).__name__}: {printable(str(error))}")
+                    time.sleep(0.01)
         finally:
             for key in list(self.selector.get_map().values()):
                 self.selector.unregister(key.fileobj)
@@ -328,7 +332,13 @@ class PooledHTTPServer:
             _, _, connection, raw = self._jobs.get()
             if connection is None:
                 return
-            self._work(connection, raw)
+            try:
+                self._work(connection, raw)
+            except Exception as error:  # noqa: BLE001 -- a worker thread must outlive any one request
+                log_line(f"{connection.client} worker error: {type(error).__name__}: {printable(str(error))}")
+                with self._lock:
+                    self._open.discard(connection)
+                close_quietly(connection.sock)
 
     def _work(self, connection: Connection, raw: bytes) -> None:
         with self._lock:
