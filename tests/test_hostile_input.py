@@ -495,3 +495,12 @@ def test_row10_control_characters_are_escaped_in_the_gallery() -> None:
     page = render_gallery(hostile_result())
     assert "\x1b" not in page and "\x07" not in page and "/data/two\nlines" not in page
     assert "evil\\x1b[2J" in page and "two\\nlines" in page
+
+
+def test_row3_a_strip_within_the_side_limit_is_refused_by_its_aspect_ratio(tmp_path: Path, default_limits) -> None:
+    from engine.data.images import load_rgb
+    from engine.errors import DataError
+
+    strip = strip_png(tmp_path / "strip.png", width=30000, height=5)  # 150,000 pixels, a side under 32,768
+    with pytest.raises(DataError, match=r"aspect ratio of 6000:1.*refused|refused.*aspect ratio of 6000:1"):
+        load_rgb(strip)
