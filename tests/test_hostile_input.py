@@ -504,3 +504,29 @@ def test_row3_a_strip_within_the_side_limit_is_refused_by_its_aspect_ratio(tmp_p
     strip = strip_png(tmp_path / "strip.png", width=30000, height=5)  # 150,000 pixels, a side under 32,768
     with pytest.raises(DataError, match=r"aspect ratio of 6000:1.*refused|refused.*aspect ratio of 6000:1"):
         load_rgb(strip)
+
+
+def test_row4_a_slow_filter_does_not_hold_other_searches(real_server, monkeypatch) -> None:
+    """The filter runs on the request's own thread, not the model thread every search shares: while one
+    filter takes 2 s, a query without a filter still answers at once."""
+    import threading
+    from urllib.parse import quote
+
+    port, _, engine = real_server
+    original = engine.store.filter_ids
+
+    def slow_filter(where: str):
+        time.sleep(2.0)
+        return original(where)
+
+    monkeypatch.setattr(engine.store, "filter_ids", slow_filter)
+    get(port, "/query?q=warm&k=1")
+    outcome: dict = {}
+    slow = threading.Thread(target=lambda: outcome.update(slow=get(port, "/query?q=river&where="
+                                                                        + quote("split = 'test'"))))
+    slow.start()
+    time.sleep(0.3)
+    status, payload, elapsed = get(port, "/query?q=farm&k=2")
+    slow.join(timeout=30)
+    assert status == 200 and len(payload["results"]) == 2 and elapsed < 1.0, (status, elapsed)
+    assert outcome["slow"][0] == 200
