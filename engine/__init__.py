@@ -14,16 +14,20 @@ __version__ = "0.1.0"
 __all__ = ["EngineError", "Index", "load_model", "open"]
 
 
-def open(index=None, *, model=None, device="auto", text_encoder="eager", batch=False):  # noqa: A001
+def open(index=None, *, model=None, device="auto", text_encoder="eager", batch=False,  # noqa: A001
+         filter_timeout=None):
     """Open an index folder for searching: an ``engine.Index`` (a context manager; ``close()`` releases it).
 
     ``index``: the folder (None: this project's last index, else the default one, named on stderr);
     ``model``: a model name or folder overriding the index's own (it must be the same model); ``device``:
     auto | cpu | cuda; ``text_encoder``: eager, or a compiled kind of ``engine serve --text-encoder`` (a few
-    seconds more to open, less per query); ``batch``: encode queries from concurrent threads together."""
+    seconds more to open, less per query); ``batch``: encode queries from concurrent threads together;
+    ``filter_timeout``: seconds a ``where`` filter may run (``engine query --filter-timeout``; None: its
+    default, 0: no limit)."""
     from engine.query.api import open_index
 
-    return open_index(index, model=model, device=device, text_encoder=text_encoder, batch=batch)
+    return open_index(index, model=model, device=device, text_encoder=text_encoder, batch=batch,
+                      filter_timeout=filter_timeout)
 
 
 def load_model(name=None):

@@ -32,6 +32,10 @@ def run_app(typer_app: "typer.Typer", argv: list[str] | None, prog_name: str) ->
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # the environment refused (permissions, a special file): one line, not a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -260,8 +260,8 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
         model.set_test_time_views(options.test_time_views)
     views = model.config.vision.test_time_views
     fingerprint, dim = model.fingerprint(), int(model.config.embed_dim)
-    if options.factory:
-        validate_factory(options.factory, dim)
+    if options.factory:  # before anything is written: nothing half-built for a factory that cannot train
+        validate_factory(options.factory, dim, None if options.append else len(dataset.images))
     manifest = _prepare_out(options, fingerprint, views)
     out = options.out
     for folder in (out, out / SHARDS_DIR, out / TEXT_SHARDS_DIR, out / PLAN_DIR):

@@ -154,14 +154,40 @@ def _params_for(factory: str, count: int) -> dict[str, int]:
     return params
 
 
-def validate_factory(factory: str, dim: int) -> None:
-    """Construct the factory string once so a typo fails before any encoding; one-line ConfigError."""
+def validate_factory(factory: str, dim: int, count: int | None = None) -> None:
+    """Construct the factory string once so a typo fails before any encoding; one-line ConfigError.
+
+    With ``count`` (the vectors a fresh build will train on) also refuse what would only fail after encoding:
+    more IVF lists than vectors, or fewer vectors than a product quantizer's 2^nbits centroids."""
     import faiss
 
     try:
-        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
         lines = str(error).strip().splitlines() or ["unknown faiss error"]
         reason = lines[-1].rsplit(": ", 1)[-1]  # drop faiss's C++ source location prefix
         raise ConfigError(f"--index {factory!r} is not a valid faiss factory string for dim {dim}: "
                           f"{reason.strip()}") from None
+    if count is None:
+        return
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.nlist > count:
+        raise ConfigError(f"--index {factory!r}: {ivf.nlist} IVF lists need at least as many vectors to train, "
+                          f"and this build has {count}; use IVF{max(1, ivf_nlist(count))} or fewer lists")
+    quantizer = _product_quantizer(faiss, index)
+    if quantizer is not None and quantizer.ksub > count:
+        raise ConfigError(f"--index {factory!r}: its product quantizer trains {quantizer.ksub} centroids and this "
+                          f"build has only {count} vectors")
+
+
+def _product_quantizer(faiss, index):
+    """The ``pq`` of an index or of the index it wraps (IDMap), if any."""
+    for _ in range(3):
+        index = faiss.downcast_index(index)
+        if hasattr(index, "pq"):
+            return index.pq
+        inner = getattr(index, "index", None)
+        if inner is None:
+            return None
+        index = inner
+    return None

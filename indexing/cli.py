@@ -10,6 +10,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from engine.data.image_guard import MAX_PIXELS_HELP
 from indexing.choose import DEFAULT_MEMORY_BUDGET
 
 DEFAULT_SIGMA = 0.2
@@ -74,10 +75,14 @@ def build_command(
         None, "--ray-workers", help="Ray encoder actors, one model each (default: one per GPU, else one per 4 CPUs)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp DATA_DIR (default: "
                                           "RSICD_images/, images/ or the folder itself)."),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
+    from engine.data.image_guard import configure
     from engine.data.masking import mask_options
+
+    configure(max_image_pixels)
 
     options = IndexOptions(data_dir=data_dir, out=out, model_spec=model, batch_size=batch_size, workers=workers,
                            shard_size=shard_size, device=device, factory=index, memory_budget=memory_budget,

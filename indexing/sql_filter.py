@@ -12,6 +12,8 @@ server, so three independent layers stand between it and the machine:
    IN/BETWEEN/IS NULL/CASE/CAST/COALESCE, LIKE/ILIKE/GLOB/SIMILAR TO, arithmetic and the scalar functions in
    ``ALLOWED_FUNCTIONS``. Subqueries, table functions, parameters, lambdas, ``*``, windows and aggregates are
    refused by name, so ``read_csv``/``read_text``/``read_parquet``/``glob``/``getvariable`` never run.
+   Parentheses must balance inside the condition, and regular expressions are bounded in size
+   (``indexing.filter_guard``, which also gives every filter a time budget).
 3. **Sandbox.** The catalog's connection is locked (``lock_connection``): no file access outside the index's
    own shard folders, no extension install or autoload, no spilling to a temp folder, configuration locked,
    so even a filter that slipped through layers 1-2 could not read a file or load code.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.errors import EngineError
+from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S, check_parentheses, check_regex_call, run_with_budget
 
 FILTER_VIEW = "query_images"
 FILTER_SQL = "SELECT image_id FROM " + FILTER_VIEW + " WHERE ({where}) ORDER BY image_id"
@@ -78,6 +81,7 @@ def filter_sql(connection: Any, where: str, columns: Iterable[str]) -> str:
     if len(where) > MAX_WHERE_CHARS:
         raise EngineError(f"--where is {len(where)} characters long; at most {MAX_WHERE_CHARS} are accepted")
     label = _label(where)
+    check_parentheses(where, label)
     sql = FILTER_SQL.format(where=where)
     condition = _parsed_condition(connection, sql, where, label)
     allowed = {name.lower() for name in columns}
@@ -85,13 +89,15 @@ def filter_sql(connection: Any, where: str, columns: Iterable[str]) -> str:
     return sql
 
 
-def run_filter(cursor: Any, where: str, columns: Iterable[str]) -> list[int]:
-    """Image ids matching ``where``, ascending; one ``EngineError`` line for any problem, never DuckDB's values."""
+def run_filter(cursor: Any, where: str, columns: Iterable[str],
+               budget_s: float | None = DEFAULT_FILTER_BUDGET_S) -> list[int]:
+    """Image ids matching ``where``, ascending; one ``EngineError`` line for any problem, never DuckDB's values.
+    The statement is interrupted after ``budget_s`` seconds (``indexing.filter_guard``)."""
     import duckdb
 
     sql = filter_sql(cursor, where, columns)
     try:
-        return [row[0] for row in cursor.execute(sql).fetchall()]
+        return run_with_budget(cursor, sql, budget_s, _label(where))
     except (duckdb.BinderException, duckdb.CatalogException) as error:
         raise EngineError(f"{_label(where)}: invalid SQL condition: {_compile_message(error)}") from None
     except duckdb.ConversionException:
@@ -183,6 +189,7 @@ def _check_condition(condition: dict, allowed: set[str], label: str, columns: li
                     or node.get("filter") or node.get("distinct") or (node.get("order_bys") or {}).get("orders")):
                 raise EngineError(f"{label}: function {name!r} is not allowed in a filter; use comparisons, "
                                   "AND/OR/NOT, IN, BETWEEN, LIKE, IS NULL and simple text/list functions")
+            check_regex_call(node, label)
         elif kind == "SUBQUERY":
             raise EngineError(f"{label}: subqueries are not allowed in a filter; compare the catalog's columns "
                               "with values")

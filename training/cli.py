@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from engine.data.image_guard import MAX_PIXELS_HELP
 from engine.errors import ConfigError
 
 
@@ -76,9 +77,13 @@ def train_command(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp DATA (one DATA; in a "
                                           "mix file, each dataset's 'images')."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
 ) -> None:
     """Train the PIR retrieval model; keeps the best checkpoint by val mR."""
     from engine.data import load_dataset
+    from engine.data.image_guard import configure
+
+    configure(max_image_pixels)  # exported to the environment: data-loader workers inherit it
     from training.train_config import TrainConfig
     from training.mix import load_mix, mix_from_arguments
     from training.train import train

@@ -35,12 +35,31 @@ def read_json(path: Path) -> Any:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its name, and a regular file (an entry that cannot even be examined is not one)."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        return False
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def is_folder(path: Path) -> bool:
+    """A folder (one that cannot even be examined, e.g. a process's ``cwd`` under ``/proc``, is not)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def list_image_files(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, in natural order (``2.jpg`` before ``10.jpg``)."""
-    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=natural_key)
+    """Image files directly inside ``folder``, in natural order (``2.jpg`` before ``10.jpg``); a folder that
+    cannot be listed has none."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    return sorted((p for p in entries if is_image_file(p)), key=natural_key)
 
 
 def natural_key(path: Path) -> tuple[Any, ...]:

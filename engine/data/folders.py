@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.data.common import check_image_files, list_image_files
+from engine.data.common import check_image_files, is_folder, list_image_files
 from engine.data.labels import label_from_filename
 from engine.data.model import Dataset, ImageRecord
 from engine.data.problems import ProblemLog
@@ -22,7 +22,11 @@ from engine.errors import DataError
 
 def class_folders(root: Path) -> list[Path]:
     """Sub-folders of ``root`` that directly contain at least one image, sorted by name."""
-    folders = [path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")]
+    try:
+        entries = list(root.iterdir())
+    except OSError as error:
+        raise DataError(f"{root}: cannot list the folder ({error.strerror or error})") from None
+    folders = [path for path in entries if not path.name.startswith(".") and is_folder(path)]
     return sorted((folder for folder in folders if list_image_files(folder)), key=lambda path: path.name)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from engine.data.image_guard import ImageTooLarge, open_image, read_tiff, tiff_page_size
 from engine.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
@@ -33,6 +34,7 @@ _MAX_8BIT = 255.0
 _RGB_BANDS = 3
 _BITS_8 = 8
 _TIFF_BITS_PER_SAMPLE = 258  # TIFF tag number
+_STRETCH_BLOCK = 1 << 20  # samples converted to float64 at a time
 # PIL's reading errors: OSError (truncated/corrupt), SyntaxError (broken PNG chunks), ValueError/TypeError
 # (bad headers), EOFError (short GIF/TIFF), DecompressionBombError (absurd declared size).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, Image.DecompressionBombError)
@@ -67,17 +69,29 @@ def _check_file(path: Path) -> None:
 
 
 def _stretch_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Linear min..max stretch of a whole array to uint8 (see module docstring for why not the dtype max)."""
-    values = array.astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(array.shape, dtype=np.uint8)
-    low, high = float(values[finite].min()), float(values[finite].max())
-    values = np.where(finite, values, low)
+    """Linear min..max stretch of a whole array to uint8 (see module docstring for why not the dtype max).
+
+    Worked in row blocks: a float64 copy of the whole array would be 8 bytes per sample at once."""
+    floating = np.issubdtype(array.dtype, np.floating)
+    if floating:
+        finite = np.isfinite(array)
+        if not finite.any():
+            return np.zeros(array.shape, dtype=np.uint8)
+        low = float(np.min(array, where=finite, initial=np.inf))
+        high = float(np.max(array, where=finite, initial=-np.inf))
+    else:
+        low, high = float(array.min()), float(array.max())
+    out = np.zeros(array.shape, dtype=np.uint8)
     if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    scaled = (values - low) * (_MAX_8BIT / (high - low))
-    return np.clip(np.rint(scaled), 0, _MAX_8BIT).astype(np.uint8)
+        return out
+    step = max(1, _STRETCH_BLOCK // max(1, array[:1].size))
+    for start in range(0, array.shape[0], step):
+        values = array[start:start + step].astype(np.float64)
+        if floating:
+            values = np.where(np.isfinite(values), values, low)
+        scaled = (values - low) * (_MAX_8BIT / (high - low))
+        out[start:start + step] = np.clip(np.rint(scaled), 0, _MAX_8BIT).astype(np.uint8)
+    return out
 
 
 def _array_to_rgb(array: np.ndarray) -> Image.Image:
@@ -127,17 +141,17 @@ def _pil_drops_bits(image: Image.Image) -> bool:
 
 
 def _read_with_tifffile(path: Path) -> Image.Image:
-    import tifffile  # only needed for TIFFs PIL cannot open (multi-band 16-bit, float RGB)
-
-    return _array_to_rgb(np.asarray(tifffile.imread(path)))
+    # only needed for TIFFs PIL cannot open (multi-band 16-bit, float RGB); sizes checked from the tags first
+    return _array_to_rgb(np.asarray(read_tiff(path)))
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """The fully decoded image as 8-bit RGB; ``DataError`` naming the path for missing/empty/corrupt files."""
+    """The fully decoded image as 8-bit RGB; ``DataError`` naming the path for missing/empty/corrupt files,
+    ``ImageTooLarge`` (nothing decoded) for one whose header is over ``engine.data.image_guard``'s limits."""
     path = Path(path)
     _check_file(path)
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             if _pil_drops_bits(opened):
                 return _read_with_tifffile(path)
             opened.load()  # force a full decode: a truncated file fails here, not later inside a batch
@@ -146,6 +160,8 @@ def load_rgb(path: str | Path) -> Image.Image:
         if path.suffix.lower() in TIFF_SUFFIXES:
             try:
                 return _read_with_tifffile(path)
+            except ImageTooLarge:
+                raise
             except Exception:  # noqa: BLE001 -- report PIL's reason, which names the real problem
                 pass
         raise DataError(f"{path}: cannot decode image ({_describe(error)})") from None
@@ -168,13 +184,15 @@ def probe_image(path: str | Path, full_decode: bool = True) -> ImageProbe:
     except DataError as error:
         return ImageProbe(path=path, problem=str(error).split(": ", 1)[1])
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             if _pil_drops_bits(opened):
                 return _probe_with_tifffile(path) or ImageProbe(path=path, problem="cannot decode high bit-depth TIFF")
             width, height, mode = opened.width, opened.height, opened.mode
             if full_decode:
                 opened.load()
         return ImageProbe(path=path, width=width, height=height, mode=mode)
+    except ImageTooLarge as error:
+        return ImageProbe(path=path, problem=str(error).split(": ", 1)[1])
     except (UnidentifiedImageError, *_DECODE_ERRORS) as error:
         if path.suffix.lower() in TIFF_SUFFIXES:
             fallback = _probe_with_tifffile(path)
@@ -185,9 +203,13 @@ def probe_image(path: str | Path, full_decode: bool = True) -> ImageProbe:
 
 def _probe_with_tifffile(path: Path) -> ImageProbe | None:
     try:
-        import tifffile
-
-        array = np.asarray(tifffile.imread(path))
+        tiff_page_size(path)
+    except ImageTooLarge as error:
+        return ImageProbe(path=path, problem=str(error).split(": ", 1)[1])
+    except Exception:  # noqa: BLE001 -- caller reports PIL's reason
+        return None
+    try:
+        array = np.asarray(read_tiff(path))
     except Exception:  # noqa: BLE001 -- caller reports PIL's reason
         return None
     if array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:

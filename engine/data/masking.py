@@ -84,8 +84,10 @@ def check_masks_present(masks_dir: Path, image_paths: list[Path]) -> None:
 
 def load_mask(path: Path, width: int, height: int) -> tuple[np.ndarray, bool]:
     """Foreground boolean (H, W) for an image of ``width``×``height``; True in [1] when it had to be resized."""
+    from engine.data.image_guard import open_image
+
     try:
-        with Image.open(path) as image:
+        with open_image(Path(path)) as image:
             grey = image.convert("L")
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: unreadable mask ({error})") from None

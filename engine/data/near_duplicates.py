@@ -52,11 +52,14 @@ class Fingerprints:
 def _fingerprint(path: Path) -> tuple[int, np.ndarray]:
     from PIL import Image
 
+    from engine.data.image_guard import open_image
+    from engine.errors import DataError
+
     try:
-        with Image.open(path) as image:
+        with open_image(Path(path)) as image:
             image.draft("L", (HASH_SIDE * 2, HASH_SIDE * 2))  # JPEG: decode at a reduced scale (much faster)
             grey = image.convert("L")
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, DataError, Image.DecompressionBombError):
         return 0, np.zeros(THUMB_SIDE ** 2, np.float32)  # unreadable: a zero thumbnail confirms no match
     pixels = np.asarray(grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX), dtype=np.float64)
     frequencies = (_DCT @ pixels @ _DCT.T)[:HASH_FREQUENCIES, :HASH_FREQUENCIES].reshape(-1)[1:]

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from engine.console import table_console
+from engine.data.image_guard import MAX_PIXELS_HELP
 from engine.errors import ConfigError, DataError
 from engine.evaluation.report import (
     RECALL_KEYS,
@@ -51,10 +52,14 @@ def eval_command(
                                                   "embedding, 1-8 (default: the model's own setting)"),
     images: Optional[Path] = typer.Option(None, "--images", help="image folder of a precomp DATA_DIR (default: "
                                           "RSICD_images/, images/ or the folder itself)"),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
     from engine import preflight
+    from engine.data.image_guard import configure
+
+    configure(max_image_pixels)
 
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     if compare:

@@ -47,7 +47,7 @@ def open_engine(index: Path | str | None, **options):
 
 
 def open_index(index: Path | str | None = None, *, model: str | None = None, device: str = "auto",
-               text_encoder: str = "eager", batch: bool = False) -> "Index":
+               text_encoder: str = "eager", batch: bool = False, filter_timeout: float | None = None) -> "Index":
     """An open Index (see ``Index``); ``model`` overrides the index's own (it must be the same model)."""
     from engine import preflight
 
@@ -61,12 +61,16 @@ def open_index(index: Path | str | None = None, *, model: str | None = None, dev
 
     if text_encoder not in (*TEXT_ENCODER_KINDS, "eager"):
         raise ConfigError(f"text_encoder must be one of eager, {', '.join(TEXT_ENCODER_KINDS)}, got {text_encoder!r}")
+    if filter_timeout is not None and (isinstance(filter_timeout, bool) or not isinstance(filter_timeout, (int, float))
+                                       or not filter_timeout >= 0):
+        raise ConfigError(f"filter_timeout must be 0 (no limit) or a number of seconds, got {filter_timeout!r}")
     policy = None
     if batch:
         from engine.query.batching import BatchPolicy
 
         policy = BatchPolicy()
-    return Index(open_engine(index, checkpoint=model, device=device, text_encoder=text_encoder, batch=policy))
+    return Index(open_engine(index, checkpoint=model, device=device, text_encoder=text_encoder, batch=policy,
+                             filter_budget_s=None if filter_timeout is None else float(filter_timeout)))
 
 
 def load_model(name: str | None = None):
@@ -246,14 +250,19 @@ def _is_pil(value: Any) -> bool:
 
 
 def as_pil(value: Any, name: str):
-    """An RGB PIL image from a path, a PIL image or an array; DataError/ConfigError naming ``name`` otherwise."""
+    """An RGB PIL image from a path, a PIL image or an array; DataError/ConfigError naming ``name`` otherwise.
+
+    All three pass ``engine.data.image_guard``'s limits (``--max-image-pixels``): a file before it is decoded,
+    an image in memory before the model's resize (an extreme aspect ratio would resize to gigabytes)."""
     from PIL import Image
 
+    from engine.data.image_guard import check_size
     from engine.data.images import load_rgb, to_rgb
 
     if isinstance(value, (str, Path)):
         return load_rgb(value)
     if isinstance(value, Image.Image):
+        check_size(name, value.width, value.height)
         return to_rgb(value)
     if isinstance(value, np.ndarray):
         return _array_image(value, name)
@@ -265,6 +274,9 @@ def _array_image(array: np.ndarray, name: str):
 
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or min(array.shape[:2]) < 1:
         raise DataError(f"{name}: an image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    from engine.data.image_guard import check_size
+
+    check_size(name, array.shape[1], array.shape[0])
     if array.dtype == np.uint8:
         pixels = array
     elif np.issubdtype(array.dtype, np.floating):

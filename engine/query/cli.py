@@ -7,8 +7,13 @@ from typing import Optional
 
 import typer
 
+from engine.data.image_guard import MAX_PIXELS_HELP
 from engine.query.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, RerankOptions
+from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S
+
+FILTER_TIMEOUT_HELP = ("Seconds a --where filter may run before it is interrupted and fails with one line "
+                       "(0: no limit).")
 
 _DEFAULTS = RerankOptions()
 
@@ -37,9 +42,12 @@ def query_command(
     model: Optional[str] = typer.Option(None, "--model", help="Model folder (default: the index's)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", hidden=True, help="Old name of --model."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
+    filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout", help=FILTER_TIMEOUT_HELP),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
     from engine import preflight
+    from engine.data.image_guard import configure
     from engine.query.request import QueryRequest, validate_request
     from engine.query.output import print_json, print_table
 
@@ -49,6 +57,8 @@ def query_command(
                            where=where, rerank=rerank, rerank_depth=rerank_depth, options=options)
     # everything that can be checked before the (slow) model load answers at once
     validate_request(request)
+    configure(max_image_pixels)
+    _check_filter_timeout(filter_timeout)
     preflight.check_device(device)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
@@ -60,7 +70,7 @@ def query_command(
         _check_index_folder(index)
     from engine.query.api import Index
 
-    with Index(_open_engine(index, checkpoint=checkpoint, device=device)) as opened:
+    with Index(_open_engine(index, checkpoint=checkpoint, device=device, filter_budget_s=filter_timeout)) as opened:
         result = opened.query(request)  # what ix.search runs, as a QueryResult
     if html_out is not None:
         from engine.query.gallery import write_gallery
@@ -70,6 +80,13 @@ def query_command(
         print_json(result)
     else:
         print_table(result)
+
+
+def _check_filter_timeout(seconds: float) -> None:
+    from engine.errors import ConfigError
+
+    if not seconds >= 0:  # also NaN
+        raise ConfigError(f"--filter-timeout must be 0 (no limit) or a number of seconds, got {seconds}")
 
 
 def _check_index_folder(index: Path) -> None:
@@ -116,10 +133,15 @@ def serve_command(
                                   "encoder call."),
     batch_wait_ms: float = typer.Option(DEFAULT_MAX_WAIT_MS, "--batch-wait-ms", help="With --batch on: most "
                                         "milliseconds a batch waits for queries still being prepared."),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP +
+                                                   " Uploads over it are answered 413."),
+    filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout",
+                                         help=FILTER_TIMEOUT_HELP + " Over it: HTTP 400."),
 ) -> None:
     """Keep the model and index in memory and answer /query (JSON), / (gallery) and /healthz over HTTP."""
     from encoders.query_text import TEXT_ENCODER_KINDS
     from engine import preflight
+    from engine.data.image_guard import configure
     from engine.errors import ConfigError
     from engine.query.access import check_exposure
     from engine.query.server import make_server, serve_forever
@@ -129,6 +151,8 @@ def serve_command(
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
     policy = batch_policy(batch, batch_max, batch_wait_ms)
     preflight.check_device(device)
+    configure(max_image_pixels)
+    _check_filter_timeout(filter_timeout)
     checkpoint, model_flag = preflight.model_choice(model, checkpoint)
     preflight.check_checkpoint_folder(checkpoint, model_flag)
     check_exposure(host, token, insecure)
@@ -138,7 +162,8 @@ def serve_command(
     server = make_server(None, host, port, token.strip() if token else None)
     try:
         engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder,
-                              shard_backend=shard_backend, ray_address=ray, batch=policy)
+                              shard_backend=shard_backend, ray_address=ray, batch=policy,
+                              filter_budget_s=filter_timeout)
     except BaseException:
         server.server_close()
         raise

@@ -6,10 +6,12 @@ serialises it; faiss searches are read-only and run concurrently; DuckDB is used
 torch calls from several threads on a 2-core machine keep two pools fighting for the cores (the measured cost:
 docs/benchmarks.md, "Measurements behind design choices").
 
-With a ``batch`` policy (``engine serve``'s default) the model thread encodes waiting queries together
-(``engine.query.batching``) and the rest of a request — filter, k-NN search, metadata — runs on the request's
-own thread, concurrently with the next batch; reranking (torch) still runs on the model thread. Without one
-(``engine query``, ``engine serve --batch off``) the whole search runs on the model thread.
+The ``--where`` filter always runs first, on the request's own thread within its time budget
+(``filter_budget_s``), so a slow filter never holds the model thread or a batch. With a ``batch`` policy
+(``engine serve``'s default) the model thread then encodes waiting queries together (``engine.query.batching``)
+and the rest of a request — k-NN search, metadata — runs on the request's own thread, concurrently with the next
+batch; reranking (torch) still runs on the model thread. Without one (``engine query``, ``engine serve --batch
+off``) the rest of the search runs on the model thread.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ class QueryEngine:
     text-encoding time per query, so the warm server builds one and one-shot ``engine query`` does not. It is
     checked against the eager model at build time and falls back to it.
 
-    ``batch``: encode concurrent queries in batches (``engine.query.batching``); None encodes one at a time."""
+    ``batch``: encode concurrent queries in batches (``engine.query.batching``); None encodes one at a time.
+
+    ``filter_budget_s``: the time budget of one ``--where`` filter (``indexing.filter_guard``); None: the
+    default budget."""
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
                  text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto",
-                 batch: BatchPolicy | None = None) -> None:
+                 batch: BatchPolicy | None = None, filter_budget_s: float | None = None) -> None:
         import encoders
         from engine.devices import resolve_device
         from engine.query.metadata import MetadataStore
@@ -80,6 +85,7 @@ class QueryEngine:
             raise
         self.transform = self.model.image_transform(train=False)
         self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
+        self.store.filter_budget_s = filter_budget_s
         self._captions = None
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
@@ -155,21 +161,26 @@ class QueryEngine:
             try:
                 return load_rgb(handle.name)
             except DataError as error:
-                raise DataError("uploaded image: " + str(error).replace(handle.name, "").lstrip(": ")) from None
+                raise type(error)("uploaded image: " + str(error).replace(handle.name, "").lstrip(": ")) from None
 
     def encode_pixels(self, pixels) -> np.ndarray:
         return self.run_model(lambda: self.model.encode_image(pixels.to(self.device)).float().cpu().numpy())
 
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, request: QueryRequest) -> QueryResult:
-        """Answer one request: without batching the whole search runs on the model thread (torch transforms,
-        encoding, rerank); with it the query is encoded there in a batch and the rest runs on this thread."""
+        """Answer one request. The ``--where`` filter runs first on the calling thread (its own DuckDB cursor,
+        within its time budget), so a slow filter never holds the model thread or a batch. Without batching the
+        rest of the search runs on the model thread (torch transforms, encoding, rerank); with it the query is
+        encoded there in a batch and the rest runs on this thread."""
         validate_request(request)
+        began = time.perf_counter()
+        allowed = self.store.filter_ids(request.where) if request.where is not None else None
+        filtered_ms = (time.perf_counter() - began) * 1000
         if self.batcher is not None:
-            return self._search_batched(request)
-        return self.run_model(self._search, request)
+            return self._search_batched(request, allowed, filtered_ms)
+        return self.run_model(self._search, request, allowed, filtered_ms)
 
-    def _search_batched(self, request: QueryRequest) -> QueryResult:
+    def _search_batched(self, request: QueryRequest, allowed=None, filtered_ms: float = 0.0) -> QueryResult:
         """Encode in a batch with other requests' queries, then search on this thread (rerank: model thread)."""
         started = time.perf_counter()
         result = QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
@@ -190,10 +201,10 @@ class QueryEngine:
         result.timings_ms.update(queue=encoded.queue_ms, encode=encoded.encode_ms)
         result.encode_batch = encoded.batch_size
         if request.rerank == "none":
-            return self._search_encoded(vector, pixels, request, result, started)
-        return self.run_model(self._search_encoded, vector, pixels, request, result, started)
+            return self._search_encoded(vector, pixels, request, result, started, allowed, filtered_ms)
+        return self.run_model(self._search_encoded, vector, pixels, request, result, started, allowed, filtered_ms)
 
-    def _search(self, request: QueryRequest) -> QueryResult:
+    def _search(self, request: QueryRequest, allowed=None, filtered_ms: float = 0.0) -> QueryResult:
         started = time.perf_counter()
         result = QueryResult(query=request.describe(), target=request.target, k=request.k, where=request.where,
                              rerank=request.rerank)
@@ -206,14 +217,14 @@ class QueryEngine:
         else:
             vector = self.encode_text(request.text or "", result.notes)
         result.timings_ms["encode"] = (time.perf_counter() - started) * 1000
-        return self._search_encoded(vector, pixels, request, result, started)
+        return self._search_encoded(vector, pixels, request, result, started, allowed, filtered_ms)
 
     def _search_encoded(self, vector: np.ndarray, pixels, request: QueryRequest, result: QueryResult,
-                        started: float) -> QueryResult:
-        """Filter, k-NN search, rerank and metadata of an encoded query (either thread)."""
-        allowed = None
+                        started: float, allowed=None, filtered_ms: float = 0.0) -> QueryResult:
+        """k-NN search, rerank and metadata of an encoded query (either thread), within the ids ``allowed`` by
+        the ``--where`` filter that ``search`` ran first (``filtered_ms``: its time, counted in the total)."""
         if request.where is not None:
-            allowed = self.store.filter_ids(request.where)
+            result.timings_ms["filter"] = filtered_ms
             if len(allowed) == 0:
                 result.notes.append(f"no image matches --where {request.where!r}: nothing to search")
                 return result
@@ -221,7 +232,7 @@ class QueryEngine:
             self._search_captions(vector, request, allowed, result)
         else:
             self._search_images(vector, pixels, request, allowed, result)
-        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000 + filtered_ms
         return result
 
     def _clamped_k(self, request: QueryRequest, available: int, what: str, result: QueryResult) -> int:

@@ -1,7 +1,8 @@
 """A self-contained HTML gallery of a result: thumbnails embedded as base64 JPEG, scores, captions, the query.
 
 Everything is inline (no external CSS, scripts or image links), so the page can be mailed or opened from any
-folder. All text is HTML-escaped: captions and queries are user data.
+folder. All text is HTML-escaped, with control characters shown as escapes (``\x1b``, ``\n``): captions, queries and
+file names are user data.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import html
 import io
 from pathlib import Path
 
+from engine.query.output import visible
 from engine.query.request import QueryResult
 
 THUMB_SIDE = 224
@@ -48,7 +50,9 @@ def thumbnail_data_uri(path: str | Path | None = None, jpeg: bytes | None = None
 
 def render_gallery(result: QueryResult, form_html: str = "") -> str:
     """The whole page as a string; ``form_html`` lets the server put a search form above the results."""
-    escape = html.escape
+    def escape(text: str | None) -> str:  # control characters shown as escapes, then HTML-escaped
+        return html.escape(visible(text))
+
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>{escape(result.query)} — rs-engine results</title><style>{_STYLE}</style></head><body>",
              form_html, f"<h1>Query: {escape(result.query)}</h1>"]

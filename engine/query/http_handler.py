@@ -38,7 +38,7 @@ class PooledRequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.rfile = io.BytesIO(self.raw)
-        self.wfile = SocketWriter(self.request)
+        self.wfile = SocketWriter(self.request, self.pooled)
 
     def handle(self) -> None:
         self.close_connection = True

@@ -21,12 +21,13 @@ dispatcher. So an idle connection costs a file descriptor, never a worker. Limit
 * ``write_timeout_s``: a client that stops reading its answer is dropped.
 
 Every answer the server makes itself (408, 431, 503, 400 for a malformed head, 501 for an unknown method) is
-JSON ``{"error": ...}``, like the handler's own. Each request produces one access-log line on stderr with a UTC
-timestamp, client, request line, status, bytes and milliseconds; a client that disconnects early is one log
-line, never a traceback.
+JSON ``{"error": ...}``, like the handler's own; an unexpected exception while reading or answering one
+connection is one log line and a 500 for that client, never the end of the dispatcher or a worker. Each request
+produces one access-log line on stderr with a UTC timestamp, client, request line, status, bytes and
+milliseconds; a client that disconnects early is one log line, never a traceback.
 
-The request framing and socket helpers are ``engine.query.http_wire``; the handler base class that runs on a
-worker is ``engine.query.http_handler.PooledRequestHandler``.
+The strict request framing is ``engine.query.http_guard``, the socket helpers ``engine.query.http_wire``; the
+handler base class that runs on a worker is ``engine.query.http_handler.PooledRequestHandler``.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ import selectors
 import socket
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 
-from engine.query.http_wire import (Connection, close_quietly, drain, find_head_end, json_response, listen,
-                                    log_line, parse_head, printable, send_quietly)
+from engine.query.http_guard import frame_head
+from engine.query.http_wire import (Connection, close_quietly, drain, json_response, listen, log_line, printable,
+                                    send_quietly)
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -106,7 +107,11 @@ class PooledHTTPServer:
         self.selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         try:
             while not self._stop.is_set():
-                self._loop_once()
+                try:
+                    self._loop_once()
+                except Exception as error:  # noqa: BLE001 -- last line of defence: the loop must go on
+                    log_line(f"dispatcher error: {type(error).__name__}: {printable(str(error))}")
+                    time.sleep(0.01)
         finally:
             for key in list(self.selector.get_map().values()):
                 self.selector.unregister(key.fileobj)
@@ -150,7 +155,7 @@ class PooledHTTPServer:
             elif key.data == "wake":
                 drain(self._wake_read)
             else:
-                self._read(key.data)
+                self._guarded(key.data, self._read)
         self._take_back()
         self._expire(time.monotonic())
 
@@ -198,21 +203,17 @@ class PooledHTTPServer:
     def _dispatch_if_complete(self, connection: Connection) -> bool:
         """Hand a complete buffered request to a worker; answer malformed or unanswerable ones here."""
         buffer = connection.buffer
-        while buffer[:2] in (b"\r\n",) or buffer[:1] == b"\n":  # stray line ends between requests
-            del buffer[:2 if buffer[:2] == b"\r\n" else 1]
+        while buffer[:2] == b"\r\n":  # stray empty lines between requests (CRLF only: http_guard)
+            del buffer[:2]
         if not buffer:
             return False
-        end = find_head_end(buffer)
-        if end < 0:
-            if len(buffer) > self.limits.max_head_bytes:
-                self._refuse(connection, 431, f"request head over {self.limits.max_head_bytes} bytes")
-            return False
-        if end > self.limits.max_head_bytes:
-            self._refuse(connection, 431, f"request head over {self.limits.max_head_bytes} bytes")
-            return False
-        head = parse_head(buffer, end, self.limits.max_body_bytes)
+        head = frame_head(buffer, self.limits.max_body_bytes)
         if head.problem:
             self._refuse(connection, 400, head.problem)
+            return False
+        if head.end < 0 or head.end > self.limits.max_head_bytes:
+            if head.end > self.limits.max_head_bytes or len(buffer) > self.limits.max_head_bytes:
+                self._refuse(connection, 431, f"request head over {self.limits.max_head_bytes} bytes")
             return False
         if len(buffer) < head.end + head.body:
             if head.expects_continue and not connection.continued:
@@ -238,6 +239,20 @@ class PooledHTTPServer:
         self._jobs.put((priority, next(self._order), connection, raw))
         return True
 
+    def _guarded(self, connection: Connection, step) -> bool:
+        """``step(connection)``; an unexpected exception ends this connection only (one log line, a 500 when
+        the socket still takes it), never the dispatcher and with it the whole server."""
+        try:
+            return bool(step(connection))
+        except Exception as error:  # noqa: BLE001 -- one connection's bug must not stop the server
+            log_line(f"{connection.client} internal error while reading the request: "
+                     f"{type(error).__name__}: {printable(str(error))}")
+            try:
+                self._refuse(connection, 500, f"internal error ({type(error).__name__})")
+            except Exception:  # noqa: BLE001 -- the socket is gone or unusable: just drop it
+                self._forget(connection)
+            return False
+
     def _take_back(self) -> None:
         """Re-register keep-alive connections the workers have finished with."""
         while True:
@@ -252,7 +267,7 @@ class PooledHTTPServer:
                 continue
             if connection.buffer:  # a pipelined request came with the last one
                 connection.deadline = time.monotonic() + self.limits.request_timeout_s
-                if self._dispatch_if_complete(connection):
+                if self._guarded(connection, self._dispatch_if_complete):
                     continue
                 if connection.closing:
                     continue  # refused above (and being drained)
@@ -317,7 +332,13 @@ class PooledHTTPServer:
             _, _, connection, raw = self._jobs.get()
             if connection is None:
                 return
-            self._work(connection, raw)
+            try:
+                self._work(connection, raw)
+            except Exception as error:  # noqa: BLE001 -- a worker thread must outlive any one request
+                log_line(f"{connection.client} worker error: {type(error).__name__}: {printable(str(error))}")
+                with self._lock:
+                    self._open.discard(connection)
+                close_quietly(connection.sock)
 
     def _work(self, connection: Connection, raw: bytes) -> None:
         with self._lock:
@@ -326,6 +347,7 @@ class PooledHTTPServer:
         last = connection.served >= self.limits.max_requests_per_connection
         handler = None
         keep = False
+        answered = connection.answered
         try:
             connection.sock.setblocking(True)
             connection.sock.settimeout(self.limits.write_timeout_s)
@@ -336,8 +358,10 @@ class PooledHTTPServer:
                      f"({type(error).__name__})")
         except OSError as error:
             log_line(f"{connection.client} connection error: {error.strerror or error}")
-        except Exception:  # noqa: BLE001 -- a server reports a bug and keeps serving
-            log_line(f"{connection.client} internal error:\n{traceback.format_exc().rstrip()}")
+        except Exception as error:  # noqa: BLE001 -- a server reports a bug and keeps serving
+            log_line(f"{connection.client} internal error: {type(error).__name__}: {printable(str(error))}")
+            if connection.answered == answered:  # nothing sent yet: the client still gets a JSON answer
+                send_quietly(connection.sock, json_response(500, f"internal error ({type(error).__name__})"))
         finally:
             if handler is not None:
                 handler.log_access()

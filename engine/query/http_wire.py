@@ -1,5 +1,5 @@
-"""Bytes and sockets under ``engine.query.http_pool``: the request-head framing the dispatcher reads, answers
-made outside a handler, the buffered writer a handler answers through, and the one-line access log.
+"""Bytes and sockets under ``engine.query.http_pool``: answers made outside a handler, the buffered writer a
+handler answers through, and the one-line access log (the request framing is ``engine.query.http_guard``).
 
 Nothing here knows about threads or queues (``http_pool``) or about the handler's HTTP semantics
 (``http_handler``).
@@ -12,7 +12,6 @@ import json
 import socket
 import sys
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 
@@ -43,7 +42,7 @@ def json_response(status: int, message: str, close: bool = True, extra_headers: 
 class Connection:
     """A client socket while the dispatcher owns it: bytes read so far and when it must give up waiting."""
 
-    __slots__ = ("sock", "address", "buffer", "deadline", "served", "must_close", "continued", "closing")
+    __slots__ = ("sock", "address", "buffer", "deadline", "served", "must_close", "continued", "closing", "answered")
 
     def __init__(self, sock: socket.socket, address) -> None:
         self.sock = sock
@@ -54,57 +53,11 @@ class Connection:
         self.must_close = False  # the rest of the stream cannot be trusted (unread body, chunked upload)
         self.continued = False  # "100 Continue" already sent for the request being read
         self.closing = False  # answered and half-closed: input is drained until EOF or the deadline
+        self.answered = 0  # bytes of answers sent on this connection by handlers
 
     @property
     def client(self) -> str:
         return str(self.address[0]) if isinstance(self.address, tuple) else str(self.address)
-
-
-@dataclass(frozen=True)
-class Head:
-    """What the dispatcher needs to know about a buffered request head to find its end."""
-
-    end: int  # offset of the first body byte
-    body: int  # declared body length (0 when none)
-    oversized: bool = False  # body larger than allowed: the handler answers 413 without it
-    must_close: bool = False
-    expects_continue: bool = False
-    problem: str = ""  # malformed framing: answered 400 by the dispatcher
-
-
-def find_head_end(buffer: bytearray) -> int:
-    """Offset just past the blank line ending a request head, or -1 (CRLF or bare LF line ends)."""
-    crlf = buffer.find(b"\r\n\r\n")
-    lf = buffer.find(b"\n\n")
-    ends = [position + size for position, size in ((crlf, 4), (lf, 2)) if position >= 0]
-    return min(ends) if ends else -1
-
-
-def parse_head(buffer: bytearray, end: int, max_body: int) -> Head:
-    lines = bytes(buffer[:end]).decode("latin-1").splitlines()
-    lengths, chunked, expects = set(), False, False
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name, value = name.strip().lower(), value.strip()
-        if name == "content-length":
-            lengths.add(value)
-        elif name == "transfer-encoding":
-            chunked = True
-        elif name == "expect" and value.lower() == "100-continue":
-            expects = True
-    if chunked:  # no chunked uploads: the handler answers 411, and the unread chunks end the connection
-        return Head(end=end, body=0, must_close=True)
-    if len(lengths) > 1:
-        return Head(end=end, body=0, problem="conflicting Content-Length headers")
-    if not lengths:
-        return Head(end=end, body=0)
-    value = lengths.pop()
-    if not value.isdigit():
-        return Head(end=end, body=0, problem=f"bad Content-Length {value[:40]!r}")
-    size = int(value)
-    if size > max_body:
-        return Head(end=end, body=0, oversized=True, must_close=True)
-    return Head(end=end, body=size, expects_continue=expects)
 
 
 def printable(text: str) -> str:
@@ -117,9 +70,10 @@ class SocketWriter(io.RawIOBase):
     segment: two small writes on a keep-alive socket can wait for a delayed ACK). The socket has the server's
     write timeout."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, connection: "Connection | None" = None) -> None:
         super().__init__()
         self.sock = sock
+        self.connection = connection
         self.pending = bytearray()
         self.sent = 0
 
@@ -135,6 +89,8 @@ class SocketWriter(io.RawIOBase):
             data, self.pending = bytes(self.pending), bytearray()
             self.sock.sendall(data)
             self.sent += len(data)
+            if self.connection is not None:
+                self.connection.answered += len(data)
 
 
 def listen(address: tuple[str, int], backlog: int) -> socket.socket:

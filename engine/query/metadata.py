@@ -42,6 +42,7 @@ class MetadataStore:
         self.connection = catalog.connection
         self.local = threading.local()
         self.data_root_of = _data_root_ranges(Path(catalog.index_dir), index_config)
+        self.filter_budget_s: float | None = None  # None: indexing.filter_guard's default
 
     def cursor(self):
         cursor = getattr(self.local, "cursor", None)
@@ -50,10 +51,13 @@ class MetadataStore:
         return cursor
 
     def filter_ids(self, where: str) -> np.ndarray:
-        """Image ids matching a user SQL condition (checked by ``indexing.sql_filter``; one-line errors)."""
+        """Image ids matching a user SQL condition (checked by ``indexing.sql_filter``; one-line errors), on
+        this thread's own cursor and within ``filter_budget_s`` seconds."""
+        from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S
         from indexing.sql_filter import run_filter
 
-        return np.asarray(run_filter(self.cursor(), where, self.catalog.filter_columns), dtype=np.int64)
+        budget = DEFAULT_FILTER_BUDGET_S if self.filter_budget_s is None else self.filter_budget_s
+        return np.asarray(run_filter(self.cursor(), where, self.catalog.filter_columns, budget), dtype=np.int64)
 
     def embeddings_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, (n, D) float32 embeddings) of the given image ids, in id order."""

@@ -10,6 +10,17 @@ from engine.query.request import QueryResult
 CAPTION_WIDTH = 60
 
 
+def visible(text: str | None) -> str:
+    """``text`` with every non-printable character shown as its escape (``\x1b``, ``\n``, ``\u202e``): file
+    names and captions are data, and a raw escape sequence or newline must not reach a terminal or split a row."""
+    if text is None:
+        return ""
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() else character.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for character in text)
+
+
 def first_caption(captions: list[str]) -> str:
     return captions[0] if captions else ""
 
@@ -17,27 +28,31 @@ def first_caption(captions: list[str]) -> str:
 def print_table(result: QueryResult) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from engine.console import table_console
 
     errors = Console(stderr=True)
     for note in result.notes:
-        errors.print(note if note.startswith("warning:") else f"note: {note}", markup=False, highlight=False)
+        errors.print(visible(note) if note.startswith("warning:") else f"note: {visible(note)}", markup=False,
+                     highlight=False)
     if not result.hits:
         errors.print("no results", markup=False)
         return
     captions = result.target == "captions"
-    title = f"{result.query!r} → {result.target}" + (f" where {result.where}" if result.where else "")
+    title = f"{result.query!r} → {result.target}" + (f" where {visible(result.where)}" if result.where else "")
     if result.rerank != "none":
         title += f" (rerank {result.rerank})"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     for name, justify in (("rank", "right"), ("score", "right"), ("id", "right"), ("path", "left"),
                           ("class", "left"), ("caption", "left")):
         table.add_column(name, justify=justify, overflow="fold" if name == "path" else "ellipsis",
                          max_width=CAPTION_WIDTH if name == "caption" else None)
     for hit in result.hits:
         text = hit.text if captions and hit.text is not None else first_caption(hit.captions)
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, hit.label or "", text)
+        # Text, not str: a file name like "[red]x" or "[/]" is shown as it is, never read as rich markup
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.image_id), Text(visible(hit.path)),
+                      Text(visible(hit.label)), Text(visible(text)))
     table_console().print(table)
 
 

@@ -127,6 +127,10 @@ class QueryResult:
 
 def validate_request(request: QueryRequest) -> None:
     """Reject contradictory or out-of-range requests with one line naming the flag."""
+    for name, value in (("the query", request.text), ("--where", request.where)):
+        if value is not None and not _encodable(value):
+            raise ConfigError(f"{name} is not valid UTF-8 text (an undecodable byte at character "
+                              f"{_first_surrogate(value)}); pass it as UTF-8")
     if request.target not in TARGETS:
         raise ConfigError(f"--target: expected one of {', '.join(TARGETS)}, got {request.target!r}")
     if request.rerank in RENAMED_RERANKERS:
@@ -147,3 +151,16 @@ def validate_request(request: QueryRequest) -> None:
     if request.where is not None and not request.where.strip():
         raise ConfigError("--where is empty: give an SQL condition such as \"split = 'test'\"")
     request.options.validate()
+
+
+def _encodable(text: str) -> bool:
+    """False for text holding lone surrogates: undecodable bytes of a command line (``r\xffiver``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_surrogate(text: str) -> int:
+    return next((position for position, character in enumerate(text) if "\ud800" <= character <= "\udfff"), 0)

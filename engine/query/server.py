@@ -17,13 +17,12 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from email.parser import BytesParser
-from email.policy import HTTP
 from urllib.parse import parse_qs, urlparse
 
 from engine.errors import EngineError
 from engine.query.access import OPEN_PATHS, authorized
 from engine.query.request import DEFAULT_K, DEFAULT_RERANK_DEPTH, QueryRequest
+from engine.query.http_guard import BodyError, load_json_object, multipart_image
 from engine.query.http_handler import PooledRequestHandler
 from engine.query.http_pool import PooledHTTPServer, ServerLimits
 
@@ -42,9 +41,11 @@ class BadRequest(Exception):
 def _integer(value, name: str, default: int) -> int:
     if value is None or value == "":
         return default
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise BadRequest(400, f"{name} must be an integer, got {value!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(400, f"{name} must be an integer, got {value!r}") from None
     if name == "k" and not 1 <= number <= MAX_K:
         raise BadRequest(400, f"k must be within 1..{MAX_K}, got {number}")
@@ -111,15 +112,9 @@ class QueryHandler(PooledRequestHandler):
         body = self._body()
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind == "application/json":
-            try:
-                payload = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise BadRequest(400, f"malformed JSON body: {error}") from None
-            if not isinstance(payload, dict):
-                raise BadRequest(400, "the JSON body must be an object such as {\"q\": \"airport\", \"k\": 10}")
-            request = request_from_fields(payload)
+            request = request_from_fields(load_json_object(body))
         elif kind == "multipart/form-data":
-            request = request_from_fields(fields, self._multipart_image(body))
+            request = request_from_fields(fields, multipart_image(self.headers.get("Content-Type") or "", body))
         elif kind.startswith("image/") or kind == "application/octet-stream":
             if not body:
                 raise BadRequest(400, "empty image body")
@@ -142,14 +137,6 @@ class QueryHandler(PooledRequestHandler):
             raise BadRequest(413, f"body of {size} bytes is over the {MAX_BODY_BYTES} byte limit")
         return self.rfile.read(size)
 
-    def _multipart_image(self, body: bytes) -> bytes:
-        header = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode("latin-1")
-        message = BytesParser(policy=HTTP).parsebytes(header + body)
-        for part in message.iter_parts() if message.is_multipart() else []:
-            if part.get_param("name", header="content-disposition") == "image":
-                return part.get_payload(decode=True) or b""
-        raise BadRequest(400, "multipart body has no field named 'image'")
-
     def _page(self, fields: dict) -> str:
         from engine.query.request import QueryResult
         from engine.query.gallery import render_gallery
@@ -171,10 +158,10 @@ class QueryHandler(PooledRequestHandler):
                 headers["WWW-Authenticate"] = 'Bearer realm="rs-engine"'
                 raise BadRequest(401, "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'")
             status, kind, payload = route()
-        except BadRequest as error:
+        except (BadRequest, BodyError) as error:
             status, kind, payload = error.status, "application/json", {"error": str(error)}
-        except EngineError as error:
-            status, kind, payload = 400, "application/json", {"error": str(error)}
+        except EngineError as error:  # an image over the size limits is 413 (engine.data.image_guard)
+            status, kind, payload = getattr(error, "http_status", 400), "application/json", {"error": str(error)}
         except Exception as error:  # noqa: BLE001 -- a server answers, logs and keeps serving
             self.log_message("internal error: %r", error)
             status, kind, payload = 500, "application/json", {"error": f"internal error: {type(error).__name__}"}
