@@ -74,9 +74,17 @@ def build_command(
         None, "--ray-workers", help="Ray encoder actors, one model each (default: one per GPU, else one per 4 CPUs)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp DATA_DIR (default: "
                                           "RSICD_images/, images/ or the folder itself)."),
+    chip_size: Optional[int] = typer.Option(None, "--chip-size", help="GeoTIFF scenes: chip side in pixels "
+                                            "(default: the model's input size). See docs/geo.md."),
+    chip_overlap: int = typer.Option(0, "--chip-overlap", help="GeoTIFF scenes: pixels shared by neighbouring chips."),
+    gsd: Optional[float] = typer.Option(None, "--gsd", help="GeoTIFF scenes: resample chips to this many metres "
+                                        "per pixel (default: the scene's own)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="GeoTIFF scenes: bands as R,G,B, counted from 1 "
+                                        "(default: red/green/blue from the colour interpretation, else 1,2,3)."),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
     from indexing.build import IndexOptions, print_summary, run_index
+    from engine.data.geo_scenes import GeoOptions, parse_bands
     from engine.data.masking import mask_options
 
     options = IndexOptions(data_dir=data_dir, out=out, model_spec=model, batch_size=batch_size, workers=workers,
@@ -84,7 +92,9 @@ def build_command(
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
                            with_text=not no_text, test_time_views=test_time_views, ray=ray,
                            ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime,
-                           text_runtime=text_runtime, images=images)
+                           text_runtime=text_runtime, images=images,
+                           geo=GeoOptions(chip_size=chip_size, chip_overlap=chip_overlap, gsd=gsd,
+                                          bands=parse_bands(bands)))
     print_summary(run_index(options))
 
 
