@@ -51,12 +51,6 @@ def wkt_polygon(ring: list[list[float]]) -> str:
     return "POLYGON ((" + ", ".join(f"{x!r} {y!r}" for x, y in ring) + "))"
 
 
-def parse_wkt_polygon(text: str) -> list[list[float]]:
-    """The outer ring of a ``POLYGON ((x y, ...))`` written by ``wkt_polygon``."""
-    inner = text.strip().removeprefix("POLYGON").strip().strip("()")
-    return [[float(value) for value in pair.split()] for pair in inner.split(",")]
-
-
 def with_geo_columns(table: pa.Table, paths: list[str], chips: list[ChipSpec | None]) -> pa.Table:
     """``table`` (an image shard's rows) with the geo columns appended, row for row."""
     def column(name: str) -> list:

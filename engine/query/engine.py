@@ -148,10 +148,28 @@ class QueryEngine:
             if len(allowed) == 0:
                 result.notes.append(f"no image matches --where {request.where!r}: nothing to search")
                 return result
+        if request.place is not None:
+            from engine.query.geo_filter import matching_ids
+
+            result.place = request.place.describe()
+            placed = matching_ids(self.store, request.place)
+            allowed = placed if allowed is None else np.intersect1d(allowed, placed)
+            if len(allowed) == 0:
+                result.notes.append(f"no chip matches {result.place}"
+                                    + (f" and --where {request.where!r}" if request.where else "")
+                                    + ": nothing to search")
+                return result
         if request.target == "captions":
             self._search_captions(vector, request, allowed, result)
         else:
             self._search_images(vector, pixels, request, allowed, result)
+        if self.store.catalog.has_geo:
+            from dataclasses import replace
+
+            from engine.query.geo_filter import geo_rows
+
+            located = geo_rows(self.store, [hit.image_id for hit in result.hits])
+            result.hits = [replace(hit, geo=located.get(hit.image_id)) for hit in result.hits]
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
 

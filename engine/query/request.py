@@ -64,6 +64,7 @@ class QueryRequest:
     rerank: str = "none"
     rerank_depth: int = DEFAULT_RERANK_DEPTH
     options: RerankOptions = field(default_factory=RerankOptions)
+    place: object | None = None  # engine.query.geo_filter.GeoFilter: --bbox / --near over GeoTIFF chips
 
     @property
     def is_image(self) -> bool:
@@ -89,6 +90,7 @@ class Hit:
     captions: list[str]
     caption_id: int | None = None
     text: str | None = None
+    geo: dict | None = None  # map columns of a chip of a GeoTIFF scene (engine.query.geo_filter.geo_rows)
 
     def to_json(self) -> dict:
         row = {"rank": self.rank, "score": round(self.score, 6), "first_stage_score": round(self.first_stage_score, 6),
@@ -96,6 +98,10 @@ class Hit:
                "captions": self.captions}
         if self.caption_id is not None:
             row.update(caption_id=self.caption_id, text=self.text)
+        if self.geo is not None:
+            from engine.query.geo_json import hit_location
+
+            row["location"] = hit_location(self.geo)
         return row
 
 
@@ -112,9 +118,11 @@ class QueryResult:
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     query_image_jpeg: bytes | None = None  # small thumbnail of an image query, for the gallery
+    place: str | None = None  # the --bbox / --near filter, described
 
     def to_json(self) -> dict:
         return {"query": self.query, "target": self.target, "k": self.k, "where": self.where,
+                **({"place": self.place} if self.place else {}),
                 "rerank": self.rerank, "notes": self.notes,
                 "timings_ms": {name: round(value, 3) for name, value in self.timings_ms.items()},
                 "results": [hit.to_json() for hit in self.hits]}
