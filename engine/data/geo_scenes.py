@@ -229,8 +229,8 @@ def _pixel_metres(dataset, transformer) -> float:
         return float((abs(dataset.res[0]) + abs(dataset.res[1])) / 2 * dataset.crs.linear_units_factor[1])
 
     centre_col, centre_row = dataset.width / 2, dataset.height / 2
-    points = [dataset.transform * (centre_col, centre_row), dataset.transform * (centre_col + 1, centre_row),
-              dataset.transform * (centre_col, centre_row + 1)]
+    points = [dataset.transform @ (centre_col, centre_row), dataset.transform @ (centre_col + 1, centre_row),
+              dataset.transform @ (centre_col, centre_row + 1)]
     lons, lats = transformer.transform([p[0] for p in points], [p[1] for p in points])
     geod = Geod(ellps="WGS84")
     _, _, across = geod.inv(lons[0], lats[0], lons[1], lats[1])
@@ -285,13 +285,13 @@ def _outline(col: float, row: float, width: float, height: float, steps: int) ->
 
 def window_footprint(transform, transformer, col: int, row: int, width: int, height: int) -> dict:
     """Footprint of a pixel window in the scene CRS and in WGS84 (densified), its WGS84 box and centre."""
-    corners = [transform * point for point in _outline(col, row, width, height, 1)]
-    dense = [transform * point for point in _outline(col, row, width, height, DENSIFY_POINTS - 1)]
+    corners = [transform @ point for point in _outline(col, row, width, height, 1)]
+    dense = [transform @ point for point in _outline(col, row, width, height, DENSIFY_POINTS - 1)]
     lons, lats = transformer.transform([p[0] for p in dense], [p[1] for p in dense])
     lons, lats = np.asarray(lons, np.float64), np.asarray(lats, np.float64)
     if not (np.all(np.isfinite(lons)) and np.all(np.isfinite(lats))):
         raise DataError("footprint falls outside the CRS's valid area")
-    centre = transform * (col + width / 2, row + height / 2)
+    centre = transform @ (col + width / 2, row + height / 2)
     centre_lon, centre_lat = transformer.transform(centre[0], centre[1])
     return {"footprint": _ring([p[0] for p in corners], [p[1] for p in corners]),
             "footprint_wgs84": _ring(lons, lats),
