@@ -15,7 +15,7 @@ Chip grid: windows of ``chip_size`` output pixels (``chip_size * gsd / scene_gsd
 stepping by the window minus the overlap; the last column and row are shifted back to end at the scene's edge,
 so every scene pixel is in some chip. Footprints: the window's outline in the scene CRS (4 corners) and in WGS84
 (each edge densified to ``DENSIFY_POINTS`` points before the transform, so the bounding box of a UTM chip is
-exact to the metre); the centre is the window centre transformed, not the middle of the WGS84 box.
+exact to well under a metre); the centre is the window centre transformed, not the middle of the WGS84 box.
 Acquisition date: the TIFF ``DateTime``/``ACQUISITIONDATETIME`` tag when present, else an 8-digit date in the file
 name as NAIP writes it (``..._20180716.tif``).
 """
@@ -39,8 +39,11 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_CHIP_SIZE = 224
 QUICKLOOK_SIDE = 1024
 SCALE_PERCENTILES = (2.0, 98.0)
-DENSIFY_POINTS = 21
+DENSIFY_POINTS = 5  # points per edge (corners included): chips are small, their edges nearly straight in lon/lat
 MAX_OPEN_SCENES = 8  # open rasterio datasets kept per process by read_chip
+# GDAL's block cache defaults to 5 % of RAM per process, and every DataLoader worker has its own: bound it
+# (megabytes) unless the user chose a value. Read by GDAL when the cache is first used.
+os.environ.setdefault("GDAL_CACHEMAX", "64")
 _DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})(\d{2})(\d{2})(?!\d)")
 _DATE_TAGS = ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "DATETIME", "ACQUISITION_DATE")
 
