@@ -354,11 +354,14 @@ def _is_empty(mask: np.ndarray, decimation: float, col: int, row: int, window: i
 
 # -- reading -------------------------------------------------------------------------------------------------
 _OPEN: dict[tuple[int, str], object] = {}
+_ENV: dict[int, object] = {}  # one rasterio.Env per process, kept open: GDAL's messages go to logging, not stderr
 
 
 def _cached(path: Path):
     """An open dataset per (process, path): DataLoader workers fork, and a handle must not cross a fork."""
     key = (os.getpid(), str(path))
+    if os.getpid() not in _ENV:
+        _ENV[os.getpid()] = _rasterio().Env().__enter__()
     dataset = _OPEN.get(key)
     if dataset is None:
         if len(_OPEN) >= MAX_OPEN_SCENES:
