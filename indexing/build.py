@@ -238,7 +238,7 @@ def _usable_file(path: Path) -> bool:
         return False
 
 
-def _with_scene_chips(dataset, geo: GeoOptions, model):
+def _with_scene_chips(dataset, geo: GeoOptions, model, mask: MaskOptions):
     """GeoTIFF scenes cut into chips (``engine.data.geo_dataset``); the chip size defaults to the model's input."""
     from engine.data.geo_dataset import expand_scenes
     from engine.data.geo_scenes import DEFAULT_CHIP_SIZE
@@ -246,6 +246,9 @@ def _with_scene_chips(dataset, geo: GeoOptions, model):
     vision = getattr(model.config, "vision", None)
     chip_size = geo.chip_size or int(getattr(vision, "image_size", DEFAULT_CHIP_SIZE))
     expanded, report = expand_scenes(dataset, geo, chip_size)
+    if report.scenes and mask.masks_dir:
+        raise ConfigError(f"--masks {mask.masks_dir}: mask files are per image file, and {dataset.root} has GeoTIFF "
+                          "scenes cut into chips; use --mask hard|soft without --masks (estimated per chip)")
     for note in report.notes():
         print(f"note: {note}", file=sys.stderr)
     return expanded
@@ -274,7 +277,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
         model = encode.load_encoder(options.model_spec, device)
     if options.test_time_views is not None:
         model.set_test_time_views(options.test_time_views)
-    dataset = _with_scene_chips(dataset, options.geo, model)
+    dataset = _with_scene_chips(dataset, options.geo, model, options.mask)
     views = model.config.vision.test_time_views
     fingerprint, dim = model.fingerprint(), int(model.config.embed_dim)
     if options.factory:

@@ -323,7 +323,7 @@ def test_bad_scene_input_is_one_line_and_writes_nothing(tmp_path: Path, model_di
     capsys.readouterr()
     assert _index(scene, out, model_dir, *extra) != 0
     _one_error_line(capsys, *fragments)
-    assert not out.exists() or not any(out.rglob("*.parquet"))
+    assert not out.exists()  # nothing half-written: not even the folder
 
 
 @pytest.mark.parametrize("extra, fragments", [
@@ -365,3 +365,13 @@ def test_http_fields_carry_the_place_filter() -> None:
     with pytest.raises(BadRequest) as error:
         request_from_fields({"q": "lake", "bbox": "-99,47,-100,48"})
     assert error.value.status == 400 and "bbox" in str(error.value) and "--" not in str(error.value)
+
+
+def test_mask_files_are_refused_for_scenes(tmp_path: Path, model_dir: Path, capsys) -> None:
+    scene = write_geotiff(tmp_path / "scene.tif")
+    (tmp_path / "masks").mkdir()
+    capsys.readouterr()
+    assert _index(scene, tmp_path / "idx", model_dir, "--chip-size", "32", "--mask", "hard", "--masks",
+                  str(tmp_path / "masks")) != 0
+    _one_error_line(capsys, "--masks", "chips")
+    assert not (tmp_path / "idx").exists()
