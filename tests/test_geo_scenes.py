@@ -375,3 +375,41 @@ def test_mask_files_are_refused_for_scenes(tmp_path: Path, model_dir: Path, caps
                   str(tmp_path / "masks")) != 0
     _one_error_line(capsys, "--masks", "chips")
     assert not (tmp_path / "idx").exists()
+
+
+def test_http_query_by_place(naip_index: Path) -> None:
+    import http.client
+
+    from engine.query.engine import QueryEngine
+    from engine.query.server import serve_in_thread
+
+    engine = QueryEngine(naip_index, device="cpu")
+    running, thread = serve_in_thread(engine)
+    port = running.server_address[1]
+
+    def get(path: str):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    try:
+        status, body = get("/query?q=lake&k=50&bbox=-99.17,47.01,-99.15,47.02")
+        assert status == 200 and 0 < len(body["results"]) < 20 and body["place"].startswith("bbox")
+        for hit in body["results"]:
+            lon_min, lat_min, lon_max, lat_max = hit["location"]["bbox"]
+            assert lon_max >= -99.17 and lon_min <= -99.15 and lat_max >= 47.01 and lat_min <= 47.02
+        status, body = get("/query?q=lake&near=-99.16,47.02&radius_km=0.1")
+        assert status == 200 and len(body["results"]) >= 1
+        status, body = get("/query?q=lake&bbox=-99.15,47.01,-99.17,47.02")
+        assert status == 400 and "bbox" in body["error"]
+        status, body = get("/query?q=lake&near=-99.16,47.02")
+        assert status == 400 and "radius_km" in body["error"]
+    finally:
+        running.shutdown()
+        running.server_close()
+        thread.join(timeout=10)
+        engine.close()
