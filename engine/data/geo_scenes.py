@@ -305,6 +305,8 @@ def window_footprint(transform, transformer, col: int, row: int, width: int, hei
 def plan_scene(path: Path, options: GeoOptions, chip_size: int, report: SceneReport) -> list[ChipSpec]:
     """The chips of one scene (empty ones left out and counted in ``report``); ``DataError``/``ConfigError`` for
     a scene that cannot be chipped as asked (unknown CRS, bands it lacks, chip larger than the scene)."""
+    if options.chip_overlap >= chip_size:
+        raise ConfigError(f"--chip-overlap {options.chip_overlap} must be smaller than the chip size {chip_size}")
     with open_raster(path) as dataset:
         transformer = _to_wgs84(dataset.crs, path)
         bands = options.bands or default_bands(dataset, path)
