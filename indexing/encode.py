@@ -122,7 +122,7 @@ def decode_planned(planned: PlannedImage, transform: Any, mask: MaskOptions, mas
                    blank: torch.Tensor) -> dict[str, Any]:
     """Read, mask and transform one planned image: the decode stage of every indexing path (DataLoader
     workers here, Ray tasks in ``indexing.ray_index``). Never raises for a bad file: ``ok`` False + ``error``."""
-    from engine.data.geo_scenes import read_chip
+    from engine.data.geo_read import read_chip
     from engine.data.images import load_rgb
 
     started = time.perf_counter()

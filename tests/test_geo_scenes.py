@@ -20,7 +20,8 @@ pytest.importorskip("faiss")
 
 from rasterio.transform import from_origin  # noqa: E402
 
-from engine.data.geo_scenes import GeoOptions, SceneReport, acquisition_date, plan_scene, read_chip  # noqa: E402
+from engine.data.geo_read import read_chip  # noqa: E402
+from engine.data.geo_scenes import GeoOptions, SceneReport, acquisition_date, plan_scene  # noqa: E402
 
 GEOTIFF_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiff"
 NAIP_2018 = GEOTIFF_DIR / "naip_m_4709963_se_14_20180716.tif"

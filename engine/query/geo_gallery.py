@@ -25,7 +25,8 @@ def coordinates_line(hit) -> str:
 
 def chip_jpeg(hit) -> bytes | None:
     """The chip exactly as it was indexed (its window, bands and scaling), as a small JPEG."""
-    from engine.data.geo_scenes import ChipSpec, read_chip
+    from engine.data.geo_read import read_chip
+    from engine.data.geo_scenes import ChipSpec
     from engine.errors import DataError
 
     try:
@@ -43,7 +44,8 @@ def _overview(path: str, hits: list) -> str:
 
     from PIL import Image
 
-    from engine.data.geo_scenes import ChipSpec, scene_quicklook
+    from engine.data.geo_read import scene_quicklook
+    from engine.data.geo_scenes import ChipSpec
     from engine.errors import DataError
 
     spec = ChipSpec.from_json(hits[0].geo["chip_spec"])
