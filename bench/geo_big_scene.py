@@ -160,20 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--test-time-views", type=int, default=1, help="dihedral views per chip (1: fastest)")
     parser.add_argument("--skip-resume", action="store_true", help="only the clean run")
+    parser.add_argument("--label", default="", help="suffix of the index folders and results key (other settings)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     scene = args.work / f"scene-{args.side}.tif"
+    key = f"{args.side}{args.label}"
     results: dict = {"command": " ".join(["python -m bench.geo_big_scene", *(argv or sys.argv[1:])])}
     if not scene.exists():
         results["scene"] = build_scene(scene, args.side)
         print(f"scene {scene}: {results['scene']}", flush=True)
-    clean = args.work / f"idx-{args.side}"
+    clean = args.work / f"idx-{key}"
     if not (clean / "index.json").exists():
         results["clean"] = run_index(scene, clean, args)
         results["clean"].update(check_ids(clean))
         print(f"clean run: {results['clean']}", flush=True)
     if not args.skip_resume:
-        killed = args.work / f"idx-killed-{args.side}"
+        killed = args.work / f"idx-killed-{key}"
         if not (killed / "index.json").exists():
             first = run_index(scene, killed, args, kill_after_first_shard=True)
             shards_at_kill = len(list((killed / "shards").glob("part-*.parquet")))
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kill -9 + rerun: {results['resume']}", flush=True)
     report = args.work / "geo_big_scene.json"
     previous = json.loads(report.read_text()) if report.exists() else {}
-    previous[str(args.side)] = {**previous.get(str(args.side), {}), **results}
+    previous[key] = {**previous.get(key, {}), **results}
     report.write_text(json.dumps(previous, indent=2) + "\n")
     return 0
 
