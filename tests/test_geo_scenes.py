@@ -414,3 +414,28 @@ def test_http_query_by_place(naip_index: Path) -> None:
         running.server_close()
         thread.join(timeout=10)
         engine.close()
+
+
+def test_bbox_selects_by_footprint_polygon_not_its_box(naip_index: Path, capsys) -> None:
+    """Boxes placed at chip corners: the answer equals shapely's polygon-box intersection, chip for chip."""
+    shapely = pytest.importorskip("shapely")
+    from shapely.geometry import box as make_box
+
+    rows = _sql(f"SELECT image_id, footprint_wgs84, lon_min, lat_min, lon_max, lat_max FROM read_parquet("
+                f"'{naip_index}/shards/*.parquet') ORDER BY image_id")
+    boxes = []
+    for _, _, lon_min, lat_min, lon_max, lat_max in rows[:6]:
+        width, height = (lon_max - lon_min) * 0.0005, (lat_max - lat_min) * 0.0005  # about half a metre
+        boxes.append((lon_max - width, lat_max - height, lon_max + width, lat_max + height))  # a north-east corner
+        boxes.append((lon_min - width, lat_min - height, lon_min + width, lat_min + height))  # a south-west corner
+    differs = 0
+    for box in boxes:
+        polygon_answer = {row[0] for row in rows if shapely.from_wkt(row[1]).intersects(make_box(*box))}
+        box_answer = {row[0] for row in rows if row[4] >= box[0] and row[2] <= box[2] and row[5] >= box[1]
+                      and row[3] <= box[3]}
+        differs += polygon_answer != box_answer
+        capsys.readouterr()
+        assert _query(naip_index, f"--bbox={','.join(repr(value) for value in box)}", "-k", "50", "--json") == 0
+        answer = json.loads(capsys.readouterr().out)["results"]
+        assert {hit["image_id"] for hit in answer} == polygon_answer, box
+    assert differs > 0  # some corner box touches a footprint's bounding box but not the footprint itself

@@ -3,8 +3,10 @@
 Both select chips of GeoTIFF scenes (``indexing.geo_rows``) before the k-NN search, like ``--where`` (with which
 they combine by AND):
 
-* ``--bbox``: chips whose WGS84 footprint box intersects the box (the footprint's own box is exact to the metre
-  for the UTM chips of aerial scenes; a box crossing the antimeridian is not supported);
+* ``--bbox``: chips whose WGS84 footprint intersects the box: SQL picks the chips whose footprint *box*
+  intersects it, then each candidate's footprint polygon is tested against the box (separating axes over the
+  polygon's edge normals), so a UTM chip tilted against the meridians is not returned for a box that only its
+  bounding box touches. A box crossing the antimeridian is not supported;
 * ``--near``: chips whose footprint box comes within ``R`` km of the point (great-circle distance from the point
   to the nearest point of the box, so the chip containing the point always qualifies).
 
@@ -112,9 +114,33 @@ def matching_ids(store, geo: GeoFilter) -> np.ndarray:
             " + cos(radians($lat)) * cos(radians(greatest(lat_min, least($lat, lat_max))))"
             " * pow(sin(radians(greatest(lon_min, least($lon, lon_max)) - $lon) / 2), 2))) <= $radius")
         params.update(lon=geo.near[0], lat=geo.near[1], radius=geo.radius_km, radius_earth=EARTH_RADIUS_KM)
-    sql = f"SELECT image_id FROM images WHERE {' AND '.join(conditions)} ORDER BY image_id"
+    sql = f"SELECT image_id, footprint_wgs84 FROM images WHERE {' AND '.join(conditions)} ORDER BY image_id"
     rows = store.cursor().execute(sql, params).fetchall()
+    if geo.bbox is not None:
+        rows = [row for row in rows if polygon_meets_box(_ring(row[1]), geo.bbox)]
     return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+
+def _ring(wkt: str) -> np.ndarray:
+    inner = wkt.strip().removeprefix("POLYGON").strip().strip("()")
+    return np.asarray([[float(value) for value in pair.split()] for pair in inner.split(",")], dtype=np.float64)
+
+
+def polygon_meets_box(ring: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+    """True when the polygon (closed ring of a convex or nearly convex footprint) and the box touch or overlap.
+
+    Separating axes: the box's own axes, then every edge normal of the polygon; any axis on which the two
+    projections do not overlap separates them. (For a slightly concave ring this can only err towards "meets".)"""
+    west, south, east, north = box
+    if ring[:, 0].max() < west or ring[:, 0].min() > east or ring[:, 1].max() < south or ring[:, 1].min() > north:
+        return False
+    corners = np.array([[west, south], [east, south], [east, north], [west, north]])
+    edges = np.diff(ring, axis=0)
+    normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+    normals = normals[np.hypot(normals[:, 0], normals[:, 1]) > 0]
+    polygon = ring @ normals.T  # (points, axes)
+    rectangle = corners @ normals.T
+    return not bool(np.any((polygon.max(axis=0) < rectangle.min(axis=0)) | (rectangle.max(axis=0) < polygon.min(axis=0))))
 
 
 def geo_rows(store, ids: list[int]) -> dict[int, dict]:
