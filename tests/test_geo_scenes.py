@@ -439,3 +439,46 @@ def test_bbox_selects_by_footprint_polygon_not_its_box(naip_index: Path, capsys)
         answer = json.loads(capsys.readouterr().out)["results"]
         assert {hit["image_id"] for hit in answer} == polygon_answer, box
     assert differs > 0  # some corner box touches a footprint's bounding box but not the footprint itself
+
+
+def test_kill_9_mid_scene_then_rerun_gives_every_chip_once(tmp_path: Path) -> None:
+    """A real SIGKILL of ``engine index`` on a scene after its first shard; the rerun reads the stored plan (the
+    chip windows) and ends with the same rows as an uninterrupted build."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+
+    tests = Path(__file__).parent
+    launch = (f"import sys; sys.path.insert(0, {str(tests)!r}); import indexing_fakes; indexing_fakes.install(); "
+              "from engine.cli import main; sys.exit(main(sys.argv[1:]))")
+    scene = write_geotiff(tmp_path / "scene_20200101.tif", width=64, height=64)
+
+    def command(out: Path, model: str) -> list[str]:
+        return [sys.executable, "-c", launch, "index", str(scene), "--out", str(out), "--model", model,
+                "--chip-size", "16", "--shard-size", "4", "--batch-size", "2", "--workers", "0"]
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen(command(killed, "fake-3:slow"), env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (killed / "shards" / "part-00000.parquet").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no shard appeared in time"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    done = len(list((killed / "shards").glob("part-*.parquet")))
+    assert 1 <= done < 4 and not (killed / "index.json").exists()
+    rerun = subprocess.run(command(killed, "fake-3:slow"), env=env, capture_output=True, timeout=300)
+    assert rerun.returncode == 0 and f"reused {done}" in rerun.stderr.decode(), rerun.stderr.decode()
+    assert subprocess.run(command(clean, "fake-3"), env=env, capture_output=True, timeout=300).returncode == 0
+    columns = ["image_id", "col_off", "row_off", "lon", "lat", "embedding"]
+    after_kill = pq.read_table(killed / "shards", columns=columns).sort_by("image_id").to_pylist()
+    uninterrupted = pq.read_table(clean / "shards", columns=columns).sort_by("image_id").to_pylist()
+    assert len(after_kill) == 16 and after_kill == uninterrupted
+    assert len({(row["col_off"], row["row_off"]) for row in after_kill}) == 16
