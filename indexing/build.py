@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.devices import resolve_device
 from engine.errors import ConfigError, DataError
+from engine.data.geo_scenes import GeoOptions
 from engine.data.masking import MaskOptions
 from indexing.manifest import IndexConfig, Manifest, ShardInfo, tool_version
 from indexing.layout import LOCK_FILE, OWN_ENTRIES, PLAN_DIR, SHARDS_DIR, SKIPPED_FILE, TEXT_SHARDS_DIR
@@ -55,6 +56,7 @@ class IndexOptions:
     image_runtime: str = "auto"  # eager | channels_last | torchscript | onnx | auto (encoders.image_runtime)
     text_runtime: str = "auto"  # eager | onnx | auto: the caption encoder (encoders.batch_text)
     images: Path | None = None  # where a precomp dataset's image files are (``--images``)
+    geo: GeoOptions = field(default_factory=GeoOptions)  # how GeoTIFF scenes are cut into chips (docs/geo.md)
 
 
 @dataclass
@@ -139,6 +141,7 @@ def _validate(options: IndexOptions) -> None:
         raise ConfigError(f"--image-runtime must be one of auto, {', '.join(KINDS)}, got {options.image_runtime!r}")
     if options.text_runtime not in (*TEXT_KINDS, "auto"):
         raise ConfigError(f"--text-runtime must be one of auto, {', '.join(TEXT_KINDS)}, got {options.text_runtime!r}")
+    options.geo.validate()
     if options.faiss_shards < 1:
         raise ConfigError(f"--faiss-shards must be 1 or more, got {options.faiss_shards}")
     if options.ray_workers is not None and options.ray is None:
@@ -235,6 +238,22 @@ def _usable_file(path: Path) -> bool:
         return False
 
 
+def _with_scene_chips(dataset, geo: GeoOptions, model, mask: MaskOptions):
+    """GeoTIFF scenes cut into chips (``engine.data.geo_dataset``); the chip size defaults to the model's input."""
+    from engine.data.geo_dataset import expand_scenes
+    from engine.data.geo_scenes import DEFAULT_CHIP_SIZE
+
+    vision = getattr(model.config, "vision", None)
+    chip_size = geo.chip_size or int(getattr(vision, "image_size", DEFAULT_CHIP_SIZE))
+    expanded, report = expand_scenes(dataset, geo, chip_size)
+    if report.scenes and mask.masks_dir:
+        raise ConfigError(f"--masks {mask.masks_dir}: mask files are per image file, and {dataset.root} has GeoTIFF "
+                          "scenes cut into chips; use --mask hard|soft without --masks (estimated per chip)")
+    for note in report.notes():
+        print(f"note: {note}", file=sys.stderr)
+    return expanded
+
+
 def _run_index_locked(options: IndexOptions) -> IndexSummary:
     from indexing.last_index import record_last_index
     from indexing import encode, plan as planning
@@ -258,6 +277,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
         model = encode.load_encoder(options.model_spec, device)
     if options.test_time_views is not None:
         model.set_test_time_views(options.test_time_views)
+    dataset = _with_scene_chips(dataset, options.geo, model, options.mask)
     views = model.config.vision.test_time_views
     fingerprint, dim = model.fingerprint(), int(model.config.embed_dim)
     if options.factory:  # before anything is written: nothing half-built for a factory that cannot train

@@ -62,13 +62,15 @@ class Catalog:
         image_glob = self.index_dir / SHARDS_DIR / SHARD_PATTERN
         if not list((self.index_dir / SHARDS_DIR).glob(SHARD_PATTERN)):
             raise ConfigError(f"{self.index_dir}: no shards in {SHARDS_DIR}/; build the index with `engine index`")
-        self.connection.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet({_quote(image_glob)})")
+        self.connection.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet({_quote(image_glob)}, "
+                                "union_by_name = true)")  # shards with chips of GeoTIFF scenes add geo columns
         self.has_captions = bool(list((self.index_dir / TEXT_SHARDS_DIR).glob(SHARD_PATTERN)))
         if self.has_captions:
             text_glob = self.index_dir / TEXT_SHARDS_DIR / SHARD_PATTERN
             self.connection.execute(f"CREATE VIEW captions AS SELECT * FROM read_parquet({_quote(text_glob)})")
         self.connection.execute(f'CREATE VIEW {FILTER_VIEW} AS SELECT *, label AS "class" FROM images')
         self.filter_columns = filter_columns(self.connection)
+        self.has_geo = "lon_min" in self.filter_columns  # chips of GeoTIFF scenes (indexing.geo_rows)
         lock_connection(self.connection, [self.index_dir / SHARDS_DIR, self.index_dir / TEXT_SHARDS_DIR])
 
     def close(self) -> None:

@@ -76,11 +76,19 @@ def build_command(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of a precomp DATA_DIR (default: "
                                           "RSICD_images/, images/ or the folder itself)."),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
+    chip_size: Optional[int] = typer.Option(None, "--chip-size", help="GeoTIFF scenes: chip side in pixels "
+                                            "(default: the model's input size). See docs/geo.md."),
+    chip_overlap: int = typer.Option(0, "--chip-overlap", help="GeoTIFF scenes: pixels shared by neighbouring chips."),
+    gsd: Optional[float] = typer.Option(None, "--gsd", help="GeoTIFF scenes: resample chips to this many metres "
+                                        "per pixel (default: the scene's own)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="GeoTIFF scenes: bands as R,G,B, counted from 1 "
+                                        "(default: red/green/blue from the colour interpretation, else 1,2,3)."),
 ) -> None:
     """Encode DATA_DIR into INDEX_DIR: Parquet shards, faiss.index, index.json (resumable: rerun to continue)."""
-    from indexing.build import IndexOptions, print_summary, run_index
+    from engine.data.geo_scenes import GeoOptions, parse_bands
     from engine.data.image_guard import configure
     from engine.data.masking import mask_options
+    from indexing.build import IndexOptions, print_summary, run_index
 
     configure(max_image_pixels)
 
@@ -89,7 +97,9 @@ def build_command(
                            append=append, overwrite=overwrite, mask=mask_options(mask, sigma, masks),
                            with_text=not no_text, test_time_views=test_time_views, ray=ray,
                            ray_workers=ray_workers, faiss_shards=faiss_shards, image_runtime=image_runtime,
-                           text_runtime=text_runtime, images=images)
+                           text_runtime=text_runtime, images=images,
+                           geo=GeoOptions(chip_size=chip_size, chip_overlap=chip_overlap, gsd=gsd,
+                                          bands=parse_bands(bands)))
     print_summary(run_index(options))
 
 

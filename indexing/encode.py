@@ -43,6 +43,7 @@ class PlannedImage:
     rel_path: str
     split: str | None
     label: str | None
+    chip: Any = None  # engine.data.geo_scenes.ChipSpec: a window of a GeoTIFF scene; None = the whole file
 
 
 def runtime_for(requested: str, images: int, device: torch.device, compiled: str = "auto") -> str:
@@ -121,12 +122,13 @@ def decode_planned(planned: PlannedImage, transform: Any, mask: MaskOptions, mas
                    blank: torch.Tensor) -> dict[str, Any]:
     """Read, mask and transform one planned image: the decode stage of every indexing path (DataLoader
     workers here, Ray tasks in ``indexing.ray_index``). Never raises for a bad file: ``ok`` False + ``error``."""
+    from engine.data.geo_read import read_chip
     from engine.data.images import load_rgb
 
     started = time.perf_counter()
     item: dict[str, Any] = {"ok": False, "error": "", "width": 0, "height": 0, "mask_resized": "", "pixels": blank}
     try:
-        image = load_rgb(planned.path)
+        image = load_rgb(planned.path) if planned.chip is None else read_chip(planned.path, planned.chip)
         item["width"], item["height"] = image.size
         if mask.mode != "none":
             image = _masked(image, planned, item, mask, masks_dir)

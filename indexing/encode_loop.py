@@ -217,3 +217,4 @@ def _append_row(rows: ImageRows, planned, vector, captions_of, width: int, heigh
     rows.width.append(width)
     rows.height.append(height)
     rows.embeddings.append(vector)
+    rows.chips.append(planned.chip)

@@ -150,10 +150,17 @@ def _repeat(pattern: str, index: int) -> tuple[int, int] | None:
 
 def run_with_budget(cursor: Any, sql: str, budget_s: float | None, label: str) -> list[int]:
     """``sql``'s first column on ``cursor``, interrupted after ``budget_s`` seconds (None: no budget)."""
+    return [row[0] for row in rows_with_budget(cursor, sql, budget_s, label)]
+
+
+def rows_with_budget(cursor: Any, sql: str, budget_s: float | None, label: str,
+                     params: dict | None = None) -> list[tuple]:
+    """``sql``'s rows on ``cursor`` (with bound ``params``), interrupted after ``budget_s`` seconds (None or 0:
+    no budget)."""
     import duckdb
 
     if budget_s is None or budget_s <= 0:
-        return [row[0] for row in cursor.execute(sql).fetchall()]
+        return cursor.execute(sql, params).fetchall() if params else cursor.execute(sql).fetchall()
     lock = threading.Lock()
     state = {"running": True}  # interrupt only while this statement runs (never a later one on the cursor)
 
@@ -166,7 +173,7 @@ def run_with_budget(cursor: Any, sql: str, budget_s: float | None, label: str) -
     watchdog.daemon = True
     watchdog.start()
     try:
-        rows = cursor.execute(sql).fetchall()
+        rows = cursor.execute(sql, params).fetchall() if params else cursor.execute(sql).fetchall()
     except duckdb.InterruptException:
         raise FilterTimeout(f"{label}: the filter ran longer than its {budget_s:g} s budget and was stopped "
                             "(--filter-timeout); simplify it, e.g. fewer regular expressions") from None
@@ -174,4 +181,4 @@ def run_with_budget(cursor: Any, sql: str, budget_s: float | None, label: str) -
         with lock:
             state["running"] = False
         watchdog.cancel()
-    return [row[0] for row in rows]
+    return rows

@@ -27,6 +27,7 @@ from indexing.manifest import Manifest, Segment
 from indexing.encode import PlannedImage
 from engine.atomic import write_table_atomic
 from indexing.layout import SHARDS_DIR, plan_file_name, shard_name
+from indexing.geo_rows import chip_plan_column, chips_from_plan, planned_chip_columns
 from indexing.shards import read_columns, shard_files
 
 PLAIN_FOLDER_KIND = "images"
@@ -68,7 +69,8 @@ def new_segment_plan(dataset: Dataset, index_dir: Path, manifest: Manifest, shar
                                             or any(record.image_id <= max_id for record in fresh))
     images = [PlannedImage(image_id=max_id + 1 + position if renumber else record.image_id,
                            source_id=record.image_id, path=record.path.resolve(),
-                           rel_path=record.relative_path(dataset.root), split=record.split, label=record.label)
+                           rel_path=record.relative_path(dataset.root), split=record.split, label=record.label,
+                           chip=record.chip)
               for position, record in enumerate(fresh)]
     number = len(manifest.segments)
     segment = Segment(plan_file=plan_file_name(number), data_root=str(root), first_shard=manifest.shard_total,
@@ -80,6 +82,7 @@ def new_segment_plan(dataset: Dataset, index_dir: Path, manifest: Manifest, shar
             "path": pa.array([image.rel_path for image in images], pa.string()),
             "split": pa.array([image.split for image in images], pa.string()),
             "label": pa.array([image.label for image in images], pa.string()),
+            **chip_plan_column(images),
         })
         write_table_atomic(index_dir / segment.plan_file, table)
     return SegmentPlan(segment=segment, images=images, duplicates=duplicates, renumbered=renumber and bool(images))
@@ -87,13 +90,16 @@ def new_segment_plan(dataset: Dataset, index_dir: Path, manifest: Manifest, shar
 
 def load_segment_plan(segment: Segment, index_dir: Path) -> SegmentPlan:
     """Re-read a stored plan (resume); absolute paths are rebuilt from the segment's data root."""
-    table = read_columns(index_dir / segment.plan_file, ["image_id", "source_id", "path", "split", "label"])
+    names = ["image_id", "source_id", "path", "split", "label"]
+    table = read_columns(index_dir / segment.plan_file, names + planned_chip_columns(index_dir / segment.plan_file))
     root = Path(segment.data_root)
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    chips = chips_from_plan(columns, table.num_rows)
     images = [PlannedImage(image_id=image_id, source_id=source_id, path=root / rel_path, rel_path=rel_path,
-                           split=split, label=label)
-              for image_id, source_id, rel_path, split, label in zip(
-                  columns["image_id"], columns["source_id"], columns["path"], columns["split"], columns["label"])]
+                           split=split, label=label, chip=chip)
+              for image_id, source_id, rel_path, split, label, chip in zip(
+                  columns["image_id"], columns["source_id"], columns["path"], columns["split"], columns["label"],
+                  chips)]
     if len(images) != segment.planned_images:
         raise DataError(f"{index_dir / segment.plan_file}: holds {len(images)} images, the manifest expects "
                         f"{segment.planned_images}; rebuild with --overwrite")

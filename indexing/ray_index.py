@@ -176,8 +176,12 @@ def decode_batch(batch: dict[str, np.ndarray], transform: bytes, mask, blank_sha
 
     masks_dir = Path(mask.masks_dir) if mask.masks_dir else None
     blank = torch.zeros(blank_shape)
-    items = [decode_planned(PlannedImage(-1, -1, Path(path), "", None, None), transform, mask, masks_dir, blank)
-             for path in batch["path"]]
+    from engine.data.geo_scenes import ChipSpec
+
+    chips = batch["chip"] if "chip" in batch else [""] * len(batch["path"])
+    items = [decode_planned(PlannedImage(-1, -1, Path(path), "", None, None, ChipSpec.from_json(chip) if chip else None),
+                            transform, mask, masks_dir, blank)
+             for path, chip in zip(batch["path"], chips)]
     return {"position": batch["position"],
             "pixels": np.stack([item["pixels"].numpy() for item in items]).astype(np.float32, copy=False),
             **{key: np.array([item[key] for item in items]) for key in
@@ -357,7 +361,8 @@ def _pipeline(model, assembler, manifest, options, layout: RayPlan, views: int, 
     context.verbose_stats_logs = False
     transform = model.image_transform(train=False)
     blank_shape = tuple(transform(Image.new("RGB", (32, 32))).shape)
-    items = [{"position": position, "path": str(image.path)} for position, image in enumerate(assembler.queue)]
+    items = [{"position": position, "path": str(image.path), "chip": image.chip.to_json() if image.chip else ""}
+             for position, image in enumerate(assembler.queue)]
     blocks = max(1, min(len(items) // DECODE_BATCH, 4096))
     rows = ray.data.from_items(items, override_num_blocks=blocks)
     # Other resources than the actors', so Ray Data keeps decoding in tasks instead of fusing it into the actors

@@ -45,13 +45,18 @@ def write_row_file(index_dir: Path) -> Path:
     files = shard_files(index_dir)
     if not files:
         raise EngineError(f"{index_dir}: no image shards to copy into {ROWS_FILE}")
-    schema = pq.read_schema(files[0]).remove_metadata().with_metadata({SIGNATURE_KEY: shard_signature(index_dir)})
+    # shards with chips of GeoTIFF scenes carry extra columns (indexing.geo_rows): the file has them all
+    unified = pa.unify_schemas([pq.read_schema(file).remove_metadata() for file in files])
+    schema = unified.with_metadata({SIGNATURE_KEY: shard_signature(index_dir)})
 
     def write(temp: Path) -> None:
         with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for file in files:
                 table = pq.read_table(file).replace_schema_metadata(None)
-                writer.write_table(table.cast(schema.remove_metadata()))
+                for name in unified.names:
+                    if name not in table.column_names:
+                        table = table.append_column(unified.field(name), pa.nulls(len(table), unified.field(name).type))
+                writer.write_table(table.select(unified.names).cast(unified))
 
     target = index_dir / ROWS_FILE
     replace_atomically(target, write)

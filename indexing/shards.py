@@ -58,6 +58,7 @@ class ImageRows:
     width: list[int] = field(default_factory=list)
     height: list[int] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)  # one (D,) float32 row per image
+    chips: list = field(default_factory=list)  # engine.data.geo_scenes.ChipSpec or None per row (indexing.geo_rows)
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -91,7 +92,12 @@ def image_table(rows: ImageRows, dim: int, metadata: dict[str, str]) -> pa.Table
         pa.array(rows.captions, pa.list_(pa.string())), _embedding_array(matrix, dim),
         pa.array(rows.width, pa.int32()), pa.array(rows.height, pa.int32()),
     ]
-    return pa.Table.from_arrays(columns, schema=image_schema(dim).with_metadata(_metadata(metadata)))
+    table = pa.Table.from_arrays(columns, schema=image_schema(dim))
+    if any(chip is not None for chip in rows.chips):  # chips of GeoTIFF scenes: where each one is
+        from indexing.geo_rows import with_geo_columns
+
+        table = with_geo_columns(table, rows.path, rows.chips)
+    return table.replace_schema_metadata(_metadata(metadata))
 
 
 def text_table(rows: TextRows, dim: int, metadata: dict[str, str]) -> pa.Table:

@@ -173,3 +173,28 @@ def test_unreachable_ray_address_fails_fast_with_one_line(dataset, tmp_path, cap
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="that is a path"):
         run_index(_options(dataset, tmp_path / "out", ray=str(dataset)))
+
+
+def test_ray_index_of_a_geotiff_scene_equals_single_process(ray_cluster, tmp_path) -> None:
+    """Chips of one scene are separate decode tasks on the Ray path; rows and footprints match the single path."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    from engine.data.geo_scenes import GeoOptions
+
+    scene = tmp_path / "scene_20200101.tif"
+    data = np.random.default_rng(0).integers(1, 250, (4, 64, 96)).astype(np.uint8)
+    with rasterio.open(scene, "w", driver="GTiff", width=96, height=64, count=4, dtype="uint8", crs="EPSG:26914",
+                       transform=from_origin(485_000.0, 5_209_000.0, 10.0, 10.0)) as handle:
+        handle.write(data)
+    geo = GeoOptions(chip_size=32)
+    run_index(_options(scene, tmp_path / "single", geo=geo))
+    run_index(_options(scene, tmp_path / "ray", geo=geo, ray="auto", ray_workers=1))
+    columns = ["image_id", "col_off", "row_off", "lon_min", "lat_max", "embedding"]
+    single = pq.read_table(tmp_path / "single" / "shards", columns=columns).sort_by("image_id")
+    distributed = pq.read_table(tmp_path / "ray" / "shards", columns=columns).sort_by("image_id")
+    assert single.num_rows == distributed.num_rows == 6
+    for name in columns[:-1]:
+        assert single.column(name).to_pylist() == distributed.column(name).to_pylist()
+    np.testing.assert_allclose(np.asarray(single.column("embedding").to_pylist()),
+                               np.asarray(distributed.column("embedding").to_pylist()), atol=TOLERANCE)

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 
 from engine.data.common import list_image_files, read_json
-from engine.data.folders import class_folders, read_image_folder, read_scene_folders
+from engine.data.folders import class_folders, read_image_folder, read_scene_folders, read_single_image
+from engine.data.images import IMAGE_SUFFIXES
 from engine.data.identify import match_manifest
 from engine.data.karpathy import KARPATHY_FILE_NAMES, looks_like_karpathy, read_karpathy
 from engine.data.model import Dataset
@@ -96,7 +97,10 @@ def read_dataset(path: str | Path, log: ProblemLog, images: str | Path | None = 
     if images is not None and not (path.is_dir() and looks_like_precomp(path)):
         raise DataError(f"--images {images}: only a precomp folder (train_caps.txt + train_filename.txt ...) "
                         f"takes an image folder; {path} is not one")
-    dataset = _read_json_file(path, log) if path.is_file() else _read_folder(path, log, images)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        dataset = read_single_image(path, log)  # e.g. one GeoTIFF scene
+    else:
+        dataset = _read_json_file(path, log) if path.is_file() else _read_folder(path, log, images)
     match = match_manifest(dataset)
     if match is not None:
         dataset.kind = match.manifest.name

@@ -61,3 +61,11 @@ def read_image_folder(root: Path, log: ProblemLog) -> Dataset:
     return Dataset(
         name=root.name, kind="images", root=root, images=images, captions=[], unlabelled=unlabelled, format="images"
     )
+
+
+def read_single_image(path: Path, log: ProblemLog) -> Dataset:
+    """One image file as a collection of one (a GeoTIFF scene given alone is chipped later by the indexer)."""
+    path = path.resolve()
+    images = [ImageRecord(image_id=0, path=path, split=None, label=label_from_filename(path.name))]
+    check_image_files(images, log, "the command line")
+    return Dataset(name=path.stem, kind="images", root=path.parent, images=images, captions=[], format="images")

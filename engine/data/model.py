@@ -22,6 +22,7 @@ class ImageRecord:
     path: Path  # absolute path to the image file
     split: str | None  # "train" | "val" | "test", or None for unsplit collections
     label: str | None  # scene class name, or None when not derivable
+    chip: object | None = None  # a chip of a GeoTIFF scene (engine.data.geo_scenes.ChipSpec); None = whole file
 
     def relative_path(self, root: Path) -> str:
         """Path relative to the dataset root, with forward slashes (what indexes and manifests store)."""

@@ -155,16 +155,20 @@ class Index:
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, text: str | None = None, *, image: Any = None, k: int = DEFAULT_K, where: str | None = None,
                rerank: str = "none", target: str = "images", rerank_depth: int = DEFAULT_RERANK_DEPTH,
-               columns: Sequence[str] = (), options: RerankOptions | None = None):
+               columns: Sequence[str] = (), options: RerankOptions | None = None, bbox: Any = None,
+               near: Any = None, radius_km: float | None = None):
         """The k best images (or captions, ``target="captions"``) for ``text`` or ``image`` as a pyarrow Table:
         id, score, path, class, captions (+ caption_id, caption for captions), then the ``columns`` asked for.
 
         ``image``: a file path, a PIL image or a numpy array (H×W, H×W×3 or H×W×4; uint8, or floats in 0..1).
         ``where``: an SQL condition on the catalog (``ix.columns``), applied before the k-NN search.
+        ``bbox`` (W, S, E, N) / ``near`` (LON, LAT) with ``radius_km``: chips of GeoTIFF scenes by place (WGS84
+        degrees; a sequence of numbers or "W,S,E,N" text), combined with ``where`` by AND (docs/geo.md).
         The engine's notes (a clamped k, a truncated query) are in ``table.schema.metadata[b"notes"]``."""
         with self._using() as engine:
             extra = _extra_columns(columns, engine.store.catalog.filter_columns)
-            request = _request(text, image, k, where, rerank, target, rerank_depth, options)
+            request = _request(text, image, k, where, rerank, target, rerank_depth, options,
+                               _place(bbox, near, radius_km))
             return result_table(engine, engine.search(request), extra)
 
     def query(self, request: QueryRequest) -> QueryResult:
@@ -212,7 +216,30 @@ class Index:
                                    for start in range(0, len(pictures), EMBED_BATCH)])
 
 
-def _request(text, image, k, where, rerank, target, rerank_depth, options) -> QueryRequest:
+def _place(bbox: Any, near: Any, radius_km: Any):
+    """The place filter of ``search(bbox=..., near=..., radius_km=...)`` (None when none is given), with the
+    API's argument names in the messages."""
+    from engine.query.geo_filter import parse_geo_filter
+
+    texts = []
+    for name, value in (("bbox", bbox), ("near", near)):
+        if value is not None and not isinstance(value, str):
+            try:
+                value = ",".join(repr(float(number)) for number in value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a sequence of numbers or a comma-separated string, "
+                                  f"got {value!r}") from None
+        texts.append(value)
+    if radius_km is not None and (isinstance(radius_km, bool) or not isinstance(radius_km, (int, float, np.number))):
+        raise ConfigError(f"radius_km must be a number of kilometres, got {radius_km!r}")
+    try:
+        return parse_geo_filter(texts[0], texts[1], radius_km)
+    except EngineError as error:
+        message = str(error).replace("--radius-km", "radius_km").replace("--bbox", "bbox").replace("--near", "near")
+        raise ConfigError(message) from None
+
+
+def _request(text, image, k, where, rerank, target, rerank_depth, options, place=None) -> QueryRequest:
     """A checked QueryRequest from keyword arguments (the API's names in the messages)."""
     from engine.query.request import validate_request
 
@@ -238,7 +265,7 @@ def _request(text, image, k, where, rerank, target, rerank_depth, options) -> Qu
         else:
             fields = {"image": as_pil(image, "image")}
     request = QueryRequest(**fields, k=int(k), where=where, rerank=rerank or "none", target=target or "images",
-                           rerank_depth=int(rerank_depth), options=options or RerankOptions())
+                           rerank_depth=int(rerank_depth), options=options or RerankOptions(), place=place)
     validate_request(request)
     return request
 

@@ -44,17 +44,25 @@ def query_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
     filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout", help=FILTER_TIMEOUT_HELP),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="Chips of GeoTIFF scenes whose footprint intersects "
+                                       "W,S,E,N (WGS84 degrees). See docs/geo.md."),
+    near: Optional[str] = typer.Option(None, "--near", help="Chips within --radius-km of LON,LAT (WGS84)."),
+    radius_km: Optional[float] = typer.Option(None, "--radius-km", help="Radius of --near in kilometres."),
+    geojson_out: Optional[Path] = typer.Option(None, "--geojson", help="Also write the hits' footprints as a "
+                                               "GeoJSON FeatureCollection (QGIS, GeoPandas)."),
 ) -> None:
     """Search an index with text or an image; filters run before the k-NN search."""
     from engine import preflight
     from engine.data.image_guard import configure
-    from engine.query.request import QueryRequest, validate_request
+    from engine.query.geo_filter import parse_geo_filter
     from engine.query.output import print_json, print_table
+    from engine.query.request import QueryRequest, validate_request
 
     options = RerankOptions(layer=layer, prf_references=prf_references, aas_text_weight=aas_weight, par_ccs=par_ccs,
                             par_ascs=par_ascs, par_top_fraction=par_top, par_beta=par_beta)
     request = QueryRequest(text=text, image_path=str(image) if image is not None else None, k=k, target=target,
-                           where=where, rerank=rerank, rerank_depth=rerank_depth, options=options)
+                           where=where, rerank=rerank, rerank_depth=rerank_depth, options=options,
+                           place=parse_geo_filter(bbox, near, radius_km))
     # everything that can be checked before the (slow) model load answers at once
     validate_request(request)
     configure(max_image_pixels)
@@ -66,6 +74,8 @@ def query_command(
         preflight.check_image_file(image)
     if html_out is not None:
         preflight.check_output_file(html_out, "--html")
+    if geojson_out is not None:
+        preflight.check_output_file(geojson_out, "--geojson")
     if index is not None:
         _check_index_folder(index)
     from engine.query.api import Index
@@ -76,6 +86,12 @@ def query_command(
         from engine.query.gallery import write_gallery
 
         write_gallery(result, html_out)
+    if geojson_out is not None:
+        from engine.query.geo_json import write_geojson
+
+        if write_geojson(result, geojson_out) < len(result.hits):
+            result.notes.append(f"--geojson {geojson_out}: only hits that are chips of GeoTIFF scenes have a "
+                                "footprint; the others are left out")
     if as_json:
         print_json(result)
     else:

@@ -6,8 +6,8 @@ serialises it; faiss searches are read-only and run concurrently; DuckDB is used
 torch calls from several threads on a 2-core machine keep two pools fighting for the cores (the measured cost:
 docs/benchmarks.md, "Measurements behind design choices").
 
-The ``--where`` filter always runs first, on the request's own thread within its time budget
-(``filter_budget_s``), so a slow filter never holds the model thread or a batch. With a ``batch`` policy
+The ``--where`` filter and the ``--bbox`` / ``--near`` place filter always run first, on the request's own thread
+within their time budget (``filter_budget_s``), so a slow filter never holds the model thread or a batch. With a ``batch`` policy
 (``engine serve``'s default) the model thread then encodes waiting queries together (``engine.query.batching``)
 and the rest of a request — k-NN search, metadata — runs on the request's own thread, concurrently with the next
 batch; reranking (torch) still runs on the model thread. Without one (``engine query``, ``engine serve --batch
@@ -168,17 +168,37 @@ class QueryEngine:
 
     # ---- search --------------------------------------------------------------------------------------------
     def search(self, request: QueryRequest) -> QueryResult:
-        """Answer one request. The ``--where`` filter runs first on the calling thread (its own DuckDB cursor,
+        """Answer one request. The ``--where`` and place filters run first on the calling thread (its own DuckDB cursor,
         within its time budget), so a slow filter never holds the model thread or a batch. Without batching the
         rest of the search runs on the model thread (torch transforms, encoding, rerank); with it the query is
         encoded there in a batch and the rest runs on this thread."""
         validate_request(request)
         began = time.perf_counter()
-        allowed = self.store.filter_ids(request.where) if request.where is not None else None
+        allowed = self.prefilter(request)
         filtered_ms = (time.perf_counter() - began) * 1000
         if self.batcher is not None:
             return self._search_batched(request, allowed, filtered_ms)
         return self.run_model(self._search, request, allowed, filtered_ms)
+
+    def prefilter(self, request: QueryRequest) -> np.ndarray | None:
+        """Sorted ids allowed by the ``--where`` filter AND the ``--bbox`` / ``--near`` place filter (None: no
+        filter), on this thread. Both share one time budget (``filter_budget_s``): the place filter gets what
+        the ``--where`` filter left of it."""
+        if request.where is None and request.place is None:
+            return None
+        began = time.perf_counter()
+        allowed = self.store.filter_ids(request.where) if request.where is not None else None
+        if request.place is None or (allowed is not None and len(allowed) == 0):
+            return allowed
+        budget = self.store.filter_budget_s
+        if budget is None:
+            from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S
+
+            budget = DEFAULT_FILTER_BUDGET_S
+        if budget > 0:  # 0: no limit
+            budget = max(budget - (time.perf_counter() - began), 0.001)
+        placed = self.store.place_ids(request.place, budget)
+        return placed if allowed is None else np.intersect1d(allowed, placed, assume_unique=True)
 
     def _search_batched(self, request: QueryRequest, allowed=None, filtered_ms: float = 0.0) -> QueryResult:
         """Encode in a batch with other requests' queries, then search on this thread (rerank: model thread)."""
@@ -223,15 +243,30 @@ class QueryEngine:
                         started: float, allowed=None, filtered_ms: float = 0.0) -> QueryResult:
         """k-NN search, rerank and metadata of an encoded query (either thread), within the ids ``allowed`` by
         the ``--where`` filter that ``search`` ran first (``filtered_ms``: its time, counted in the total)."""
-        if request.where is not None:
+        if request.place is not None:
+            result.place = request.place.describe()
+        if allowed is not None:
             result.timings_ms["filter"] = filtered_ms
             if len(allowed) == 0:
-                result.notes.append(f"no image matches --where {request.where!r}: nothing to search")
+                if request.place is None:
+                    result.notes.append(f"no image matches --where {request.where!r}: nothing to search")
+                else:
+                    result.notes.append(f"no chip matches {result.place}"
+                                        + (f" and --where {request.where!r}" if request.where else "")
+                                        + ": nothing to search")
+                result.timings_ms["total"] = (time.perf_counter() - started) * 1000 + filtered_ms
                 return result
         if request.target == "captions":
             self._search_captions(vector, request, allowed, result)
         else:
             self._search_images(vector, pixels, request, allowed, result)
+        if self.store.catalog.has_geo:
+            from dataclasses import replace
+
+            from engine.query.geo_filter import geo_rows
+
+            located = geo_rows(self.store, [hit.image_id for hit in result.hits])
+            result.hits = [replace(hit, geo=located.get(hit.image_id)) for hit in result.hits]
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000 + filtered_ms
         return result
 

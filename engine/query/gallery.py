@@ -67,9 +67,13 @@ def render_gallery(result: QueryResult, form_html: str = "") -> str:
         parts.append(f"<div class='query'><img alt='query image' src='"
                      f"{thumbnail_data_uri(jpeg=result.query_image_jpeg)}'></div>")
     parts.extend(f"<div class='note'>{escape(note)}</div>" for note in result.notes)
+    if any(hit.geo is not None for hit in result.hits):
+        from engine.query.geo_gallery import scene_overviews
+
+        parts.append(scene_overviews(result.hits))
     parts.append("<div class='grid'>")
     for hit in result.hits:
-        uri = thumbnail_data_uri(hit.path)
+        uri = thumbnail_data_uri(hit.path) if hit.geo is None else _chip_uri(hit)
         picture = (f"<img alt='image {hit.image_id}' src='{uri}'>" if uri
                    else "<div class='missing'>image not readable</div>")
         caption = hit.text if hit.text is not None else (hit.captions[0] if hit.captions else "")
@@ -79,9 +83,24 @@ def render_gallery(result: QueryResult, form_html: str = "") -> str:
             f"{hit.image_id} · <span class='label'>{escape(hit.label or '')}</span></div>"
             f"<div>{escape(caption)}</div>" + (f"<details><summary>more captions</summary><ul>{more}</ul>"
                                               "</details>" if more else "")
-            + f"<div class='path'>{escape(hit.path)}</div></div>")
+            + _where_line(hit) + f"<div class='path'>{escape(hit.path)}</div></div>")
     parts.append("</div></body></html>")
     return "".join(parts)
+
+
+def _chip_uri(hit) -> str | None:
+    from engine.query.geo_gallery import chip_jpeg
+
+    jpeg = chip_jpeg(hit)
+    return thumbnail_data_uri(jpeg=jpeg) if jpeg else None
+
+
+def _where_line(hit) -> str:
+    if hit.geo is None:
+        return ""
+    from engine.query.geo_gallery import coordinates_line
+
+    return coordinates_line(hit)
 
 
 def write_gallery(result: QueryResult, out: Path) -> None:

@@ -59,6 +59,16 @@ class MetadataStore:
         budget = DEFAULT_FILTER_BUDGET_S if self.filter_budget_s is None else self.filter_budget_s
         return np.asarray(run_filter(self.cursor(), where, self.catalog.filter_columns, budget), dtype=np.int64)
 
+    def place_ids(self, place, budget_s: float | None = None) -> np.ndarray:
+        """Chip ids selected by a ``--bbox`` / ``--near`` filter (``engine.query.geo_filter.GeoFilter``), on this
+        thread's own cursor and within ``budget_s`` seconds (None: ``filter_budget_s``, as ``filter_ids``)."""
+        from engine.query.geo_filter import matching_ids
+        from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S
+
+        if budget_s is None:
+            budget_s = DEFAULT_FILTER_BUDGET_S if self.filter_budget_s is None else self.filter_budget_s
+        return matching_ids(self, place, budget_s)
+
     def embeddings_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, (n, D) float32 embeddings) of the given image ids, in id order."""
         if len(ids) == 0:

@@ -44,15 +44,22 @@ def print_table(result: QueryResult) -> None:
     if result.rerank != "none":
         title += f" (rerank {result.rerank})"
     table = Table(title=Text(title), title_justify="left")
-    for name, justify in (("rank", "right"), ("score", "right"), ("id", "right"), ("path", "left"),
-                          ("class", "left"), ("caption", "left")):
+    located = any(getattr(hit, "geo", None) is not None for hit in result.hits)  # chips of GeoTIFF scenes
+    columns = [("rank", "right"), ("score", "right"), ("id", "right"), ("path", "left"), ("class", "left"),
+               ("caption", "left")]
+    if located:
+        columns.insert(4, ("lat, lon", "left"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold" if name == "path" else "ellipsis",
                          max_width=CAPTION_WIDTH if name == "caption" else None)
     for hit in result.hits:
         text = hit.text if captions and hit.text is not None else first_caption(hit.captions)
         # Text, not str: a file name like "[red]x" or "[/]" is shown as it is, never read as rich markup
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.image_id), Text(visible(hit.path)),
-                      Text(visible(hit.label)), Text(visible(text)))
+        cells = [str(hit.rank), f"{hit.score:.4f}", str(hit.image_id), Text(visible(hit.path)),
+                 Text(visible(hit.label)), Text(visible(text))]
+        if located:
+            cells.insert(4, f"{hit.geo['lat']:.5f}, {hit.geo['lon']:.5f}" if hit.geo else "")
+        table.add_row(*cells)
     table_console().print(table)
 
 

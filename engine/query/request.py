@@ -65,6 +65,7 @@ class QueryRequest:
     rerank: str = "none"
     rerank_depth: int = DEFAULT_RERANK_DEPTH
     options: RerankOptions = field(default_factory=RerankOptions)
+    place: object | None = None  # engine.query.geo_filter.GeoFilter: --bbox / --near over GeoTIFF chips
 
     @property
     def is_image(self) -> bool:
@@ -92,6 +93,7 @@ class Hit:
     captions: list[str]
     caption_id: int | None = None
     text: str | None = None
+    geo: dict | None = None  # map columns of a chip of a GeoTIFF scene (engine.query.geo_filter.geo_rows)
 
     def to_json(self) -> dict:
         row = {"rank": self.rank, "score": round(self.score, 6), "first_stage_score": round(self.first_stage_score, 6),
@@ -99,6 +101,10 @@ class Hit:
                "captions": self.captions}
         if self.caption_id is not None:
             row.update(caption_id=self.caption_id, text=self.text)
+        if self.geo is not None:
+            from engine.query.geo_json import hit_location
+
+            row["location"] = hit_location(self.geo)
         return row
 
 
@@ -116,9 +122,11 @@ class QueryResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     query_image_jpeg: bytes | None = None  # small thumbnail of an image query, for the gallery
     encode_batch: int | None = None  # queries encoded in this one's encoder call (batched serving only)
+    place: str | None = None  # the --bbox / --near filter, described
 
     def to_json(self) -> dict:
         return {"query": self.query, "target": self.target, "k": self.k, "where": self.where,
+                **({"place": self.place} if self.place else {}),
                 "rerank": self.rerank, "notes": self.notes,
                 "timings_ms": {name: round(value, 3) for name, value in self.timings_ms.items()},
                 **({"encode_batch": self.encode_batch} if self.encode_batch is not None else {}),

@@ -29,7 +29,7 @@ from engine.query.http_pool import PooledHTTPServer, ServerLimits
 MAX_BODY_BYTES = 16 * 1024 * 1024
 WORKER_THREADS = 8  # requests handled at once; idle connections hold no worker (http_pool)
 MAX_K = 1000
-JSON_FIELDS = ("q", "k", "where", "rerank", "target", "rerank_depth")
+JSON_FIELDS = ("q", "k", "where", "rerank", "target", "rerank_depth", "bbox", "near", "radius_km")
 
 
 class BadRequest(Exception):
@@ -63,7 +63,17 @@ def request_from_fields(fields: dict, image_bytes: bytes | None = None) -> Query
             raise BadRequest(400, f"{name} must be a string")
     if image_bytes is None and text is None:
         raise BadRequest(400, "missing q (text query) or an image body")
-    return QueryRequest(text=None if image_bytes is not None else text, image_bytes=image_bytes,
+    from engine.query.geo_filter import parse_geo_filter
+
+    for name in ("bbox", "near"):
+        if isinstance(fields.get(name), list):  # JSON bodies may send [W, S, E, N] / [LON, LAT]
+            fields = {**fields, name: ",".join(str(value) for value in fields[name])}
+    try:
+        place = parse_geo_filter(fields.get("bbox") or None, fields.get("near") or None,
+                                 fields.get("radius_km") if fields.get("radius_km") not in ("", None) else None)
+    except EngineError as error:
+        raise BadRequest(400, str(error).replace("--radius-km", "radius_km").replace("--", "")) from None
+    return QueryRequest(text=None if image_bytes is not None else text, image_bytes=image_bytes, place=place,
                         k=_integer(fields.get("k"), "k", DEFAULT_K), where=fields.get("where") or None,
                         rerank=fields.get("rerank") or "none", target=fields.get("target") or "images",
                         rerank_depth=_integer(fields.get("rerank_depth"), "rerank_depth", DEFAULT_RERANK_DEPTH))
