@@ -482,3 +482,108 @@ def test_kill_9_mid_scene_then_rerun_gives_every_chip_once(tmp_path: Path) -> No
     uninterrupted = pq.read_table(clean / "shards", columns=columns).sort_by("image_id").to_pylist()
     assert len(after_kill) == 16 and after_kill == uninterrupted
     assert len({(row["col_off"], row["row_off"]) for row in after_kill}) == 16
+
+
+# -- with hostile input (issue 28) and batched serving / the Python API (issue 31) ---------------------------------
+@pytest.mark.parametrize("batched", [False, True])
+def test_place_filter_runs_with_where_on_the_request_thread_within_the_budget(naip_index: Path, batched) -> None:
+    """--bbox/--near run in the --where pre-filter step: on the caller's thread (never the model thread or a
+    batch), with what is left of the filter budget; the answer is the same as the filter's own ids."""
+    import threading
+
+    from engine.query.batching import BatchPolicy
+    from engine.query.engine import QueryEngine
+    from engine.query.geo_filter import parse_geo_filter
+    from engine.query.request import QueryRequest
+
+    engine = QueryEngine(naip_index, device="cpu", batch=BatchPolicy() if batched else None, filter_budget_s=1.5)
+    calls: list[tuple[int, float]] = []
+    original = engine.store.place_ids
+
+    def recording(place, budget_s=None):
+        calls.append((threading.get_ident(), budget_s))
+        return original(place, budget_s)
+
+    engine.store.place_ids = recording
+    try:
+        place = parse_geo_filter("-99.17,47.01,-99.15,47.02", None, None)
+        result = engine.search(QueryRequest(text="a lake", k=50, where="lat > 47.0", place=place))
+        expected = set(engine.store.place_ids(place).tolist()) & set(engine.store.filter_ids("lat > 47.0").tolist())
+        calls.pop()
+        assert [thread for thread, _ in calls] == [threading.get_ident()] != [engine._model_thread_id]
+        assert 0 < calls[0][1] <= 1.5
+        assert 0 < len(result.hits) and {hit.image_id for hit in result.hits} == expected
+        assert result.place.startswith("bbox") and "filter" in result.timings_ms
+        assert all(hit.geo is not None for hit in result.hits)
+        calls.clear()
+        empty = engine.search(QueryRequest(text="a lake", where="lat > 89", place=place))
+        assert calls == [] and empty.hits == [] and "no chip matches bbox" in empty.notes[0]  # --where empty first
+    finally:
+        engine.close()
+
+
+def test_the_place_filter_stops_at_its_time_budget() -> None:
+    """The place filter's SQL goes through the filter guard's watchdog (a huge catalog: interrupted in time)."""
+    import time
+    from types import SimpleNamespace
+
+    import duckdb
+
+    from engine.query.geo_filter import matching_ids, parse_geo_filter
+    from indexing.filter_guard import FilterTimeout
+
+    connection = duckdb.connect()
+    connection.execute("CREATE VIEW images AS SELECT range AS image_id, 10.0 + (range % 7) * 1e-9 AS lon_min, "
+                       "10.0 AS lon_max, 10.0 AS lat_min, 10.0 AS lat_max, '' AS footprint_wgs84 "
+                       "FROM range(1000000000)")
+    store = SimpleNamespace(catalog=SimpleNamespace(has_geo=True, index_dir="idx"), cursor=connection.cursor)
+    began = time.perf_counter()
+    with pytest.raises(FilterTimeout, match=r"within 1 km of -50,-50.*0\.3 s budget"):
+        matching_ids(store, parse_geo_filter(None, "-50,-50", 1), budget_s=0.3)
+    assert time.perf_counter() - began < 3.0
+
+
+def test_python_api_search_by_place(naip_index: Path) -> None:
+    import engine
+    from engine.errors import ConfigError
+
+    box = (-99.17, 47.01, -99.15, 47.02)
+    inside = {row[0] for row in _sql(f"SELECT image_id FROM read_parquet('{naip_index}/shards/*.parquet') WHERE "
+                                     f"lon_max >= {box[0]} AND lon_min <= {box[2]} AND lat_max >= {box[1]} "
+                                     f"AND lat_min <= {box[3]}")}
+    with engine.open(naip_index, device="cpu") as ix:
+        table = ix.search("a lake", k=50, bbox=box, columns=["lon", "lat"])
+        assert 0 < table.num_rows and set(table.column("id").to_pylist()) <= inside
+        assert set(ix.search("a lake", k=50, bbox=",".join(map(str, box))).column("id").to_pylist()) == set(
+            table.column("id").to_pylist())
+        assert all(box[0] - 0.01 <= lon <= box[2] + 0.01 for lon in table.column("lon").to_pylist())
+        near = ix.search("a lake", k=50, near=(-99.16, 47.02), radius_km=0.1, where="lat > 0")
+        assert 1 <= near.num_rows < 20
+        for arguments, fragment in (({"bbox": (1, 2, 3)}, "bbox expects"), ({"near": (1, 2)}, "near needs radius_km"),
+                                    ({"bbox": "x"}, "bbox expects"), ({"near": 5}, "near must be a sequence"),
+                                    ({"near": (1, 2), "radius_km": "1"}, "radius_km must be a number")):
+            with pytest.raises(ConfigError, match=fragment) as error:
+                ix.search("a lake", **arguments)
+            assert "--" not in str(error.value)
+
+
+def test_chip_size_over_the_image_limit_is_one_line(tmp_path: Path, model_dir: Path, capsys) -> None:
+    scene = write_geotiff(tmp_path / "scene.tif")
+    capsys.readouterr()
+    # (PIL's own bomb check, at twice the limit, also guards the model's 96 x 96 crop: hence 5000, not less)
+    assert _index(scene, tmp_path / "idx", model_dir, "--chip-size", "72", "--max-image-pixels", "5000") != 0
+    _one_error_line(capsys, "--chip-size", "5,184 pixels", "--max-image-pixels")
+    assert not (tmp_path / "idx").exists()
+    assert _index(scene, tmp_path / "idx", model_dir, "--chip-size", "64", "--max-image-pixels", "5000") == 0
+
+
+def test_gallery_map_text_shows_control_characters_as_escapes() -> None:
+    from types import SimpleNamespace
+
+    from engine.query.geo_gallery import coordinates_line
+
+    hit = SimpleNamespace(geo={"lat": 47.0, "lon": -99.0, "gsd": 1.0, "col_off": 0, "row_off": 0, "win_width": 8,
+                               "win_height": 8, "scene": "/data/evil\x1b[2J<b>.tif", "acquired": "2018\u202e"})
+    line = coordinates_line(hit)
+    assert "\x1b" not in line and "\u202e" not in line and "<b>" not in line
+    assert "\\x1b[2J&lt;b&gt;.tif" in line and "\\u202e" in line
