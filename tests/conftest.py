@@ -35,3 +35,22 @@ def aid_dir() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data/aid is not available")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _image_limits_per_test():
+    """A command run in-process with --max-image-pixels sets process-wide limits (engine/data/image_guard.py:
+    the module's setting, $ENGINE_MAX_IMAGE_PIXELS for worker processes, PIL's bomb limit); each test starts
+    from, and leaves, the defaults."""
+    from PIL import Image
+
+    from engine.data import image_guard
+
+    saved = (image_guard._configured, os.environ.get(image_guard.MAX_PIXELS_ENV), Image.MAX_IMAGE_PIXELS)
+    yield
+    image_guard._configured = saved[0]
+    if saved[1] is None:
+        os.environ.pop(image_guard.MAX_PIXELS_ENV, None)
+    else:
+        os.environ[image_guard.MAX_PIXELS_ENV] = saved[1]
+    Image.MAX_IMAGE_PIXELS = saved[2]

@@ -615,3 +615,15 @@ def test_row4_a_slow_filter_does_not_hold_other_searches(server, request, monkey
     status, payload, _ = outcome["slow"]
     assert status == 200 and payload["timings_ms"]["filter"] >= 1900, payload["timings_ms"]
     assert payload["timings_ms"]["total"] >= payload["timings_ms"]["filter"], payload["timings_ms"]
+
+
+def test_a_low_pixel_limit_never_breaks_crops_of_decoded_images() -> None:
+    """--max-image-pixels refuses files by their header; PIL's own bomb check (which also runs on crops and
+    resizes of decoded images, e.g. the model's 224 px centre crop) is never lowered below its default."""
+    from PIL import Image
+
+    from engine.data import image_guard
+
+    image_guard.configure(100)
+    assert image_guard.limits().max_pixels == 100
+    Image.new("RGB", (300, 300)).crop((0, 0, 224, 224)).load()  # DecompressionBombError if PIL's limit followed

@@ -85,10 +85,16 @@ def configure(max_pixels: int | None = None) -> ImageLimits:
     return chosen
 
 
+# PIL's own bomb limit as shipped; it also guards crops and resizes of already-decoded images (a 224 px model
+# input counts), so it is only ever raised to follow a larger --max-image-pixels, never lowered below this.
+_PIL_DEFAULT_MAX_PIXELS = 89_478_485
+
+
 def _sync_pil(chosen: ImageLimits) -> None:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = chosen.max_pixels  # PIL raises DecompressionBombError past twice this
+    # the header check above refuses files over the limit before any decode; PIL's check stays a backstop
+    Image.MAX_IMAGE_PIXELS = max(chosen.max_pixels, _PIL_DEFAULT_MAX_PIXELS)
 
 
 def check_size(label: str | Path, width: int, height: int, depth: int = 1, bytes_per_pixel: int = 1,
