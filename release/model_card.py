@@ -36,6 +36,11 @@ def _instruction_recipe(settings: dict) -> str:
     return f"{trained}; {settings['epochs']} epochs over {settings['views']} views per image"
 
 
+def _repo_relative(text: str) -> str:
+    """A run's log names its data folders absolutely; the card names them from the repository root."""
+    return text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+
+
 def _views(result: dict) -> str:
     views = result.get("settings", {}).get("test_time_views") or 1
     return f"{views} view" + ("s" if views > 1 else "")
@@ -69,7 +74,7 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict, we
         "",
         "| setting | value |",
         "|---|---|",
-        *(f"| {key} | `{json.dumps(config[key])}` |" for key in sorted(config)),
+        *(f"| {key} | `{_repo_relative(json.dumps(config[key]))}` |" for key in sorted(config)),
         "",
         f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
         f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for training, "
@@ -83,7 +88,7 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict, we
                   "| dataset | kind | training images | training pairs | held out |", "|---|---|---|---|---|"]
         lines += [f"| {s['name']} | {s['kind']} | {s['train_images']:,} | {s['train_captions']:,} | "
                   f"{s['held_out_images']:,} |" for s in mix["sources"]]
-        lines += ["", *(f"- {note}" for note in mix["notes"] if not note.startswith("class '"))]
+        lines += ["", *(f"- {_repo_relative(note)}" for note in mix["notes"] if not note.startswith("class '"))]
     if history:
         per_set = sorted({key.split(":")[0] for h in history for key in h["val"] if key.endswith(":mR")})
         extra = "".join(f" {name} val mR |" for name in per_set)

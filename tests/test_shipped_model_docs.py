@@ -32,8 +32,7 @@ def shipped():
 
 def test_eval_results_are_of_the_shipped_model(shipped) -> None:
     shipped_views = shipped.config.vision.test_time_views
-    for split in ("val", "test"):
-        name = f"shipped-{split}.json"
+    for name in ("shipped-val.json", "shipped-test.json", "shipped-rsicd-test.json"):
         assert _fingerprint(name) == shipped.fingerprint(), f"{name} scored another model: re-run engine eval"
         assert _views(name) == shipped_views
 
@@ -42,8 +41,8 @@ def test_one_view_results_are_of_the_same_weights(shipped) -> None:
     shipped_views = shipped.config.vision.test_time_views
     try:
         shipped.set_test_time_views(1)
-        for split in ("val", "test"):
-            name = f"shipped-{split}-1view.json"
+        for name in ("shipped-val-1view.json", "shipped-test-1view.json", "shipped-rsicd-val-1view.json",
+                     "shipped-rsicd-test-1view.json"):
             assert _fingerprint(name) == shipped.fingerprint(), f"{name} scored another model"
             assert _views(name) == 1
     finally:
@@ -53,3 +52,19 @@ def test_one_view_results_are_of_the_same_weights(shipped) -> None:
 def test_model_card_names_the_shipped_fingerprint(shipped) -> None:
     card = (REPO / "docs" / "MODEL_CARD.md").read_text()
     assert f"model fingerprint `{shipped.fingerprint()[:16]}" in card
+
+
+def test_ucm_v1_results_are_of_the_named_model() -> None:
+    """The previous default's tables (docs/results/ucm-v1/) stay reproducible with ``--model ucm-v1``."""
+    import encoders
+    from encoders.checkpoint import model_folder
+
+    model = encoders.load_model(model_folder("ucm-v1"))
+    views = model.config.vision.test_time_views
+    try:
+        for name in ("ucm-v1/ucm-val.json", "ucm-v1/ucm-test.json", "ucm-v1/ucm-val-1view.json",
+                     "ucm-v1/ucm-test-1view.json", "ucm-v1/rsicd-test-1view.json"):
+            model.set_test_time_views(_views(name))
+            assert _fingerprint(name) == model.fingerprint(), f"{name} scored another model"
+    finally:
+        model.set_test_time_views(views)
