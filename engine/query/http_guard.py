@@ -25,6 +25,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.query.request import has_lone_surrogates
+
 MAX_MULTIPART_PARTS = 16
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(rb"[0-9]{1,15}")
@@ -161,17 +163,9 @@ def _check_text(node) -> None:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, str) and has_surrogates(item):
+        elif isinstance(item, str) and has_lone_surrogates(item):
             raise BodyError(400, "malformed JSON body: a string holds a lone surrogate (\\ud800-\\udfff escape); "
                                  "send valid Unicode text")
-
-
-def has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def multipart_image(content_type: str, body: bytes, field: str = "image",

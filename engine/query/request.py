@@ -136,7 +136,7 @@ class QueryResult:
 def validate_request(request: QueryRequest) -> None:
     """Reject contradictory or out-of-range requests with one line naming the flag."""
     for name, value in (("the query", request.text), ("--where", request.where)):
-        if value is not None and not _encodable(value):
+        if value is not None and has_lone_surrogates(value):
             raise ConfigError(f"{name} is not valid UTF-8 text (an undecodable byte at character "
                               f"{_first_surrogate(value)}); pass it as UTF-8")
     if request.target not in TARGETS:
@@ -161,13 +161,14 @@ def validate_request(request: QueryRequest) -> None:
     request.options.validate()
 
 
-def _encodable(text: str) -> bool:
-    """False for text holding lone surrogates: undecodable bytes of a command line (``r\xffiver``)."""
+def has_lone_surrogates(text: str) -> bool:
+    """True for text UTF-8 cannot encode: undecodable bytes of a command line (``r\xffiver``) or a JSON
+    ``\ud800`` escape."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        return True
+    return False
 
 
 def _first_surrogate(text: str) -> int:
