@@ -7,10 +7,12 @@
    ONNX Runtime backbone): images/s (median of ``--reps`` timed batches after a warm-up) and the lowest cosine
    with eager float32 over those tiles.
 2. End to end, in the same process right after: ``indexing.build.run_index`` on a subset of ``--images`` tiles
-   spread evenly over the dataset (all classes), 1 view, ``--image-runtime auto``: images/s over the whole call
-   (model load, runtime build, decode, image and caption encoding, shard writes, FAISS, row file) and over the
-   encode loop alone, each as a ratio of the raw forward of the runtime the build used, plus the time per stage.
-   The same without captions (``--no-text``) separates caption encoding from the image path.
+   spread evenly over the dataset (all classes), ``--image-runtime auto``, at 1 view and at the model's own
+   number of views (``--views``): images/s over the whole call (model load, runtime build, decode, image and
+   caption encoding, shard writes, FAISS, row file) and over the encode loop alone, each as a ratio of the raw
+   forward of the runtime the build used at the same views, plus the time per stage. The same without captions
+   (``--no-text``) separates caption encoding from the image path, and a "cold" build with the compiled-encoder
+   cache off (``ENGINE_COMPILED_CACHE=0``) shows what a machine's first build pays for the ONNX exports.
 3. ``--ray``: the same build on a local Ray cluster of all cores (``ray.init(num_cpus=cores)``), same subset,
    same runtime: the ratio to single-process throughput.
 4. Rerank attention caches are not built by ``engine index``; their cost per image (``extract_features`` at the
@@ -109,19 +111,31 @@ def bracketed(run_function, runtime, pixels, batch: int, reps: int) -> dict:
     return result
 
 
-def index_run(data: Path, out: Path, ray: str | None, with_text: bool, runtime: str) -> dict:
+def index_run(data: Path, out: Path, ray: str | None, with_text: bool, runtime: str, views: int = 1,
+              compiled_cache: bool = True) -> dict:
+    from encoders import onnx_cache
     from indexing.build import IndexOptions, run_index
 
+    before = os.environ.get(onnx_cache.CACHE_ENV)
+    os.environ[onnx_cache.CACHE_ENV] = "1" if compiled_cache else "0"
     started = time.perf_counter()
-    summary = run_index(IndexOptions(data_dir=data, out=out, image_runtime=runtime, test_time_views=1, ray=ray,
-                                     with_text=with_text))
+    try:
+        summary = run_index(IndexOptions(data_dir=data, out=out, image_runtime=runtime, test_time_views=views,
+                                         ray=ray, with_text=with_text))
+    finally:
+        if before is None:
+            os.environ.pop(onnx_cache.CACHE_ENV, None)
+        else:
+            os.environ[onnx_cache.CACHE_ENV] = before
     seconds = time.perf_counter() - started
     stages = dict(summary.stages.seconds)
     loop = sum(stages.get(name, 0.0) for name in ("image encode", "caption encode", "shard write"))
     result = {"images": summary.encoded, "captions": summary.captions_encoded, "seconds": seconds,
               "images_per_s": summary.encoded / seconds, "stages": stages, "runtime": summary.image_runtime,
-              "ray": ray, "with_text": with_text, "summary": summary.lines()}
-    print(f"index {'ray' if ray else 'single'}{'' if with_text else ' no-text'}: {summary.encoded} images in "
+              "ray": ray, "with_text": with_text, "views": views, "compiled_cache": compiled_cache,
+              "summary": summary.lines()}
+    print(f"index {'ray' if ray else 'single'}{'' if with_text else ' no-text'} {views} view(s)"
+          f"{'' if compiled_cache else ' cold'}: {summary.encoded} images in "
           f"{seconds:.1f} s ({result['images_per_s']:.1f}/s); {summary.stages.describe()}", flush=True)
     result["loop_seconds"] = loop
     return result
@@ -145,7 +159,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--kinds", nargs="+", default=["eager", "channels_last", "torchscript", "onnx"])
+    parser.add_argument("--views", type=int, nargs="+", default=None,
+                        help="test-time views of the end-to-end builds with captions (default: 1 and the model's)")
     parser.add_argument("--ray", action="store_true", help="also index on a local Ray cluster, same subset")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder or named config (default: the shipped model); a named config has "
+                             "fresh heads, which changes no timing")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--block", default="encode", help="docs/benchmarks.md block that --update-docs rewrites")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,7 +180,9 @@ def main() -> int:
     from indexing.encode import load_encoder
 
     load_before = load_average()
-    model = load_encoder(None, torch.device("cpu"))
+    model = load_encoder(args.model, torch.device("cpu"))
+    default_views = int(model.config.vision.test_time_views)
+    views_list = args.views or sorted({1, default_views})
     model.set_test_time_views(1)
     dataset = load_dataset(args.data)
     transform = model.image_transform(train=False)
@@ -172,13 +195,23 @@ def main() -> int:
 
     chosen = best_image_runtime(model, "auto")  # what --image-runtime auto builds for a CPU build this size
     result["reference_runtime"] = chosen.kind
+    from indexing.encode import text_encoder_for
+
+    text_encoder_for(model, "onnx")  # the caption graph into the compiled cache too, as after any earlier build
     with tempfile.TemporaryDirectory(prefix="encode-bench-") as scratch:
         data = subset_dataset(args.data, args.images, Path(scratch) / "data")
         scratch_dir = Path(scratch)
-        runs = [bracketed(lambda: index_run(data, scratch_dir / "single", None, True, "auto"), chosen, pixels,
-                          args.batch, args.reps),
-                bracketed(lambda: index_run(data, scratch_dir / "single-no-text", None, False, "auto"), chosen,
-                          pixels, args.batch, args.reps)]
+        runs = []
+        for views in views_list:  # the raw forward of each is measured at the same number of views
+            model.set_test_time_views(views)
+            runs.append(bracketed(lambda: index_run(data, scratch_dir / f"single-{views}", None, True, "auto", views),
+                                  chosen, pixels, args.batch, args.reps))
+        model.set_test_time_views(1)
+        runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-no-text", None, False, "auto"), chosen,
+                              pixels, args.batch, args.reps))
+        # what a first build on a machine pays: both encoders exported to ONNX in the build (no compiled cache)
+        runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-cold", None, True, "auto", 1, False),
+                              chosen, pixels, args.batch, args.reps))
         if args.ray:
             import ray
 
@@ -193,14 +226,44 @@ def main() -> int:
                                       chosen, pixels, args.batch, args.reps))
             finally:
                 ray.shutdown()
+        for run in runs:  # the scratch folder's name means nothing after the run
+            run["summary"] = [line.replace(scratch, "<scratch>") for line in run["summary"]]
     result["runs"] = runs
     result["load_after"] = load_average()
-    write_json_atomic(RESULTS, result, indent=1)
+    result["model"] = {"spec": args.model or "shipped default", "vision": model.config.vision.timm_name,
+                       "image_size": model.config.vision.image_size, "fingerprint": model.fingerprint()[:16]}
+    write_json_atomic(args.out, result, indent=1)
     text = render(result)
     print(text)
     if args.update_docs:
-        update_page(REPO / "docs" / "benchmarks.md", "encode", text)
+        update_page(REPO / "docs" / "benchmarks.md", args.block, text)
     return 0
+
+
+def _model_text(result: dict) -> str:
+    model = result.get("model")
+    if not model:
+        return "shipped model"
+    return (f"model {model['spec']} ({model['vision']} at {model['image_size']} px, fingerprint "
+            f"`{model['fingerprint']}`)")
+
+
+def _load_note(result: dict) -> str:
+    """Whether other work shared the cores (1-minute load average before the run above 1)."""
+    before = result.get("load_before") or [0.0]
+    if before[0] > 1.0:
+        return "other jobs shared the cores: compare numbers of this run with each other, not with other runs"
+    return "nothing else ran before it; the build's own processes are all the load after"
+
+
+def _label(run: dict, long: bool) -> str:
+    label = ("Ray local cluster" if run["ray"] else "single process") if long else ("Ray" if run["ray"] else "single")
+    label += f", {run.get('views', 1)} view{'s' if run.get('views', 1) > 1 else ''}"
+    if not run["with_text"]:
+        label += ", --no-text" if long else ", no text"
+    if not run.get("compiled_cache", False) and "compiled_cache" in run:
+        label += ", cold (ONNX export in the build)" if long else ", cold"
+    return label
 
 
 def _runtime_kind(run: dict) -> str:
@@ -218,10 +281,10 @@ def render(result: dict) -> str:
             rows.append([kind, f"{row['images_per_s']:.1f}", f"{row['min_cosine']:.6f}", f"{row['build_s']:.1f}"])
     lines = ["## Image encoding near the limit (`bench/encode_bench.py`)", "",
              f"Run {meta['date']} on {meta['machine']}, torch threads {result['threads']}, commit {meta['commit']}; "
-             f"load average {result['load_before']} before, {result['load_after']} after (the 2 cores were shared "
-             "with other engineers' jobs: compare numbers of this run with each other, not with other runs). "
+             f"load average {result['load_before']} before, {result['load_after']} after ({_load_note(result)}). "
              f"Command: `{meta['command']}`.", "",
-             f"Raw forward: shipped model, 1 view, batch {result['batch']} of real UCM tiles already decoded and "
+             f"Raw forward: {_model_text(result)}, 1 view, batch {result['batch']} of real UCM tiles already "
+             "decoded and "
              "transformed; cosine = lowest per-tile cosine with eager float32 on the same tiles.", "",
              markdown_table(["runtime", "images/s", "min cosine vs eager", "build s"], rows), ""]
     singles = [run for run in result["runs"] if not run["ray"] and run["with_text"]]
@@ -231,33 +294,37 @@ def render(result: dict) -> str:
         forward = run.get("reference_images_per_s") or raw.get(kind, {}).get("images_per_s")
         image_rate = run["images"] / run["stages"]["image encode"] if run["stages"].get("image encode") else 0.0
         loop_rate = run["images"] / run["loop_seconds"] if run["loop_seconds"] else 0.0
-        label = ("Ray local cluster" if run["ray"] else "single process") + ("" if run["with_text"] else ", --no-text")
+        label = _label(run, long=True)
         # Ray is compared with the single-process runs just before and after it (same minutes of a shared CPU)
         peers = [single for single in singles if abs(result["runs"].index(single) - position) == 1] or singles
         single_rate = sum(single["images_per_s"] for single in peers) / len(peers)
         before_after = run.get("reference_before_after")
         reference = f"{forward:.1f}" + (f" ({before_after[0]:.1f} / {before_after[1]:.1f})" if before_after else "")
-        run_rows.append([label, kind, str(run["images"]), str(run["captions"]), f"{run['seconds']:.1f}",
+        run_rows.append([label, kind, str(run.get("views", 1)), str(run["images"]), str(run["captions"]),
+                         f"{run['seconds']:.1f}",
                          f"{run['images_per_s']:.1f}", reference,
                          f"{run['images_per_s'] / forward:.2f}" if forward else "—",
                          f"{image_rate / forward:.2f}" if forward and image_rate else "—",
                          f"{loop_rate / forward:.2f}" if forward else "—",
                          f"{run['images_per_s'] / single_rate:.2f}" if run["ray"] else "—"])
-    lines += ["End to end (`indexing.build.run_index` in this process, `--test-time-views 1`, `--image-runtime "
-              "auto` and `--text-runtime auto`, UCM images spread over all classes, default 10,000-image shards, "
-              "FAISS chosen automatically). \"raw\" = the raw forward of the runtime the build used, measured right "
-              "before and right after that build (before / after), because the CPU is shared. \"× raw\" = "
+    lines += ["End to end (`indexing.build.run_index` in this process, `--test-time-views` as in the views "
+              "column, `--image-runtime auto` and `--text-runtime auto`, default `--workers`, UCM images spread over "
+              "all classes, default 10,000-image shards, FAISS chosen automatically; the compiled encoders come from "
+              "the on-disk cache of `encoders.onnx_cache`, filled by the raw-forward step, except in the \"cold\" "
+              "row, which exports both encoders inside the build as a machine's first build does). \"raw\" = the "
+              "raw forward of the runtime the build used at the same number of views, measured right "
+              "before and right after that build (before / after), because the CPU may be shared. \"× raw\" = "
               "end-to-end images/s ÷ raw (everything: model load, runtime build, decode, captions, shards, FAISS); "
               "\"image stage × raw\" = images ÷ seconds inside the image-encode stage, ÷ raw (what the pipeline "
               "around the encoder costs it: decode competing for the cores, batching, copies); \"loop × raw\" "
               "counts the image, caption and shard-write stages. Ray is compared with the single-process builds "
               "run just before and after it.", "",
-              markdown_table(["build", "runtime", "images", "captions", "seconds", "images/s", "raw images/s",
+              markdown_table(["build", "runtime", "views", "images", "captions", "seconds", "images/s", "raw images/s",
                               "× raw", "image stage × raw", "loop × raw", "Ray × single"], run_rows), "",
               "Seconds per stage (decode is summed over the decode workers, which run beside the encoder):", ""]
     stage_names = sorted({name for run in result["runs"] for name in run["stages"]},
                          key=lambda name: ORDER.index(name) if name in ORDER else 99)
-    stage_rows = [[("Ray" if run["ray"] else "single") + ("" if run["with_text"] else ", no text")] +
+    stage_rows = [[_label(run, long=False)] +
                   [f"{run['stages'].get(name, 0.0):.1f}" for name in stage_names] for run in result["runs"]]
     lines += [markdown_table(["build", *stage_names], stage_rows), "",
               f"Rerank attention caches are not built at index time (the query engine computes them lazily for the "

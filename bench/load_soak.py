@@ -207,9 +207,18 @@ def _probe(port: int, stop_at: float, out: list[float], failures: list[str]) -> 
         time.sleep(max(0.0, 1.0 - (time.perf_counter() - began)))
 
 
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process (the client threads, the probe and the sampler), user + system."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_phase(server, params: list[dict], clients: int, seconds: float) -> dict:
     """One phase against ``server`` (anything with ``port`` and ``pid``)."""
     rss_before, cpu_before = rss_bytes(server.pid), cpu_seconds(server.pid)
+    clients_cpu_before = _own_cpu_seconds()
     load_before = os.getloadavg()[0]
     stop_at = time.monotonic() + seconds
     results = [{"latencies": [], "errors": {}} for _ in range(clients)]
@@ -229,6 +238,7 @@ def run_phase(server, params: list[dict], clients: int, seconds: float) -> dict:
     for thread in (*threads, probe):
         thread.join()
     wall = time.perf_counter() - began
+    clients_cpu = _own_cpu_seconds() - clients_cpu_before
     latencies = np.asarray([value for result in results for value in result["latencies"]], dtype=np.float64)
     errors: dict[str, int] = {}
     for result in results:
@@ -239,6 +249,7 @@ def run_phase(server, params: list[dict], clients: int, seconds: float) -> dict:
            "throughput_rps": round(len(latencies) / wall, 2),
            "rss_before_mib": round(rss_before / 2**20, 1), "rss_after_mib": round(rss_bytes(server.pid) / 2**20, 1),
            "rss_peak_mib": round(peak / 2**20, 1), "server_cpu_s": round(cpu_seconds(server.pid) - cpu_before, 1),
+           "clients_cpu_s": round(clients_cpu, 1),
            "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
            "healthz_probes": len(health), "healthz_failures": health_failures}
     if len(latencies):
@@ -314,7 +325,17 @@ def _phase_row(mode: str, row: dict) -> str:
             f"{row.get('p99_ms', '—')} | {row.get('max_ms', '—')} | "
             f"{row.get('healthz_p50_ms', '—')} / {row.get('healthz_max_ms', '—')} | "
             f"{row['rss_before_mib']:.0f} → {row['rss_after_mib']:.0f} ({row['rss_peak_mib']:.0f}) | "
-            f"{row['server_cpu_s']:.0f} | {row['load_average_before']:.1f} → {row['load_average_after']:.1f} |")
+            f"{_cpu_cells(row)} | {row['load_average_before']:.1f} → {row['load_average_after']:.1f} |")
+
+
+def _cpu_cells(row: dict) -> str:
+    """'server / clients CPU s | CPU ms per request (server + clients)'; older results have no client CPU."""
+    clients = row.get("clients_cpu_s")
+    if clients is None:
+        return f"{row['server_cpu_s']:.0f} / — | —"
+    per_request = (row["server_cpu_s"] + clients) * 1000 / row["ok"] if row["ok"] else float("nan")
+    server_share = row["server_cpu_s"] * 1000 / row["ok"] if row["ok"] else float("nan")
+    return f"{row['server_cpu_s']:.1f} / {clients:.1f} | {server_share:.1f} + {per_request - server_share:.1f}"
 
 
 STAGES = ("queue", "encode", "search", "serialise", "handler")
@@ -357,8 +378,9 @@ def markdown(report: dict) -> str:
              f"`{meta.get('commit', '?')}`, {machine_text(report['machine'])}. Command: `{meta.get('command', '?')}`."
              + (f" Note: {meta['note']}." if meta.get("note") else ""),
              "", "| batch | clients | s | requests ok | errors | req/s | p50 ms | p95 ms | p99 ms | max ms | "
-             "/healthz p50 / max ms | RSS before → after MiB (peak) | server CPU s | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+             "/healthz p50 / max ms | RSS before → after MiB (peak) | CPU s server / clients | "
+             "CPU ms per request server + clients | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for entry in modes:
         lines += [_phase_row(entry["batch"], row) for row in entry["phases"]]
     if any(row.get("stages_mean_ms") for entry in modes for row in entry["phases"]):

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import torch
 
+from encoders import onnx_cache
 from encoders.onnx_session import cpu_session
 
 MIN_COSINE = 0.9999
@@ -28,6 +29,9 @@ PROBE_TEXTS = ("airport", "dense residential area with many houses and green tre
                "photogrammetrically orthorectified quasiperiodic " * 12, "two tennis courts")
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "embedding"
+OPSET = 17
+ONNX_GRAPH = "text-batch"  # the graph's name in encoders.onnx_cache
+ONNX_SPEC = {"inputs": list(INPUTS), "dynamic": ["batch", "tokens"], "opset": OPSET}
 
 
 class BatchTextEncoder:
@@ -63,8 +67,16 @@ def build_batch_text_encoder(model, kind: str = "onnx", threads: int | None = No
         return BatchTextEncoder(model, "eager")
     if model.device.type != "cpu":
         return None
+    cached = onnx_cache.contains(model, ONNX_GRAPH, ONNX_SPEC)
+    encoder = _checked(model, threads, refresh=False)
+    if encoder is None and cached:  # a cached graph that fails the check (stale, damaged): export afresh, once
+        encoder = _checked(model, threads, refresh=True)
+    return encoder
+
+
+def _checked(model, threads: int | None, refresh: bool) -> BatchTextEncoder | None:
     try:
-        session = _session(model, threads)
+        session = _session(model, threads, refresh)
         encoder = BatchTextEncoder(model, "onnx", session)
         with torch.inference_mode():
             probes = [list(PROBE_TEXTS), list(PROBE_TEXTS[:2]), [PROBE_TEXTS[2]]]
@@ -79,25 +91,29 @@ def build_batch_text_encoder(model, kind: str = "onnx", threads: int | None = No
     return encoder
 
 
-def _session(model, threads: int | None):
+def _session(model, threads: int | None, refresh: bool = False):
     import onnxruntime  # noqa: F401  -- missing ONNX Runtime fails here, before the export
 
-    from encoders.query_text import _TextQueryGraph
+    def export() -> bytes:
+        from encoders.query_text import _TextQueryGraph
 
-    graph = _TextQueryGraph(model, model.text.model).eval()
-    example = model.tokenize(list(PROBE_TEXTS[:2]))  # padded: the mask path must be in the graph
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from transformers.utils import logging as hf_logging
+        graph = _TextQueryGraph(model, model.text.model).eval()
+        example = model.tokenize(list(PROBE_TEXTS[:2]))  # padded: the mask path must be in the graph
+        buffer = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            torch.onnx.export(graph, (example.input_ids, example.attention_mask), buffer, input_names=list(INPUTS),
-                              output_names=[OUTPUT], opset_version=17, dynamo=False,
-                              dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in INPUTS},
-                                            OUTPUT: {0: "batch"}})
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    return cpu_session(buffer.getvalue(), threads or torch.get_num_threads() or (os.cpu_count() or 1))
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                torch.onnx.export(graph, (example.input_ids, example.attention_mask), buffer,
+                                  input_names=list(INPUTS), output_names=[OUTPUT], opset_version=OPSET,
+                                  dynamo=False, dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in INPUTS},
+                                                              OUTPUT: {0: "batch"}})
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        return buffer.getvalue()
+
+    data = onnx_cache.exported(model, ONNX_GRAPH, ONNX_SPEC, export, refresh)[0]
+    return cpu_session(data, threads or torch.get_num_threads() or (os.cpu_count() or 1))

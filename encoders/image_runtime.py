@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from encoders import onnx_cache
 from encoders.onnx_session import cpu_session
 from encoders.views import view_averaged
 
@@ -34,6 +35,7 @@ AUTO_ORDER = ("onnx", "channels_last", "eager")  # fastest first on the 2-core C
 MIN_COSINE = 0.9999  # per probe image, against eager float32
 PROBE_IMAGES = 8
 OPSET = 17
+ONNX_GRAPH = "image-tokens"  # the graph's name in encoders.onnx_cache
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,19 @@ def build_image_runtime(model: Any, kind: str, probes: torch.Tensor | None = Non
     probes = probe_pixels(model) if probes is None else probes
     with torch.inference_mode():
         reference = model.encode_image_view(probes)
+    cached = kind == "onnx" and onnx_cache.contains(model, ONNX_GRAPH, _onnx_spec(probes))
+    runtime = _checked(model, kind, probes, reference, threads, refresh=False)
+    if runtime is None and cached:  # a cached graph that fails the check (stale, damaged): export afresh, once
+        runtime = _checked(model, kind, probes, reference, threads, refresh=True)
+    return runtime
+
+
+def _checked(model: Any, kind: str, probes: torch.Tensor, reference: torch.Tensor, threads: int | None,
+             refresh: bool) -> ImageRuntime | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer/exporter chatter; correctness is checked below
-            runtime = _build(model, kind, probes, threads)
+            runtime = _build(model, kind, probes, threads, refresh)
             with torch.inference_mode():
                 output = runtime._encode_view(probes)
     except Exception:  # noqa: BLE001 -- any export failure means: not this kind (eager is always right)
@@ -146,7 +157,7 @@ def best_image_runtime(model: Any, requested: str = "auto", threads: int | None 
     return build_image_runtime(model, "eager")
 
 
-def _build(model: Any, kind: str, probes: torch.Tensor, threads: int | None) -> ImageRuntime:
+def _build(model: Any, kind: str, probes: torch.Tensor, threads: int | None, refresh: bool = False) -> ImageRuntime:
     if kind == "channels_last":
         fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
@@ -165,7 +176,7 @@ def _build(model: Any, kind: str, probes: torch.Tensor, threads: int | None) -> 
                 return graph(pixels)
 
         return ImageRuntime(model, kind, encode)
-    session, outputs = _onnx_session(model, probes[:2], threads)
+    session, outputs = _onnx_session(model, probes[:2], threads, refresh)
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         values = session.run(outputs, {"pixels": pixels.detach().cpu().numpy().astype(np.float32, copy=False)})
@@ -177,16 +188,25 @@ def _build(model: Any, kind: str, probes: torch.Tensor, threads: int | None) -> 
     return ImageRuntime(model, kind, encode)
 
 
-def _onnx_session(model: Any, example: torch.Tensor, threads: int | None):
+def _onnx_spec(example: torch.Tensor) -> dict[str, Any]:
+    return {"pixels": list(example.shape[1:]), "opset": OPSET}
+
+
+def _onnx_session(model: Any, example: torch.Tensor, threads: int | None, refresh: bool = False):
     import onnxruntime  # noqa: F401  -- missing ONNX Runtime fails here, before the export
 
     module = _Tokens(model).eval()
     with torch.no_grad():
         count = len(module(example))
     outputs = ["global_token", "patch_tokens", "instruction_feature"][:count]
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(module, (example,), buffer, input_names=["pixels"], output_names=outputs,
-                          opset_version=OPSET, dynamo=False,
-                          dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]})
-    return cpu_session(buffer.getvalue(), threads or torch.get_num_threads() or (os.cpu_count() or 1)), outputs
+
+    def export() -> bytes:
+        buffer = io.BytesIO()
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), buffer, input_names=["pixels"], output_names=outputs,
+                              opset_version=OPSET, dynamo=False,
+                              dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]})
+        return buffer.getvalue()
+
+    data = onnx_cache.exported(model, ONNX_GRAPH, _onnx_spec(example), export, refresh)[0]
+    return cpu_session(data, threads or torch.get_num_threads() or (os.cpu_count() or 1)), outputs

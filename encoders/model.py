@@ -67,7 +67,7 @@ class PIRModel(nn.Module):
         shared = shared_backbone_state(config.instruction)
         if shared:
             self._apply_shared_backbone_state(shared)
-        self._fingerprint_cache: tuple[tuple[int, ...], str] | None = None
+        self._fingerprint_cache: dict[int, tuple[tuple[int, ...], str]] | None = None  # views -> (version, sha)
 
     def _apply_shared_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load the AID-trained backbone tensors of the instruction weights into the shared vision network."""
@@ -155,15 +155,22 @@ class PIRModel(nn.Module):
         return self
 
     # ---- identity and inspection --------------------------------------------------------------------------
-    def fingerprint(self) -> str:
-        """sha256 of the canonical config JSON and every weight; recomputed only when a weight has changed."""
+    def fingerprint(self, one_view: bool = False) -> str:
+        """sha256 of the canonical config JSON and every weight; recomputed only when a weight has changed.
+        ``one_view``: the same with the config's test-time views set to 1 — the identity of what one forward pass
+        computes (compiled graphs encode one view and are shared by every number of views)."""
         from encoders.fingerprint import compute_fingerprint
 
         state = self.state_dict()
         version = tuple(t._version for t in state.values()) + tuple(t.data_ptr() for t in state.values())
-        if self._fingerprint_cache is None or self._fingerprint_cache[0] != version:
-            self._fingerprint_cache = (version, compute_fingerprint(self.config, state))
-        return self._fingerprint_cache[1]
+        config = self.config
+        if one_view:
+            config = config.replace(vision=replace(config.vision, test_time_views=1))
+        cached = self._fingerprint_cache or {}
+        if cached.get(config.vision.test_time_views, (None,))[0] != version:
+            cached = {**cached, config.vision.test_time_views: (version, compute_fingerprint(config, state))}
+            self._fingerprint_cache = cached
+        return cached[config.vision.test_time_views][1]
 
     def vision_attention(self, pixels: torch.Tensor, layer: int = -1):  # -> encoders.introspection.AttentionResult
         """Q/K/V and attention map of one vision self-attention layer, plus the last layer's attention map."""

@@ -109,14 +109,26 @@ def trace_query_encoder(model: PIRModel, kind: str = "float32",
     hf_logging.set_verbosity_error()  # tracing touches config attributes that make transformers log noise
     try:
         candidates = [built for candidate in wanted
-                      if (built := _build(model, candidate, probes, eager, tolerance)) is not None]
+                      if (built := _build_once_more(model, candidate, probes, eager, tolerance)) is not None]
     finally:
         hf_logging.set_verbosity(verbosity)
     return min(candidates, key=lambda encoder: encoder.check.probe_ms) if candidates else None
 
 
+def _build_once_more(model: PIRModel, kind: str, probes: list[TextBatch], eager: list[torch.Tensor],
+                     tolerance: float) -> CompiledTextQueryEncoder | None:
+    """``_build``; an ONNX graph from ``encoders.onnx_cache`` that fails its check is exported anew, once."""
+    from encoders import onnx_cache, query_onnx
+
+    cached = kind == "onnx" and onnx_cache.contains(model, query_onnx.ONNX_GRAPH, query_onnx.graph_spec(probes[1]))
+    built = _build(model, kind, probes, eager, tolerance)
+    if built is None and cached:
+        built = _build(model, kind, probes, eager, tolerance, refresh=True)
+    return built
+
+
 def _build(model: PIRModel, kind: str, probes: list[TextBatch], eager: list[torch.Tensor],
-           tolerance: float) -> CompiledTextQueryEncoder | None:
+           tolerance: float, refresh: bool = False) -> CompiledTextQueryEncoder | None:
     from encoders import query_onnx
 
     backbone = model.text.model
@@ -128,7 +140,8 @@ def _build(model: PIRModel, kind: str, probes: list[TextBatch], eager: list[torc
             example = probes[1]
             module = _TextQueryGraph(model, backbone).eval()
             if kind == "onnx":
-                encoder = query_onnx.OnnxTextQueryEncoder(query_onnx.export_session(module, example))
+                session = query_onnx.export_session(module, example, model, refresh)
+                encoder = query_onnx.OnnxTextQueryEncoder(session)
             else:
                 traced = torch.jit.trace(module, (example.input_ids, example.attention_mask), check_trace=False)
                 graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))

@@ -338,7 +338,7 @@ def _run_index_locked(options: IndexOptions) -> IndexSummary:
                 text_encoder = encode.text_encoder_for(model, text_runtime)
             summary.image_runtime = encoder.describe()
             summary.text_runtime = text_encoder.describe() if manifest.with_text else ""
-            workers = encode.default_workers() if options.workers is None else options.workers
+            workers = encode.default_workers(device) if options.workers is None else options.workers
             encode_segment(model, dataset, segment_plan, pending, manifest, out, device, options.batch_size,
                            workers, summary, encoder, text_encoder)
     with times.timed("ids check"):

@@ -38,6 +38,7 @@ MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per 
 NLIST_PER_SQRT_N = 4
 NPROBE_DIVISOR = 16
 MAX_NPROBE = 128
+MAX_IVF_LISTS = 1 << 22  # 4,194,304 lists; 4·sqrt(N) lists reach that only at 10^12 vectors
 PQ_CODE_SIZES = (64, 48, 32, 24, 16, 12, 8, 4)  # bytes per vector, best recall first
 FLOAT_BYTES = 4
 ID_BYTES = 8
@@ -161,6 +162,15 @@ def validate_factory(factory: str, dim: int, count: int | None = None) -> None:
     more IVF lists than vectors, or fewer vectors than a product quantizer's 2^nbits centroids."""
     import faiss
 
+    # faiss allocates every inverted list when it builds the index: read their number from the string first, so
+    # "IVF99999999" is refused at once instead of after seconds of allocation
+    for lists in (int(match) for match in re.findall(r"IVF(\d+)", factory)):
+        if lists > MAX_IVF_LISTS:
+            raise ConfigError(f"--index {factory!r}: {lists} IVF lists is more than this engine builds "
+                              f"(at most {MAX_IVF_LISTS})")
+        if count is not None and lists > count:
+            raise ConfigError(f"--index {factory!r}: {lists} IVF lists need at least as many vectors to train, "
+                              f"and this build has {count}; use IVF{max(1, ivf_nlist(count))} or fewer lists")
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:

@@ -45,7 +45,7 @@ def build_command(
     out: Path = typer.Option(..., "--out", help="Index folder to create or continue."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder or named config (default model)."),
     batch_size: int = typer.Option(64, "--batch-size"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default: cores - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes beside the encoder (default: cores - 1; 0 on a CPU build on <= 2 cores)."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Images per Parquet shard (default 10000)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     index: Optional[str] = typer.Option(None, "--index", help="FAISS factory string (default: chosen by size)."),

@@ -30,6 +30,7 @@ PROBE_SIDE = 32  # size of the blank image used to learn the transform's output 
 # ``--image-runtime auto`` compiles the image encoder (an ONNX export: seconds) only for at least this many images
 AUTO_RUNTIME_MIN_IMAGES = 512
 MAX_DEFAULT_WORKERS = 8
+INLINE_DECODE_MAX_CORES = 2  # measured on 2 cores only; larger machines keep decode processes
 NAMED_CONFIG_SEED = 0
 
 
@@ -74,8 +75,15 @@ class _PlainEncoder:
         return "eager"
 
 
-def default_workers() -> int:
-    return max(0, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) - 1))
+def default_workers(device: torch.device | None = None) -> int:
+    """Decode processes beside the encoder: none when a CPU encoder already uses every core of a machine of at
+    most ``INLINE_DECODE_MAX_CORES`` (a decode process there only takes cores from the encoder's threads and adds
+    a copy of every tile between processes; decoding in the loop is faster: docs/benchmarks.md, "Image encoding
+    near the limit"), else cores - 1, at most ``MAX_DEFAULT_WORKERS``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if (device is None or device.type == "cpu") and cores <= INLINE_DECODE_MAX_CORES:
+        return 0
+    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
 
 
 def load_encoder(spec: str | None, device: torch.device) -> Any:
@@ -179,7 +187,9 @@ def encode_decoded(model: Any, pixels: torch.Tensor, ok: list[bool], device: tor
     that failed to decode are zeros and must not be used."""
     good = [slot for slot, fine in enumerate(ok) if fine]
     vectors = np.zeros((len(ok), int(model.config.embed_dim)), np.float32)
-    if good:
+    if len(good) == len(ok):
+        vectors[:] = encode_pixels(model, pixels, device)  # no copy of the batch when every item decoded
+    elif good:
         vectors[good] = encode_pixels(model, pixels[good], device)
     return vectors
 

@@ -41,7 +41,7 @@ def test_every_runtime_matches_eager_float32(tiny, kind) -> None:
 def test_an_unfaithful_runtime_is_refused_and_auto_falls_back(tiny, monkeypatch) -> None:
     from encoders import image_runtime
 
-    def perturbed(model, kind, probes, threads):  # a "compiled" encoder that is slightly off
+    def perturbed(model, kind, probes, threads, refresh=False):  # a "compiled" encoder that is slightly off
         return image_runtime.ImageRuntime(model, kind, lambda pixels: torch.nn.functional.normalize(
             model.encode_image_view(pixels) + 0.05 * torch.randn(len(pixels), model.config.embed_dim), dim=-1))
 

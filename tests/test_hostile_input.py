@@ -517,7 +517,7 @@ def test_row9_a_faiss_factory_that_cannot_train_fails_before_anything_is_written
     began = time.perf_counter()
     code = main(["index", str(data_dir), "--out", str(out), "--model", str(model_dir), "--index", "IVF99999999,PQ1"])
     line = one_error_line(capsys.readouterr().err)
-    assert code == 2 and "99999999 IVF lists" in line and time.perf_counter() - began < 30
+    assert code == 2 and "99999999 IVF lists" in line and time.perf_counter() - began < 5  # no list is allocated
     assert not out.exists()
 
 

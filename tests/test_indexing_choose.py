@@ -100,3 +100,18 @@ def test_validate_factory() -> None:
         validate_factory("IVFx,Flat", 64)
     with pytest.raises(ConfigError, match="--index 'PQ7'"):
         validate_factory("PQ7", 64)  # 64 is not divisible by 7
+
+
+def test_an_absurd_number_of_ivf_lists_is_refused_before_faiss_allocates_them() -> None:
+    import time
+
+    from engine.errors import ConfigError
+    from indexing.choose import MAX_IVF_LISTS, validate_factory
+
+    began = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"at most {MAX_IVF_LISTS}"):
+        validate_factory(f"IVF{MAX_IVF_LISTS * 16},Flat", 16)  # no vector count known (an --append, say)
+    with pytest.raises(ConfigError, match="need at least as many vectors"):
+        validate_factory("IVF2000000,Flat", 16, count=100)
+    assert time.perf_counter() - began < 2
+    validate_factory("IVF64,Flat", 16, count=10_000)  # an ordinary one still passes

@@ -19,17 +19,12 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.home import HOME_ENV, engine_home  # noqa: F401  -- HOME_ENV is part of this module's interface
 from indexing.last_index import last_index, last_index_file
 from indexing.layout import is_complete
 
-HOME_ENV = "ENGINE_HOME"
 INDEX_ENV = "ENGINE_INDEX"
 DEFAULT_INDEX_NAME = "indexes/default"
-
-
-def engine_home() -> Path:
-    configured = os.environ.get(HOME_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "rs-engine"
 
 
 def resolve_index(explicit: Path | None) -> tuple[Path, str | None]:
