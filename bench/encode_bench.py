@@ -112,7 +112,7 @@ def bracketed(run_function, runtime, pixels, batch: int, reps: int) -> dict:
 
 
 def index_run(data: Path, out: Path, ray: str | None, with_text: bool, runtime: str, views: int = 1,
-              compiled_cache: bool = True) -> dict:
+              compiled_cache: bool = True, model_spec: str | None = None) -> dict:
     from encoders import onnx_cache
     from indexing.build import IndexOptions, run_index
 
@@ -120,8 +120,8 @@ def index_run(data: Path, out: Path, ray: str | None, with_text: bool, runtime: 
     os.environ[onnx_cache.CACHE_ENV] = "1" if compiled_cache else "0"
     started = time.perf_counter()
     try:
-        summary = run_index(IndexOptions(data_dir=data, out=out, image_runtime=runtime, test_time_views=views,
-                                         ray=ray, with_text=with_text))
+        summary = run_index(IndexOptions(data_dir=data, out=out, model_spec=model_spec, image_runtime=runtime,
+                                         test_time_views=views, ray=ray, with_text=with_text))
     finally:
         if before is None:
             os.environ.pop(onnx_cache.CACHE_ENV, None)
@@ -181,6 +181,7 @@ def main() -> int:
 
     load_before = load_average()
     model = load_encoder(args.model, torch.device("cpu"))
+    identity = model.fingerprint()[:16]  # as loaded, with its own number of views (what the docs name)
     default_views = int(model.config.vision.test_time_views)
     views_list = args.views or sorted({1, default_views})
     model.set_test_time_views(1)
@@ -204,13 +205,16 @@ def main() -> int:
         runs = []
         for views in views_list:  # the raw forward of each is measured at the same number of views
             model.set_test_time_views(views)
-            runs.append(bracketed(lambda: index_run(data, scratch_dir / f"single-{views}", None, True, "auto", views),
+            runs.append(bracketed(lambda: index_run(data, scratch_dir / f"single-{views}", None, True, "auto", views,
+                                                    model_spec=args.model),
                                   chosen, pixels, args.batch, args.reps))
         model.set_test_time_views(1)
-        runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-no-text", None, False, "auto"), chosen,
+        runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-no-text", None, False, "auto",
+                                                model_spec=args.model), chosen,
                               pixels, args.batch, args.reps))
         # what a first build on a machine pays: both encoders exported to ONNX in the build (no compiled cache)
-        runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-cold", None, True, "auto", 1, False),
+        runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-cold", None, True, "auto", 1, False,
+                                                model_spec=args.model),
                               chosen, pixels, args.batch, args.reps))
         if args.ray:
             import ray
@@ -219,10 +223,12 @@ def main() -> int:
             ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False)
             try:
-                runs.append(bracketed(lambda: index_run(data, scratch_dir / "ray", "auto", True, "auto"), chosen,
+                runs.append(bracketed(lambda: index_run(data, scratch_dir / "ray", "auto", True, "auto",
+                                                        model_spec=args.model), chosen,
                                       pixels, args.batch, args.reps))
                 # the single-process build once more right after, so Ray is compared with the same minutes
-                runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-again", None, True, "auto"),
+                runs.append(bracketed(lambda: index_run(data, scratch_dir / "single-again", None, True, "auto",
+                                                     model_spec=args.model),
                                       chosen, pixels, args.batch, args.reps))
             finally:
                 ray.shutdown()
@@ -231,7 +237,7 @@ def main() -> int:
     result["runs"] = runs
     result["load_after"] = load_average()
     result["model"] = {"spec": args.model or "shipped default", "vision": model.config.vision.timm_name,
-                       "image_size": model.config.vision.image_size, "fingerprint": model.fingerprint()[:16]}
+                       "image_size": model.config.vision.image_size, "fingerprint": identity}
     write_json_atomic(args.out, result, indent=1)
     text = render(result)
     print(text)
