@@ -100,6 +100,11 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _cell(value: tuple[float, float], count: int) -> str:
+    """mean ± sample std; one seed has no spread to show."""
+    return f"{value[0]:.2f} ± {value[1]:.2f}" if count > 1 else f"{value[0]:.2f}"
+
+
 def summarise(runs: list[dict], seeds: list[int]) -> dict[str, dict]:
     summary = {}
     for name in VARIANTS:
@@ -126,20 +131,22 @@ def render(summary: dict[str, dict], meta: dict) -> str:
         f"Command (rows accumulate in `{meta['runs_file']}`): `{meta['command']}`",
         "",
         f"Mix: `{meta['mix']}`; {meta['epochs']} epochs unless the row says otherwise, batch {meta['batch_size']}, "
-        f"lr {meta['lr']}; mean ± sample std over seeds {meta['seeds']}. The epoch is chosen on the mean val mR of "
+        f"lr {meta['lr']}; mean ± sample std over the seeds of each row (a row of one seed shows no spread). The epoch is chosen on the mean val mR of "
         f"{' and '.join(datasets)}; each test split is scored once, afterwards, with 1 view through the cached trunk "
         "(the same numbers `engine eval --test-time-views 1` gives up to float16 trunk storage). s/epoch: training "
         "seconds per epoch without validation; other jobs shared the 2 cores, so times compare only roughly.",
         "",
         "| variant | what | " + " | ".join(f"{d} test mR" for d in datasets) + " | "
-        + " | ".join(f"{d} val mR" for d in datasets) + " | best epochs | s/epoch |",
-        "|---|---|" + "---|" * (2 * len(datasets) + 2),
+        + " | ".join(f"{d} val mR" for d in datasets) + " | seeds | best epochs | s/epoch |",
+        "|---|---|" + "---|" * (2 * len(datasets) + 3),
     ]
     for name, row in summary.items():
-        tests = [f"**{row[f'test_{d}_mR'][0]:.2f} ± {row[f'test_{d}_mR'][1]:.2f}**" for d in datasets]
-        vals = [f"{row[f'val_{d}'][0]:.2f} ± {row[f'val_{d}'][1]:.2f}" for d in datasets]
+        count = len(row["seeds"])
+        tests = [f"**{_cell(row[f'test_{d}_mR'], count)}**" for d in datasets]
+        vals = [_cell(row[f"val_{d}"], count) for d in datasets]
         lines.append(f"| {name} | {VARIANTS[name][0]} | " + " | ".join(tests + vals)
-                     + f" | {', '.join(map(str, row['best_epoch']))} | {row['epoch_seconds'][0]:.0f} |")
+                     + f" | {', '.join(map(str, row['seeds']))} | {', '.join(map(str, row['best_epoch']))} | "
+                     f"{row['epoch_seconds'][0]:.0f} |")
     lines += ["", "Per-direction recalls (test, mean over seeds):", "",
               "| variant | dataset | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mR |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -165,6 +172,8 @@ def main() -> None:
     parser.add_argument("--runs-file", type=Path, default=REPO / "docs" / "bench" / "ablation_rsicd_runs.json")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
     parser.add_argument("--block", default="model-rsicd")
+    parser.add_argument("--render-only", action="store_true",
+                        help="train nothing: re-render the block from the runs file for --variants and --seeds")
     args = parser.parse_args()
 
     import torch
@@ -185,7 +194,7 @@ def main() -> None:
     mixes = {}
     for name in args.variants:
         for seed in args.seeds:
-            if (name, seed) in done:
+            if (name, seed) in done or args.render_only:
                 continue
             config = variant_config(base, name, seed, instruction)
             if config.use_affiliation not in mixes:
