@@ -67,11 +67,7 @@ def build_batch_text_encoder(model, kind: str = "onnx", threads: int | None = No
         return BatchTextEncoder(model, "eager")
     if model.device.type != "cpu":
         return None
-    cached = onnx_cache.contains(model, ONNX_GRAPH, ONNX_SPEC)
-    encoder = _checked(model, threads, refresh=False)
-    if encoder is None and cached:  # a cached graph that fails the check (stale, damaged): export afresh, once
-        encoder = _checked(model, threads, refresh=True)
-    return encoder
+    return onnx_cache.checked(model, ONNX_GRAPH, ONNX_SPEC, lambda refresh: _checked(model, threads, refresh))
 
 
 def _checked(model, threads: int | None, refresh: bool) -> BatchTextEncoder | None:
@@ -115,5 +111,5 @@ def _session(model, threads: int | None, refresh: bool = False):
                 hf_logging.set_verbosity(verbosity)
         return buffer.getvalue()
 
-    data = onnx_cache.exported(model, ONNX_GRAPH, ONNX_SPEC, export, refresh)[0]
+    data = onnx_cache.exported(model, ONNX_GRAPH, ONNX_SPEC, export, refresh)
     return cpu_session(data, threads or torch.get_num_threads() or (os.cpu_count() or 1))

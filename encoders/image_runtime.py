@@ -120,11 +120,10 @@ def build_image_runtime(model: Any, kind: str, probes: torch.Tensor | None = Non
     probes = probe_pixels(model) if probes is None else probes
     with torch.inference_mode():
         reference = model.encode_image_view(probes)
-    cached = kind == "onnx" and onnx_cache.contains(model, ONNX_GRAPH, _onnx_spec(probes))
-    runtime = _checked(model, kind, probes, reference, threads, refresh=False)
-    if runtime is None and cached:  # a cached graph that fails the check (stale, damaged): export afresh, once
-        runtime = _checked(model, kind, probes, reference, threads, refresh=True)
-    return runtime
+    if kind != "onnx":
+        return _checked(model, kind, probes, reference, threads, refresh=False)
+    return onnx_cache.checked(model, ONNX_GRAPH, _onnx_spec(probes),
+                              lambda refresh: _checked(model, kind, probes, reference, threads, refresh))
 
 
 def _checked(model: Any, kind: str, probes: torch.Tensor, reference: torch.Tensor, threads: int | None,
@@ -208,5 +207,5 @@ def _onnx_session(model: Any, example: torch.Tensor, threads: int | None, refres
                               dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]})
         return buffer.getvalue()
 
-    data = onnx_cache.exported(model, ONNX_GRAPH, _onnx_spec(example), export, refresh)[0]
+    data = onnx_cache.exported(model, ONNX_GRAPH, _onnx_spec(example), export, refresh)
     return cpu_session(data, threads or torch.get_num_threads() or (os.cpu_count() or 1)), outputs

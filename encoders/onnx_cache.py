@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.atomic import AtomicWriteError, replace_atomically
 from engine.home import engine_home
@@ -32,6 +32,7 @@ from engine.home import engine_home
 CACHE_ENV = "ENGINE_COMPILED_CACHE"
 FOLDER = "compiled"
 SUFFIX = ".onnx"
+T = TypeVar("T")
 MAX_FILES = 8  # a model's image + caption + query graphs, for a few models; each is 10-100 MB
 
 
@@ -70,29 +71,31 @@ def cache_key(model: Any, graph: str, spec: dict[str, Any]) -> str | None:
 
 
 def exported(model: Any, graph: str, spec: dict[str, Any], export: Callable[[], bytes],
-             refresh: bool = False) -> tuple[bytes, bool]:
-    """(ONNX bytes of ``graph``, whether they came from the cache): the cached file when there is one (and not
-    ``refresh``), else ``export()``, whose result is then stored."""
+             refresh: bool = False) -> bytes:
+    """ONNX bytes of ``graph``: the cached file when there is one (and not ``refresh``), else ``export()``, whose
+    result is then stored."""
     path = _path(model, graph, spec)
     if path is None:
-        return export(), False
+        return export()
     if not refresh:
         try:
             data = path.read_bytes()
             os.utime(path)  # most recently used
-            return data, True
+            return data
         except OSError:
             pass
     data = export()
     _store(path, data)
-    return data, False
+    return data
 
 
-def contains(model: Any, graph: str, spec: dict[str, Any]) -> bool:
-    """Whether a build of ``graph`` would read it from the cache (callers retry with ``refresh`` when such a
-    graph fails their check against the eager model: a stale or damaged file)."""
-    path = _path(model, graph, spec)
-    return path is not None and path.is_file()
+def checked(model: Any, graph: str, spec: dict[str, Any], build: Callable[[bool], T | None]) -> T | None:
+    """``build(refresh=False)``, the caller's export-and-check against the eager model; when it fails (None)
+    and the graph came from the cache (stale, damaged), ``build(refresh=True)`` once, which exports afresh."""
+    cached = _path(model, graph, spec)
+    cached = cached is not None and cached.is_file()
+    built = build(False)
+    return build(True) if built is None and cached else built
 
 
 def _path(model: Any, graph: str, spec: dict[str, Any]) -> Path | None:

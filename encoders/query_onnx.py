@@ -77,5 +77,5 @@ def export_session(graph: torch.nn.Module, example: TextBatch, model=None, refre
         return buffer.getvalue()
 
     data = export() if model is None else onnx_cache.exported(model, ONNX_GRAPH, graph_spec(example), export,
-                                                               refresh)[0]
+                                                               refresh)
     return cpu_session(data, QUERY_THREADS)  # one short query is too small to split (query_text)

@@ -120,11 +120,10 @@ def _build_once_more(model: PIRModel, kind: str, probes: list[TextBatch], eager:
     """``_build``; an ONNX graph from ``encoders.onnx_cache`` that fails its check is exported anew, once."""
     from encoders import onnx_cache, query_onnx
 
-    cached = kind == "onnx" and onnx_cache.contains(model, query_onnx.ONNX_GRAPH, query_onnx.graph_spec(probes[1]))
-    built = _build(model, kind, probes, eager, tolerance)
-    if built is None and cached:
-        built = _build(model, kind, probes, eager, tolerance, refresh=True)
-    return built
+    if kind != "onnx":
+        return _build(model, kind, probes, eager, tolerance)
+    return onnx_cache.checked(model, query_onnx.ONNX_GRAPH, query_onnx.graph_spec(probes[1]),
+                              lambda refresh: _build(model, kind, probes, eager, tolerance, refresh=refresh))
 
 
 def _build(model: PIRModel, kind: str, probes: list[TextBatch], eager: list[torch.Tensor],
