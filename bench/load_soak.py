@@ -48,6 +48,10 @@ QUERIES = ("airport with runways", "dense residential area", "a river through gr
            "parking lot with many cars", "beach and sea", "harbor with boats", "tennis court", "freeway",
            "storage tanks", "golf course", "sparse residential houses")
 K = 10
+# --batch modes: the engine serve flags of each ("on-1lane": batched, text on the model thread only, as before
+# the text lanes)
+MODES = {"on": ["--batch", "on"], "off": ["--batch", "off"],
+         "on-1lane": ["--batch", "on", "--batch-text-lanes", "1"]}
 FILTER_EVERY = 5
 CLIENT_TIMEOUT_S = 60.0
 WARMUP_S = 10.0
@@ -108,7 +112,7 @@ class Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--index", str(index),
                                          "--port", "0", "--device", "cpu", "--text-encoder", text_encoder,
-                                         "--batch", batch],
+                                         *MODES[batch]],
                                         stdout=self.log, stderr=self.log, env=env, cwd=REPO)
         self.port = self._wait_for_port()
 
@@ -351,13 +355,16 @@ def _stage_row(mode: str, row: dict) -> str:
 def comparison(report: dict) -> list[str]:
     """One sentence per client count: batching on against off, measured in the same run."""
     modes = {entry["batch"]: entry["phases"] for entry in _modes(report)}
-    if not {"on", "off"} <= set(modes):
+    if "off" not in modes:
         return []
     lines = []
-    for on, off in zip(modes["on"], modes["off"]):
+    pairs = [(mode, on, off) for mode in MODES if mode != "off" and mode in modes
+             for on, off in zip(modes[mode], modes["off"])]
+    for mode, on, off in pairs:
         if on["clients"] != off["clients"] or not off["throughput_rps"]:
             continue
-        lines.append(f"- {on['clients']} client(s): batching on gives {on['throughput_rps'] / off['throughput_rps']:.2f}× "
+        name = "batching on" if mode == "on" else f"`{mode}`"
+        lines.append(f"- {on['clients']} client(s): {name} gives {on['throughput_rps'] / off['throughput_rps']:.2f}× "
                      f"the req/s of off ({on['throughput_rps']:.1f} vs {off['throughput_rps']:.1f}); p50 "
                      f"{on.get('p50_ms', '—')} vs {off.get('p50_ms', '—')} ms, p95 {on.get('p95_ms', '—')} vs "
                      f"{off.get('p95_ms', '—')} ms.")
@@ -417,7 +424,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500, help="distinct query sentences cycled by the clients")
     parser.add_argument("--warmup-seconds", type=float, default=WARMUP_S)
     parser.add_argument("--text-encoder", default="auto", help="engine serve --text-encoder")
-    parser.add_argument("--batch", nargs="+", choices=("on", "off"), default=["on"],
+    parser.add_argument("--batch", nargs="+", choices=tuple(MODES), default=["on"],
                         help="engine serve --batch modes compared in this run (e.g. --batch on off)")
     parser.add_argument("--note", default=None, help="a caveat printed with the table (e.g. a shared machine)")
     parser.add_argument("--update-docs", action="store_true")

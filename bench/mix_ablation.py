@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                           "hard_negative_beta": 5.0}),
     "r-long": ("r-base, 20 epochs instead of 6 (RSICD val still rose at r-base's last epoch)",
                {**_BASE, "epochs": 20}),
+    "r-12ep": ("r-base, 12 epochs instead of 6 (r-long's first step: 20 epochs do not fit one session here)",
+               {**_BASE, "epochs": 12}),
     "r-tail2": ("r-once, the last two EfficientNet stages and MiniLM layers trained (--unfreeze-last 2)",
                 {**_BASE, "repeated_captions": "once", "unfreeze_last": 2}),
     "r-lite2": ("r-once on EfficientNet-Lite2 at 260 px (config offline-lite2; its own AID-trained tail)",

@@ -129,6 +129,40 @@ def test_errors_reach_every_query_of_the_batch_and_preparation_errors_only_their
     assert batcher.encode("image", lambda: "after").output == "i:after"  # the batcher is not stuck
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_with_two_lanes_the_next_batch_encodes_while_the_first_still_runs(lanes) -> None:
+    encoders = RecordingEncoders(delay=0.3)
+    pool = ThreadPoolExecutor(max_workers=lanes)
+    batcher = EncodeBatcher({"text": pool.submit, "image": encoders.thread.submit},
+                            {"text": encoders.text, "image": encoders.image}, BatchPolicy(max_wait_ms=0))
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(batcher.encode("text", lambda: "first")))
+    thread.start()
+    time.sleep(0.1)  # the first batch is encoding
+    second = batcher.encode("text", lambda: "second")
+    thread.join(timeout=10)
+    pool.shutdown()
+    assert first[0].output == "t:first" and second.output == "t:second" and second.batch_size == 1
+    if lanes == 2:
+        assert second.queue_ms < 150  # a free lane took it at once
+    else:
+        assert second.queue_ms >= 150  # behind the first batch's 300 ms on the one thread
+
+
+def test_text_lanes_only_for_onnx_runtime_encoders(monkeypatch) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from engine.query.engine import text_lane_count
+
+    onnx, torch_graph = SimpleNamespace(kind="onnx"), SimpleNamespace(kind="float32")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert text_lane_count(BatchPolicy(), onnx, onnx) == 3  # one per core
+    assert text_lane_count(BatchPolicy(text_lanes=5), onnx, onnx) == 5
+    assert text_lane_count(BatchPolicy(text_lanes=5), torch_graph, onnx) == 1  # torch stays on the model thread
+    assert text_lane_count(BatchPolicy(), onnx, None) == 1
+
+
 def test_a_closed_model_thread_fails_queries_instead_of_hanging() -> None:
     encoders = RecordingEncoders()
     batcher = encoders.batcher()
@@ -138,7 +172,8 @@ def test_a_closed_model_thread_fails_queries_instead_of_hanging() -> None:
 
 
 @pytest.mark.parametrize("policy, message", [({"max_batch": 0}, "--batch-max"),
-                                             ({"max_wait_ms": -1}, "--batch-wait-ms")])
+                                             ({"max_wait_ms": -1}, "--batch-wait-ms"),
+                                             ({"text_lanes": 65}, "--batch-text-lanes")])
 def test_bad_policies_are_one_line_errors(policy, message) -> None:
     with pytest.raises(ConfigError, match=message):
         BatchPolicy(**policy).validate()
@@ -192,24 +227,30 @@ def test_batched_searches_answer_like_unbatched_ones(engines) -> None:
     requests = [QueryRequest(text=text, k=5) for text in TEXTS] + [
         QueryRequest(text="river", k=4, where="split = 'train'"), QueryRequest(image_path=image, k=3),
         QueryRequest(text="farm", k=3, rerank="aas", rerank_depth=6)]
-    seen: set[int] = set()
+    seen: dict[str, set[str]] = {"text": set(), "image": set()}
     batch_encoder, single_encoder = batched.batch_text_encoder.encode_batch, batched.text_query_encoder
+    image_encoder = batched.batcher._encoders["image"]
 
-    def recording(encode):
+    def recording(encode, kind):
         def run(batch):
-            seen.add(threading.get_ident())
+            seen[kind].add(threading.current_thread().name.split("_")[0])
             return encode(batch)
         return run
 
-    batched.batch_text_encoder.encode_batch = recording(batch_encoder)
-    batched.text_query_encoder = recording(single_encoder)
+    batched.batch_text_encoder.encode_batch = recording(batch_encoder, "text")
+    batched.text_query_encoder = recording(single_encoder, "text")
+    batched.batcher._encoders["image"] = recording(image_encoder, "image")
     try:
         with ThreadPoolExecutor(max_workers=len(requests)) as pool:
             answers = list(pool.map(batched.search, requests))
     finally:
         del batched.batch_text_encoder.encode_batch
         batched.text_query_encoder = single_encoder
-    assert seen == {batched._model_thread_id}  # torch/ONNX work stays on the one model thread
+        batched.batcher._encoders["image"] = image_encoder
+    # ONNX text batches run on the text lanes (the model thread when there is one lane), torch on the model
+    # thread, never on a request's thread
+    assert seen["text"] == {"engine-text" if batched.text_lanes > 1 else "engine-model"}
+    assert seen["image"] == {"engine-model"}
     for request, answer in zip(requests, answers):
         expected = single.search(request)
         assert [hit.image_id for hit in answer.hits] == [hit.image_id for hit in expected.hits]
@@ -249,7 +290,8 @@ def test_server_reports_where_the_time_goes(engines) -> None:
 
 @pytest.mark.parametrize("flags, message", [(["--batch", "maybe"], "--batch must be on or off"),
                                             (["--batch-max", "0"], "--batch-max must be within"),
-                                            (["--batch-wait-ms", "5000"], "--batch-wait-ms must be within")])
+                                            (["--batch-wait-ms", "5000"], "--batch-wait-ms must be within"),
+                                            (["--batch-text-lanes", "-1"], "--batch-text-lanes must be within")])
 def test_serve_batch_flags_are_checked_before_anything_slow(flags, message, capsys) -> None:
     from engine.cli import main
 

@@ -149,6 +149,9 @@ def serve_command(
                                   "encoder call."),
     batch_wait_ms: float = typer.Option(DEFAULT_MAX_WAIT_MS, "--batch-wait-ms", help="With --batch on: most "
                                         "milliseconds a batch waits for queries still being prepared."),
+    batch_text_lanes: int = typer.Option(0, "--batch-text-lanes", help="With --batch on and ONNX Runtime text "
+                                         "encoders: threads encoding text batches at once (0: one per core; 1: "
+                                         "the model thread only)."),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP +
                                                    " Uploads over it are answered 413."),
     filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout",
@@ -165,7 +168,7 @@ def serve_command(
     choices = (*TEXT_ENCODER_KINDS, "eager")
     if text_encoder not in choices:
         raise ConfigError(f"--text-encoder must be one of {', '.join(choices)}, got {text_encoder!r}")
-    policy = batch_policy(batch, batch_max, batch_wait_ms)
+    policy = batch_policy(batch, batch_max, batch_wait_ms, batch_text_lanes)
     preflight.check_device(device)
     configure(max_image_pixels)
     _check_filter_timeout(filter_timeout)
@@ -186,12 +189,12 @@ def serve_command(
     serve_forever(engine, host, port, server=server)
 
 
-def batch_policy(batch: str, batch_max: int, batch_wait_ms: float):
+def batch_policy(batch: str, batch_max: int, batch_wait_ms: float, text_lanes: int = 0):
     """``--batch on|off`` and its bounds as a BatchPolicy (None: off), checked before anything slow."""
     from engine.errors import ConfigError
     from engine.query.batching import BatchPolicy
 
     if batch not in ("on", "off"):
         raise ConfigError(f"--batch must be on or off, got {batch!r}")
-    policy = BatchPolicy(max_batch=batch_max, max_wait_ms=batch_wait_ms).validate()
+    policy = BatchPolicy(max_batch=batch_max, max_wait_ms=batch_wait_ms, text_lanes=text_lanes).validate()
     return policy if batch == "on" else None

@@ -90,15 +90,30 @@ class QueryEngine:
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
         self._caches_lock = threading.Lock()
-        self.batcher = None if batch is None else EncodeBatcher(
-            lambda function: self._model_thread.submit(_inference, function),
-            {"text": self._encode_text_batch, "image": self._encode_image_batch}, batch)
+        self._text_lanes = None
+        self.batcher = None
+        if batch is not None:
+            on_model_thread = lambda function: self._model_thread.submit(_inference, function)  # noqa: E731
+            submit = {"text": on_model_thread, "image": on_model_thread}
+            lanes = text_lane_count(batch, self.text_query_encoder, self.batch_text_encoder)
+            if lanes > 1:
+                self._text_lanes = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="engine-text")
+                submit["text"] = lambda function: self._text_lanes.submit(_inference, function)
+            self.batcher = EncodeBatcher(submit, {"text": self._encode_text_batch,
+                                                  "image": self._encode_image_batch}, batch)
 
     @property
     def image_count(self) -> int:
         return int(self.loaded.index.ntotal)
 
+    @property
+    def text_lanes(self) -> int:
+        """Threads encoding text batches at once (1: the model thread)."""
+        return self._text_lanes._max_workers if self._text_lanes is not None else 1
+
     def close(self) -> None:
+        if self._text_lanes is not None:
+            self._text_lanes.shutdown(wait=True)
         self._model_thread.shutdown(wait=True)  # first: work queued on the model thread still reads the index
         self.loaded.close()
 
@@ -349,6 +364,19 @@ def _batch_text_encoder(model, text_encoder: str, batch: BatchPolicy | None):
     if text_encoder != "eager":
         built = build_batch_text_encoder(model, "onnx", threads=QUERY_THREADS)
     return built or build_batch_text_encoder(model, "eager")
+
+
+def text_lane_count(batch: BatchPolicy, single, batched) -> int:
+    """How many threads encode text batches: the policy's ``text_lanes`` (0: one per core) when both text encoders
+    are ONNX Runtime sessions (which run on the calling thread and may run concurrently), else 1 (the model
+    thread: torch must stay there)."""
+    if getattr(single, "kind", None) != "onnx" or getattr(batched, "kind", None) != "onnx":
+        return 1
+    if batch.text_lanes:
+        return batch.text_lanes
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _inference(function, *args):

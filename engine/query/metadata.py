@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError
+from engine.query.filter_cache import FilterCache
 
 IMAGE_COLUMNS = "image_id, path, split, label, captions"
 
@@ -43,6 +44,7 @@ class MetadataStore:
         self.local = threading.local()
         self.data_root_of = _data_root_ranges(Path(catalog.index_dir), index_config)
         self.filter_budget_s: float | None = None  # None: indexing.filter_guard's default
+        self.filter_cache = FilterCache()  # --where results of this (fixed) index, by condition text
 
     def cursor(self):
         cursor = getattr(self.local, "cursor", None)
@@ -52,12 +54,17 @@ class MetadataStore:
 
     def filter_ids(self, where: str) -> np.ndarray:
         """Image ids matching a user SQL condition (checked by ``indexing.sql_filter``; one-line errors), on
-        this thread's own cursor and within ``filter_budget_s`` seconds."""
+        this thread's own cursor and within ``filter_budget_s`` seconds; a condition seen before is answered
+        from ``filter_cache`` (read-only array)."""
         from indexing.filter_guard import DEFAULT_FILTER_BUDGET_S
         from indexing.sql_filter import run_filter
 
+        cached = self.filter_cache.get(where)
+        if cached is not None:
+            return cached
         budget = DEFAULT_FILTER_BUDGET_S if self.filter_budget_s is None else self.filter_budget_s
-        return np.asarray(run_filter(self.cursor(), where, self.catalog.filter_columns, budget), dtype=np.int64)
+        ids = run_filter(self.cursor(), where, self.catalog.filter_columns, budget)
+        return self.filter_cache.put(where, np.asarray(ids, dtype=np.int64))
 
     def place_ids(self, place, budget_s: float | None = None) -> np.ndarray:
         """Chip ids selected by a ``--bbox`` / ``--near`` filter (``engine.query.geo_filter.GeoFilter``), on this

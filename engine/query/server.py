@@ -216,7 +216,7 @@ def serve_forever(engine, host: str, port: int, token: str | None = None,
     batcher = getattr(engine, "batcher", None)
     if batcher is not None:
         auth += (f"; queries encoded in batches of up to {batcher.policy.max_batch}, waiting at most "
-                 f"{batcher.policy.max_wait_ms:g} ms")
+                 f"{batcher.policy.max_wait_ms:g} ms, text on {engine.text_lanes} thread(s)")
     print(f"serving {engine.root} ({engine.image_count} images; {encoder}; {auth}) on "
           f"http://{bound_host}:{bound_port}/ — Ctrl-C stops", file=sys.stderr, flush=True)
     try:
