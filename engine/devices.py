@@ -7,6 +7,7 @@ machine without one is a user error (one line, non-zero exit), not a crash deep 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_device(device: str, flag: str = "--device") -> None:

@@ -7,7 +7,6 @@ before the model's own transform.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,9 @@ def default_workers(device: torch.device | None = None) -> int:
     most ``INLINE_DECODE_MAX_CORES`` (a decode process there only takes cores from the encoder's threads and adds
     a copy of every tile between processes; decoding in the loop is faster: docs/benchmarks.md, "Image encoding
     near the limit"), else cores - 1, at most ``MAX_DEFAULT_WORKERS``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from engine.devices import usable_cores
+
+    cores = usable_cores()
     if (device is None or device.type == "cpu") and cores <= INLINE_DECODE_MAX_CORES:
         return 0
     return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))

@@ -91,13 +91,15 @@ class QueryEngine:
         self._caches: dict[int, object] = {}
         self._caches_lock = threading.Lock()
         self._text_lanes = None
+        self.text_lanes = 1  # threads encoding text batches at once (1: the model thread)
         self.batcher = None
         if batch is not None:
             on_model_thread = lambda function: self._model_thread.submit(_inference, function)  # noqa: E731
             submit = {"text": on_model_thread, "image": on_model_thread}
-            lanes = text_lane_count(batch, self.text_query_encoder, self.batch_text_encoder)
-            if lanes > 1:
-                self._text_lanes = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="engine-text")
+            self.text_lanes = text_lane_count(batch, self.text_query_encoder, self.batch_text_encoder)
+            if self.text_lanes > 1:
+                self._text_lanes = ThreadPoolExecutor(max_workers=self.text_lanes,
+                                                      thread_name_prefix="engine-text")
                 submit["text"] = lambda function: self._text_lanes.submit(_inference, function)
             self.batcher = EncodeBatcher(submit, {"text": self._encode_text_batch,
                                                   "image": self._encode_image_batch}, batch)
@@ -105,11 +107,6 @@ class QueryEngine:
     @property
     def image_count(self) -> int:
         return int(self.loaded.index.ntotal)
-
-    @property
-    def text_lanes(self) -> int:
-        """Threads encoding text batches at once (1: the model thread)."""
-        return self._text_lanes._max_workers if self._text_lanes is not None else 1
 
     def close(self) -> None:
         if self._text_lanes is not None:
@@ -372,11 +369,9 @@ def text_lane_count(batch: BatchPolicy, single, batched) -> int:
     thread: torch must stay there)."""
     if getattr(single, "kind", None) != "onnx" or getattr(batched, "kind", None) != "onnx":
         return 1
-    if batch.text_lanes:
-        return batch.text_lanes
-    import os
+    from engine.devices import usable_cores
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return batch.text_lanes or usable_cores()
 
 
 def _inference(function, *args):

@@ -63,8 +63,7 @@ class MetadataStore:
         if cached is not None:
             return cached
         budget = DEFAULT_FILTER_BUDGET_S if self.filter_budget_s is None else self.filter_budget_s
-        ids = run_filter(self.cursor(), where, self.catalog.filter_columns, budget)
-        return self.filter_cache.put(where, np.asarray(ids, dtype=np.int64))
+        return self.filter_cache.put(where, run_filter(self.cursor(), where, self.catalog.filter_columns, budget))
 
     def place_ids(self, place, budget_s: float | None = None) -> np.ndarray:
         """Chip ids selected by a ``--bbox`` / ``--near`` filter (``engine.query.geo_filter.GeoFilter``), on this
