@@ -40,6 +40,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                {**_BASE, "epochs": 20}),
     "r-12ep": ("r-base, 12 epochs instead of 6 (r-long's first step: 20 epochs do not fit one session here)",
                {**_BASE, "epochs": 12}),
+    "r-12ep+8": ("a trained model (--init-from; the default shipped 2026-12-07: r-12ep seed 1) trained 8 more "
+                 "epochs from a warm restart at half the learning rate; the row's seed is the continuation's",
+                 {**_BASE, "epochs": 8, "learning_rate": 2.5e-4}),
     "r-tail2": ("r-once, the last two EfficientNet stages and MiniLM layers trained (--unfreeze-last 2)",
                 {**_BASE, "repeated_captions": "once", "unfreeze_last": 2}),
     "r-lite2": ("r-once on EfficientNet-Lite2 at 260 px (config offline-lite2; its own AID-trained tail)",
@@ -47,10 +50,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 # variants whose instruction weights differ from --instruction-weights: variant -> flag that names them
 INSTRUCTION_FLAGS = {"r-lite2": "--lite2-instruction"}
+# variants that start from a trained model (--init-from) instead of the AID-trained tail
+CONTINUATIONS = {"r-12ep+8"}
 
 
-def variant_config(base, name: str, seed: int, instruction: dict[str, Path | None]):
+def variant_config(base, name: str, seed: int, instruction: dict[str, Path | None], init_from: str | None = None):
     overrides = dict(VARIANTS[name][1])
+    if name in CONTINUATIONS:
+        if init_from is None:
+            raise SystemExit(f"variant {name} needs --init-from (the trained model it continues)")
+        return dataclasses.replace(base, seed=seed, instruction_weights=None, init_from=init_from, **overrides)
     weights = instruction.get(name, instruction["default"])
     if weights is None:
         raise SystemExit(f"variant {name} needs {INSTRUCTION_FLAGS.get(name, '--instruction-weights')}")
@@ -161,7 +170,10 @@ def render(summary: dict[str, dict], meta: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mix", type=Path, required=True)
-    parser.add_argument("--instruction-weights", type=Path, required=True, help="AID-trained tail + classifier")
+    parser.add_argument("--instruction-weights", type=Path, default=None, help="AID-trained tail + classifier "
+                        "(every variant but the continuations)")
+    parser.add_argument("--init-from", default=None, help="the trained model a continuation variant starts from "
+                        "(checkpoint folder or shipped name)")
     parser.add_argument("--lite2-instruction", type=Path, default=None, help="the same for offline-lite2 (r-lite2)")
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -198,7 +210,7 @@ def main() -> None:
         for seed in args.seeds:
             if (name, seed) in done or args.render_only:
                 continue
-            config = variant_config(base, name, seed, instruction)
+            config = variant_config(base, name, seed, instruction, args.init_from)
             if config.use_affiliation not in mixes:
                 mixes[config.use_affiliation] = load_mix(spec, config.use_affiliation)
             run = run_variant(mixes[config.use_affiliation], config, name, args.out / f"{name}-seed{seed}")

@@ -70,6 +70,9 @@ def train_command(
                                  help="Random flips/rotations (a random cached view) per training pair."),
     instruction_weights: Optional[Path] = typer.Option(None, "--instruction-weights",
                                                        help="Output of `engine train-instruction`."),
+    init_from: Optional[str] = typer.Option(None, "--init-from",
+                                            help="Start from a trained model (checkpoint folder, or default / "
+                                                 "ucm-v1): fine-tune it; optimiser and schedule start fresh."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
@@ -101,10 +104,19 @@ def train_command(
         freeze_backbones=freeze_backbones, unfreeze_last=unfreeze_last, backbone_lr_scale=backbone_lr_scale,
         feature_cache=str(feature_cache) if feature_cache else None, cached_views=cached_views, augment=augment,
         device=device, amp=amp, num_workers=workers,
-        instruction_weights=str(instruction_weights) if instruction_weights else None,
+        instruction_weights=str(instruction_weights) if instruction_weights else None, init_from=init_from,
         mix=spec.to_dict() if spec is not None else None)
     if resume is not None and not resume.exists():
         raise ConfigError(f"--resume {resume}: no such run folder")
+    if init_from is not None:
+        from encoders.checkpoint import model_folder, read_checkpoint_meta
+
+        try:
+            start = model_folder(init_from)
+        except ConfigError as error:
+            raise ConfigError(f"--init-from: {error}") from None
+        typer.echo(f"starting from {start} (fingerprint {str(read_checkpoint_meta(start).get('fingerprint'))[:16]})",
+                   err=True)
     if spec is None:
         source = load_dataset(data[0], images=images)
         for note in source.notes:

@@ -193,6 +193,28 @@ def _backbones_come_from_dependencies(model, config: TrainConfig) -> bool:
     return untouched and model.config.vision.pretrained != NO_PRETRAINED and model.config.text.pretrained
 
 
+def init_from(model, spec: str) -> list[dict]:
+    """Load the weights of the trained model ``spec`` names (``encoders.checkpoint.model_folder``: a folder or a
+    shipped name) into ``model``, strictly; returns its ``trained_on`` record (a model trained
+    further still carries what its start saw: ``engine eval --zero-shot`` must not call that data unseen)."""
+    from encoders.checkpoint import TRAINED_ON_FIELD, load_weights as load_checkpoint, model_folder, read_checkpoint_meta
+
+    folder = model_folder(spec)
+    meta = read_checkpoint_meta(folder)
+    try:
+        load_checkpoint(model, folder)
+    except ConfigError as error:
+        raise ConfigError(f"--init-from {spec}: {error}") from None
+    recorded = meta.get(TRAINED_ON_FIELD, [])
+    return recorded if isinstance(recorded, list) else []
+
+
+def merged_provenance(start: list[dict], run: list[dict]) -> list[dict]:
+    """The datasets a model trained from ``start`` has seen: the start's records, then the run's own; a record
+    the run repeats exactly is kept once."""
+    return [record for record in start if record not in run] + list(run)
+
+
 def save_model(model, folder: Path, config: TrainConfig, trained_on: list[dict] | None = None) -> None:
     """Checkpoint folder via the encoders' format; heads only when the backbones are unchanged pretrained ones.
     ``trained_on``: the datasets trained on (recorded in the checkpoint, read by ``engine eval --zero-shot``)."""

@@ -99,6 +99,9 @@ def train(dataset: Dataset | Mix, config: TrainConfig, out: Path, resume: Path |
         device = torch.device("cuda", info.local_rank)
     seed_everything(config.seed)
     model = model_ops.build_model(config).to(device)
+    start_trained_on: list[dict] = []
+    if config.init_from is not None:  # a resumed run reloads its own last/ right after: still the start's record
+        start_trained_on = model_ops.init_from(model, config.init_from)
     if resume is not None:
         model_ops.load_weights(model, resume / LAST_DIR if (resume / LAST_DIR).is_dir() else resume)
     data = prepare_data(dataset, config, model, device, info)
@@ -125,8 +128,8 @@ def train(dataset: Dataset | Mix, config: TrainConfig, out: Path, resume: Path |
         write_text_atomic(out / CONFIG_FILE, config.to_json())
         if isinstance(dataset, Mix):
             write_text_atomic(out / MIX_FILE, json.dumps(dataset.describe(), indent=2))
-    trained_on = dataset.trained_on() if isinstance(dataset, Mix) else [
-        {**dataset.identity(), "trained_images": len(dataset.split("train").images), "part": "train split"}]
+    trained_on = model_ops.merged_provenance(start_trained_on, dataset.trained_on() if isinstance(dataset, Mix) else [
+        {**dataset.identity(), "trained_images": len(dataset.split("train").images), "part": "train split"}])
     best_metrics: dict[str, float] = {}
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(run.epoch, last_epoch):

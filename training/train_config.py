@@ -65,6 +65,10 @@ class TrainConfig:
     num_workers: int = 0
     eval_batch_size: int = 64
     instruction_weights: str | None = None  # trained instruction-encoder weights (train-instruction output)
+    # start from a trained model (a checkpoint folder or a shipped name: default, ucm-v1) instead of the pretrained
+    # backbones + fresh heads: its heads, trained tails and instruction classifier are loaded; the optimiser, the
+    # learning-rate schedule and the loss temperatures start fresh (fine-tuning, or a longer schedule in two runs)
+    init_from: str | None = None
     recall_ks: tuple[int, ...] = field(default=(1, 5, 10))
     mix: dict | None = None  # several datasets (training.mix.MixSpec.to_dict()); None = the one DATA dataset
 
@@ -108,6 +112,8 @@ class TrainConfig:
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
+            (not (self.init_from and self.instruction_weights),
+             "--init-from loads the instruction classifier of the model it starts from: drop --instruction-weights"),
             (not (self.feature_cache and not self.freeze_backbones),
              "--feature-cache needs frozen backbones (--unfreeze-last N trains their last blocks from the "
              "cached trunk): drop --train-backbones or the cache"),
@@ -140,7 +146,7 @@ class TrainConfig:
     # fields that must match between a checkpoint and the run that resumes it
     RESUME_FIXED = ("model", "use_vir", "use_lca", "lca_readout", "use_affiliation", "affiliation", "batch_size",
                     "seed", "cached_views", "train_mask", "train_mask_sigma", "train_masks",
-                    "freeze_backbones", "unfreeze_last", "mix", "repeated_captions")
+                    "freeze_backbones", "unfreeze_last", "mix", "repeated_captions", "init_from")
 
     def resume_mismatches(self, saved: "TrainConfig") -> list[str]:
         return [f"{name}: checkpoint {getattr(saved, name)!r} vs now {getattr(self, name)!r}"
