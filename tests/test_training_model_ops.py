@@ -9,6 +9,7 @@ import torch
 import encoders
 from encoders.model_config import load_config
 from training import model_ops
+from training.train_config import TrainConfig
 
 
 def _shared_config(use_vir: bool = True):
@@ -42,3 +43,20 @@ def test_one_cache_serves_vir_on_and_off_and_any_instruction_weights() -> None:
     with torch.no_grad():
         next(with_vir.vision.parameters()).add_(1.0)
     assert model_ops.backbone_identity(with_vir) != model_ops.backbone_identity(without_vir)
+
+
+def test_text_padding_past_the_batchs_longest_caption_is_cut_and_changes_nothing() -> None:
+    """Cached captions come padded to their dataset's longest; the tail runs only up to the batch's longest."""
+    torch.manual_seed(0)
+    model = model_ops.build_model(TrainConfig(model="tiny-test", unfreeze_last=1)).eval()
+    texts = ["a river", "many green trees beside a long road with cars", "a port"]
+    with torch.no_grad():
+        inputs = model_ops.text_inputs(model, texts, tail=1)
+        longest = inputs["mask"].shape[1]
+        padded = {key: torch.nn.functional.pad(value, [0, 0] * (value.dim() - 2) + [0, 9])
+                  for key, value in inputs.items()}
+        cut = model_ops.without_trailing_padding(padded)
+        assert {key: value.shape[1] for key, value in cut.items()} == {key: longest for key in cut}
+        torch.testing.assert_close(model_ops.embed_texts(model, padded, tail=1),
+                                   model_ops.embed_texts(model, inputs, tail=1))
+    assert model_ops.without_trailing_padding(inputs) is inputs  # nothing to cut: the same dict

@@ -173,7 +173,23 @@ def embed_images(model, inputs: dict[str, torch.Tensor], tail: int = 0) -> torch
     return model.encode_image_from_tokens(global_token, _upcast(inputs["patch_tokens"]), instruction_feature)
 
 
+def without_trailing_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Text inputs cut after the last position any caption of the batch uses.
+
+    A cache pads every caption to its dataset's longest (and a mixed batch to the longest dataset's), while a
+    batch's own longest caption is usually far shorter; padded positions are masked out of attention and pooling,
+    so cutting them changes no embedding and saves the text tail's work on them."""
+    mask = inputs["mask"]
+    used = torch.nonzero(mask.any(dim=0))
+    length = int(used[-1]) + 1 if len(used) else 1
+    if length >= mask.shape[1]:
+        return inputs
+    return {key: value[:, :length] if value.dim() >= 2 and value.shape[1] == mask.shape[1] else value
+            for key, value in inputs.items()}
+
+
 def embed_texts(model, inputs: dict[str, torch.Tensor], tail: int = 0) -> torch.Tensor:
+    inputs = without_trailing_padding(inputs)
     if "trunk_hidden" in inputs:
         from encoders.split import text_tail
 
