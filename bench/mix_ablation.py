@@ -10,6 +10,9 @@ The ``--block`` of docs/ablations.md is rendered from that file.
     python -m bench.mix_ablation --mix bench/mixes/rsicd_ucm_aid.yaml \
         --instruction-weights runs/instruction-aid-tail1/instruction.safetensors --cache runs/cache-mix \
         --seeds 1 2 3 --epochs 10 --variants r-base --out runs/mix-ablation
+
+A continuation variant (``r-12ep+8``) starts from a trained model instead (``--init-from``, e.g. another
+variant's ``runs/mix-ablation/r-12ep-seed1/best``) and needs no ``--instruction-weights``.
 """
 
 from __future__ import annotations

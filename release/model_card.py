@@ -52,8 +52,16 @@ def _split_row(result: dict) -> str:
                 f"{_views(result)}", result)
 
 
-def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict, weights: Path,
-           also: list[dict]) -> str:
+def _start_line(config: dict, start_fingerprint: str | None) -> str:
+    """Where a run that began from a trained model (``--init-from``) began."""
+    known = f", fingerprint `{start_fingerprint[:16]}…`" if start_fingerprint else ""
+    return (f"Training started from the trained model `{_repo_relative(config['init_from'])}` (`--init-from`{known}): "
+            "its heads, trained tails and instruction classifier; the optimiser and schedule started fresh. "
+            "The epochs below are this run's.")
+
+
+def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | None, weights: Path,
+           also: list[dict], start_fingerprint: str | None = None) -> str:
     config = json.loads((run / "train_config.json").read_text())
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
     first = tests[0]
@@ -75,13 +83,15 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict, we
         "| setting | value |",
         "|---|---|",
         *(f"| {key} | `{_repo_relative(json.dumps(config[key]))}` |" for key in sorted(config)),
-        "",
-        f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
-        f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for training, "
-        f"split seed {instruction['split']['seed']}; {_instruction_recipe(instruction['settings'])}).",
-        "",
-        f"Shipped weights: `{weights.relative_to(REPO)}`, {weights.stat().st_size / 2**20:.2f} MiB.",
     ]
+    if config.get("init_from"):
+        lines += ["", _start_line(config, start_fingerprint)]
+    if instruction is not None:
+        lines += ["", f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
+                  f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for "
+                  f"training, split seed {instruction['split']['seed']}; "
+                  f"{_instruction_recipe(instruction['settings'])}).", ]
+    lines += ["", f"Shipped weights: `{weights.relative_to(REPO)}`, {weights.stat().st_size / 2**20:.2f} MiB."]
     if (run / "mix.json").is_file():
         mix = json.loads((run / "mix.json").read_text())
         lines += ["", "Training data (`mix.json` of the run):", "",
@@ -107,15 +117,23 @@ def main() -> None:
                         help="engine eval --split val --out JSON, one per dataset")
     parser.add_argument("--test", type=Path, nargs="+", required=True,
                         help="engine eval --split test --out JSON, one per dataset")
-    parser.add_argument("--instruction", type=Path, required=True, help="instruction_report.json")
+    parser.add_argument("--instruction", type=Path, default=None,
+                        help="instruction_report.json (required unless the run started from a trained model)")
     parser.add_argument("--also", type=Path, nargs="*", default=[],
                         help="more engine eval JSONs of the shipped model (e.g. --test-time-views 1) to list")
     parser.add_argument("--weights", type=Path, default=REPO / "encoders" / "weights" / "model.safetensors")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "MODEL_CARD.md")
     args = parser.parse_args()
+    config = json.loads((args.run / "train_config.json").read_text())
+    if args.instruction is None and not config.get("init_from"):
+        parser.error("--instruction is required: the run trained its instruction classifier from "
+                     "engine train-instruction's output")
+    start = Path(config["init_from"]) if config.get("init_from") else None
+    start_fingerprint = json.loads((start / "config.json").read_text()).get("fingerprint") \
+        if start is not None and (start / "config.json").is_file() else None
     content = render(args.run, [read_result(path) for path in args.val], [read_result(path) for path in args.test],
-                     json.loads(args.instruction.read_text()), args.weights.resolve(),
-                     [read_result(path) for path in args.also])
+                     json.loads(args.instruction.read_text()) if args.instruction else None, args.weights.resolve(),
+                     [read_result(path) for path in args.also], start_fingerprint)
     update_page(args.docs, "card", content)
     print(content)
 
