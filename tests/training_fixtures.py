@@ -49,5 +49,7 @@ def write_scene_folders(root: Path, per_class: int = 6) -> Path:
         folder = root / label.capitalize()
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            _image(folder / f"{label}_{index + 1}.jpg", label, hash((label, index)) % 1000)
+            # distinct seeds, fixed across processes (hash() of a str is salted per process: two images could
+            # draw one seed, or a captioned dataset's, and be dropped as near-duplicates of each other)
+            _image(folder / f"{label}_{index + 1}.jpg", label, 1000 + 100 * CLASSES.index(label) + index)
     return root
