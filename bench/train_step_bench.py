@@ -51,7 +51,7 @@ def main() -> None:
         if len(batches) == args.steps:
             break
     lengths = [int(batch["text_inputs"]["mask"].shape[1]) for batch in batches]
-    used = [int(torch.nonzero(batch["text_inputs"]["mask"].any(0))[-1]) + 1 for batch in batches]
+    used = [int(model_ops.without_trailing_padding(batch["text_inputs"])["mask"].shape[1]) for batch in batches]
     criterion = PIRLoss(config.use_affiliation, config.affiliation_weight)
     step = TrainStep(model, criterion, cached=True, tail=config.unfreeze_last)
     optimizer = build_optimizer(step, config, backbones=[model.vision, model.text])

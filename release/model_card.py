@@ -60,6 +60,17 @@ def _start_line(config: dict, start_fingerprint: str | None) -> str:
             "The epochs below are this run's.")
 
 
+def _start_fingerprint(spec: str) -> str | None:
+    """The fingerprint of the model a run started from, while its folder (or shipped name) still resolves."""
+    from encoders.checkpoint import model_folder, read_checkpoint_meta
+    from engine.errors import ConfigError
+
+    try:
+        return read_checkpoint_meta(model_folder(spec)).get("fingerprint")
+    except ConfigError:
+        return None
+
+
 def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | None, weights: Path,
            also: list[dict], start_fingerprint: str | None = None) -> str:
     config = json.loads((run / "train_config.json").read_text())
@@ -128,9 +139,7 @@ def main() -> None:
     if args.instruction is None and not config.get("init_from"):
         parser.error("--instruction is required: the run trained its instruction classifier from "
                      "engine train-instruction's output")
-    start = Path(config["init_from"]) if config.get("init_from") else None
-    start_fingerprint = json.loads((start / "config.json").read_text()).get("fingerprint") \
-        if start is not None and (start / "config.json").is_file() else None
+    start_fingerprint = _start_fingerprint(config["init_from"]) if config.get("init_from") else None
     content = render(args.run, [read_result(path) for path in args.val], [read_result(path) for path in args.test],
                      json.loads(args.instruction.read_text()) if args.instruction else None, args.weights.resolve(),
                      [read_result(path) for path in args.also], start_fingerprint)
