@@ -40,6 +40,7 @@ FULL, HEADS_ONLY, HEADS_AND_CHANGES = "full", "heads-only", "heads+changed-backb
 WEIGHT_LAYOUTS = (FULL, HEADS_ONLY, HEADS_AND_CHANGES)
 CHANGED_KEYS_FIELD = "changed_backbone_keys"
 TRAINED_ON_FIELD = "trained_on"  # the datasets a checkpoint was trained on (engine.data.Dataset.identity())
+SOUPED_FROM_FIELD = "souped_from"  # fingerprints of the models a soup averages (training.soup)
 
 
 def create_model(name_or_config: str | Path | ModelConfig) -> PIRModel:
@@ -115,7 +116,7 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
 
 def save_model(
     model: PIRModel, folder: Path, include_backbones: bool = True, half_precision: bool = False,
-    trained_on: list[dict[str, Any]] | None = None,
+    trained_on: list[dict[str, Any]] | None = None, souped_from: list[str] | None = None,
 ) -> Path:
     """Write ``folder`` atomically (temp folder + rename). ``include_backbones=False`` stores only our own weights
     plus the backbone tensors that differ from their pretrained sources.
@@ -154,6 +155,8 @@ def save_model(
         meta[CHANGED_KEYS_FIELD] = changed
     if trained_on:
         meta[TRAINED_ON_FIELD] = trained_on
+    if souped_from:
+        meta[SOUPED_FROM_FIELD] = souped_from
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:

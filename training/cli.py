@@ -200,3 +200,18 @@ def train_instruction_command(
 
 
 
+
+
+def soup_command(
+    models: list[str] = typer.Argument(..., metavar="MODEL...", help="Two or more checkpoint folders (or shipped "
+                                       "names) of one config, fine-tuned from one start (e.g. the seeds of an "
+                                       "--init-from run)."),
+    out: Path = typer.Option(..., "--out", help="New checkpoint folder for the averaged model (must not exist)."),
+) -> None:
+    """Average the weights of models fine-tuned from one start into one model (a uniform model soup); score it on
+    val with `engine eval` before using it."""
+    from training.soup import soup
+
+    meta = soup(models, out)
+    typer.echo(f"soup of {len(models)} models written to {out} (fingerprint {str(meta.get('fingerprint'))[:16]}); "
+               "score it on val with `engine eval` before using it")
