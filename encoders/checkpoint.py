@@ -88,6 +88,10 @@ def load_model(spec: str | Path | None = None) -> PIRModel:
     meta = read_checkpoint_meta(folder)
     model = PIRModel(config_from_dict(meta["model"], source=str(folder / CONFIG_FILE)))
     load_weights(model, folder)
+    from encoders.query_bank import BANK_FILE, read_bank
+
+    if (folder / BANK_FILE).is_file():  # the fingerprint hashes every weight: only when there is a bank to check
+        model.query_bank = read_bank(folder, model.fingerprint(one_view=True), model.config.head.embed_dim)
     return model.eval()
 
 

@@ -68,6 +68,9 @@ class PIRModel(nn.Module):
         if shared:
             self._apply_shared_backbone_state(shared)
         self._fingerprint_cache: dict[int, tuple[tuple[int, ...], str]] | None = None  # views -> (version, sha)
+        # querybank normalisation of text->image scores (encoders.query_bank); set by load_model when the
+        # checkpoint folder has one. Not a weight: the fingerprint does not cover it, search records its digest.
+        self.query_bank = None
 
     def _apply_shared_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load the AID-trained backbone tensors of the instruction weights into the shared vision network."""

@@ -29,12 +29,13 @@ def _register_commands() -> None:
     from engine.evaluation.cli import eval_command
     from engine.query.cli import query_command, serve_command
     from indexing.cli import index_app
-    from training.cli import soup_command, train_command, train_instruction_command
+    from training.cli import query_bank_command, soup_command, train_command, train_instruction_command
 
     app.add_typer(data_app, name="data")
     app.command("train-instruction")(train_instruction_command)
     app.command("train")(train_command)
     app.command("soup")(soup_command)
+    app.command("query-bank")(query_bank_command)
     app.add_typer(index_app, name="index")
     app.command("query")(query_command)
     app.command("serve")(serve_command)

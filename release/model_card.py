@@ -71,8 +71,24 @@ def _start_fingerprint(spec: str) -> str | None:
         return None
 
 
+def _soup_lines(members: list[Path]) -> list[str]:
+    """The members of a shipped soup (``engine soup``), each with its fingerprint and training's val mR."""
+    from encoders.checkpoint import read_checkpoint_meta
+
+    lines = ["", f"The shipped model is a uniform soup (`engine soup`: the mean of the weights) of {len(members)} "
+             "models of one lineage (a start and models trained on from it; the prose above gives each one's "
+             "recipe, the settings table is the --run member's):", "",
+             "| member | fingerprint | val mR (training's, float32) |", "|---|---|---|"]
+    for folder in members:
+        metrics = folder / "metrics.json"
+        val = f"{json.loads(metrics.read_text())['mR']:.2f}" if metrics.is_file() else "not recorded"
+        lines.append(f"| `{_repo_relative(str(folder.resolve()))}` | "
+                     f"`{read_checkpoint_meta(folder)['fingerprint'][:16]}…` | {val} |")
+    return lines
+
+
 def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | None, weights: Path,
-           also: list[dict], start_fingerprint: str | None = None) -> str:
+           also: list[dict], start_fingerprint: str | None = None, soup: list[Path] | None = None) -> str:
     config = json.loads((run / "train_config.json").read_text())
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
     first = tests[0]
@@ -97,6 +113,8 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | N
     ]
     if config.get("init_from"):
         lines += ["", _start_line(config, start_fingerprint)]
+    if soup:
+        lines += _soup_lines(soup)
     if instruction is not None:
         lines += ["", f"Instruction encoder: held-out top-1 {100 * instruction['held_out_top1']:.2f}% on "
                   f"{instruction['split']['test_images']} AID images ({instruction['split']['train_images']} for "
@@ -111,6 +129,8 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | N
                   f"{s['held_out_images']:,} |" for s in mix["sources"]]
         lines += ["", *(f"- {_repo_relative(note)}" for note in mix["notes"] if not note.startswith("class '"))]
     if history:
+        if soup:
+            lines += ["", f"Training history of `{_repo_relative(str(run.resolve()))}` (one member):"]
         per_set = sorted({key.split(":")[0] for h in history for key in h["val"] if key.endswith(":mR")})
         extra = "".join(f" {name} val mR |" for name in per_set)
         lines += ["", f"| epoch | train loss | val mR |{extra} seconds |", "|---|---|---|" + "---|" * len(per_set)
@@ -132,6 +152,8 @@ def main() -> None:
                         help="instruction_report.json (required unless the run started from a trained model)")
     parser.add_argument("--also", type=Path, nargs="*", default=[],
                         help="more engine eval JSONs of the shipped model (e.g. --test-time-views 1) to list")
+    parser.add_argument("--soup", type=Path, nargs="+", default=None,
+                        help="the checkpoint folders the shipped soup averages (engine soup); --run is one of them")
     parser.add_argument("--weights", type=Path, default=REPO / "encoders" / "weights" / "model.safetensors")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "MODEL_CARD.md")
     args = parser.parse_args()
@@ -142,7 +164,7 @@ def main() -> None:
     start_fingerprint = _start_fingerprint(config["init_from"]) if config.get("init_from") else None
     content = render(args.run, [read_result(path) for path in args.val], [read_result(path) for path in args.test],
                      json.loads(args.instruction.read_text()) if args.instruction else None, args.weights.resolve(),
-                     [read_result(path) for path in args.also], start_fingerprint)
+                     [read_result(path) for path in args.also], start_fingerprint, args.soup)
     update_page(args.docs, "card", content)
     print(content)
 

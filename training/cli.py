@@ -215,3 +215,22 @@ def soup_command(
     meta = soup(models, out)
     typer.echo(f"soup of {len(models)} models written to {out} (fingerprint {str(meta.get('fingerprint'))[:16]}); "
                "score it on val with `engine eval` before using it")
+
+
+def query_bank_command(
+    model: Path = typer.Argument(..., metavar="MODEL_DIR", help="Checkpoint folder the bank is written into "
+                                 "(the shipped default: encoders/weights)."),
+    data: list[Path] = typer.Argument(..., metavar="DATA...", help="Caption datasets whose train captions form the "
+                                      "bank (the model's own training data)."),
+    beta: float = typer.Option(..., "--beta", help="Inverse temperature of the normalisation; choose it on val "
+                               "(bench/query_bank.py)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="image folder of a precomp DATA (see engine data "
+                                          "check)"),
+) -> None:
+    """Store the model's query bank: its training captions' embeddings, used to normalise text→image scores
+    (querybank normalisation; `engine eval`, `engine query` and `engine serve` apply it when present)."""
+    from training.query_bank import build_bank
+
+    described = build_bank(model, data, beta, images=images)
+    typer.echo(f"query bank written to {model}: {described['texts']} distinct captions ({described['captions']} "
+               f"in all), beta {described['beta']:g}, digest {described['digest']}")

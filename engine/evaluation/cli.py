@@ -53,6 +53,8 @@ def eval_command(
     images: Optional[Path] = typer.Option(None, "--images", help="image folder of a precomp DATA_DIR (default: "
                                           "RSICD_images/, images/ or the folder itself)"),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
+    no_query_bank: bool = typer.Option(False, "--no-query-bank", help="score text→image by the plain cosine even "
+                                       "when the model has a query bank (the protocol of the papers' tables)"),
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
@@ -82,7 +84,7 @@ def eval_command(
     _preflight(paths[0] if paths else None, split, checkpoint, device, out, index, model_flag)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
                       index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views,
-                      images=images)
+                      images=images, query_bank=not no_query_bank)
     if out is not None:
         write_result(result, out)
     if json_output:
@@ -116,7 +118,7 @@ def _preflight(data_dir: Path | None, split: str, checkpoint: str | None, device
 def evaluate(
     data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
     label: str | None = None, index: Path | None = None, rerank: str = "none", rerank_depth: int = 50,
-    test_time_views: int | None = None, images: Path | None = None,
+    test_time_views: int | None = None, images: Path | None = None, query_bank: bool = True,
 ) -> EvalResult:
     """Load data and model, encode the split and score it exactly, or (``index``) score what the index holds."""
     from engine.data import default_dataset_path, load_dataset
@@ -132,6 +134,8 @@ def evaluate(
     if not subset.images:
         raise DataError(f"{dataset.annotation_file or root}: no images in split {split!r}")
 
+    import numpy as np
+
     import encoders
     from engine.evaluation.embed import embed_split
     from engine.metrics import retrieval_recalls
@@ -140,7 +144,8 @@ def evaluate(
     if index is not None:
         from engine.evaluation.index_eval import IndexEvalOptions, evaluate_on_index
 
-        options = IndexEvalOptions(index_dir=Path(index), rerank=rerank, rerank_depth=rerank_depth)
+        options = IndexEvalOptions(index_dir=Path(index), rerank=rerank, rerank_depth=rerank_depth,
+                                   query_bank=query_bank)
         scored = evaluate_on_index(subset, checkpoint, options, device)
         return EvalResult(
             dataset=_dataset_record(dataset, root, split, subset),
@@ -153,17 +158,23 @@ def evaluate(
     if test_time_views is not None:
         model.set_test_time_views(test_time_views)
     embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
-    recalls = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image)
-    pessimistic = retrieval_recalls(embeddings.images, embeddings.texts, embeddings.text_to_image,
-                                    ties="pessimistic")
+    bank = model.query_bank if query_bank else None
+    image_rows, text_rows = embeddings.images, embeddings.texts
+    if bank is not None:  # one more column: q·g − offset(g) for text→image, image→text rankings unchanged
+        image_rows = np.hstack([image_rows, -bank.image_offsets(image_rows)[:, None]]).astype(np.float32)
+        text_rows = np.hstack([text_rows, np.ones((len(text_rows), 1), np.float32)])
+    recalls = retrieval_recalls(image_rows, text_rows, embeddings.text_to_image)
+    pessimistic = retrieval_recalls(image_rows, text_rows, embeddings.text_to_image, ties="pessimistic")
     return EvalResult(
         dataset=_dataset_record(dataset, root, split, subset),
         model={"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
-        search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings"},
+        search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings" + (
+            "; text→image minus each image's query-bank offset" if bank is not None else "")},
         recalls=recalls,
         recalls_pessimistic=pessimistic,
         settings={"batch_size": batch_size, "device": device, "label": label,
-                  "test_time_views": model.config.vision.test_time_views},
+                  "test_time_views": model.config.vision.test_time_views,
+                  "query_bank": bank.describe() if bank is not None else None},
         git_commit=git_commit(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 2),
@@ -271,6 +282,9 @@ def _title(result: EvalResult) -> str:
     views = result.settings.get("test_time_views") or search.get("test_time_views") or 1
     if views > 1:
         how += f", {views} dihedral image views averaged"
+    bank = result.settings.get("query_bank")
+    if bank:
+        how += f", text→image query-bank normalised (β {bank['beta']:g}, {bank['texts']} bank captions)"
     return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, {how}"
 
 

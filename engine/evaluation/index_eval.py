@@ -31,6 +31,7 @@ class IndexEvalOptions:
     rerank_depth: int = DEFAULT_RERANK_DEPTH
     rerank_options: RerankOptions = field(default_factory=RerankOptions)
     ks: tuple[int, ...] = DEFAULT_KS
+    query_bank: bool = True  # apply the model's query bank to text→image, as engine query does
 
     def validate(self) -> "IndexEvalOptions":
         if self.rerank not in RERANKERS:
@@ -54,11 +55,12 @@ class IndexEvaluation:
     fingerprint: str
 
 
-def open_engine(index_dir: Path, checkpoint: str | None, device: str):
+def open_engine(index_dir: Path, checkpoint: str | None, device: str, query_bank: bool = True):
     """A QueryEngine over ``index_dir`` with the model eval would load (refused if the index is of another)."""
     from engine.query.engine import QueryEngine
 
-    return QueryEngine(Path(index_dir), checkpoint if checkpoint is not None else DEFAULT_MODEL_SPEC, device)
+    return QueryEngine(Path(index_dir), checkpoint if checkpoint is not None else DEFAULT_MODEL_SPEC, device,
+                       query_bank=query_bank)
 
 
 def index_description(engine) -> dict:
@@ -81,13 +83,21 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
     from engine.query.request import QueryRequest
 
     options.validate()
-    engine = open_engine(options.index_dir, checkpoint, device)
+    engine = open_engine(options.index_dir, checkpoint, device, options.query_bank)
     try:
         split = read_indexed_split(engine.store, subset, options.index_dir)
         emb = split.embeddings
         position_of = {int(image_id): row for row, image_id in enumerate(split.index_ids)}
         owners = split.index_ids[emb.text_to_image]
-        first = search_lists(engine.loaded.index, emb.texts, options.depth, split.index_ids, position_of)
+        if engine.bank_offsets is None:
+            first = search_lists(engine.loaded.index, emb.texts, options.depth, split.index_ids, position_of)
+        else:  # what engine query does with the model's query bank: one normalised search per caption
+            from engine.query.bank_offsets import normalised_top_k
+
+            first = [normalised_top_k(
+                lambda depth, query=query: search_lists(engine.loaded.index, query[None], depth, split.index_ids,
+                                                        position_of)[0],
+                options.depth, len(split.index_ids), engine.bank_offsets) for query in emb.texts]
         lists, rerank_info = first, {"method": "none"}
         if options.rerank != "none":
             requests = [QueryRequest(text=caption.text, rerank=options.rerank, rerank_depth=options.rerank_depth,
@@ -111,7 +121,10 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                          "not among the returned depth counts as a miss",
                   "t2i_short_lists": int((returned < min(options.depth, len(split.index_ids))).sum()),
                   "i2t": "exact over the caption embeddings stored in the index",
-                  "similarity": "inner product of the stored L2-normalised embeddings", "rerank": rerank_info}
+                  "similarity": "inner product of the stored L2-normalised embeddings" + (
+                      "; text→image minus each image's query-bank offset" if engine.bank_offsets is not None else ""),
+                  "query_bank": engine.bank_offsets.description if engine.bank_offsets is not None else None,
+                  "rerank": rerank_info}
         return IndexEvaluation(recalls, pessimistic, search, engine.fingerprint)
     finally:
         engine.close()

@@ -47,7 +47,8 @@ def open_engine(index: Path | str | None, **options):
 
 
 def open_index(index: Path | str | None = None, *, model: str | None = None, device: str = "auto",
-               text_encoder: str = "eager", batch: bool = False, filter_timeout: float | None = None) -> "Index":
+               text_encoder: str = "eager", batch: bool = False, filter_timeout: float | None = None,
+               query_bank: bool = True) -> "Index":
     """An open Index (see ``Index``); ``model`` overrides the index's own (it must be the same model)."""
     from engine import preflight
 
@@ -70,7 +71,8 @@ def open_index(index: Path | str | None = None, *, model: str | None = None, dev
 
         policy = BatchPolicy()
     return Index(open_engine(index, checkpoint=model, device=device, text_encoder=text_encoder, batch=policy,
-                             filter_budget_s=None if filter_timeout is None else float(filter_timeout)))
+                             filter_budget_s=None if filter_timeout is None else float(filter_timeout),
+                             query_bank=bool(query_bank)))
 
 
 def load_model(name: str | None = None):

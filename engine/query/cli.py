@@ -37,6 +37,8 @@ def query_command(
     par_ascs: float = typer.Option(_DEFAULTS.par_ascs, "--par-ascs", help="par-bonus gate on the attention-map cosine."),
     par_top: float = typer.Option(_DEFAULTS.par_top_fraction, "--par-top", help="par-bonus: share of top positions."),
     par_beta: float = typer.Option(_DEFAULTS.par_beta, "--par-beta", help="par-bonus: bonus for a full overlap."),
+    no_query_bank: bool = typer.Option(False, "--no-query-bank", help="Rank text queries by the plain cosine even "
+                                       "when the model has a query bank (engine query-bank)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a gallery page to this file."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder (default: the index's)."),
@@ -80,7 +82,8 @@ def query_command(
         _check_index_folder(index)
     from engine.query.api import Index
 
-    with Index(_open_engine(index, checkpoint=checkpoint, device=device, filter_budget_s=filter_timeout)) as opened:
+    with Index(_open_engine(index, checkpoint=checkpoint, device=device, filter_budget_s=filter_timeout,
+                             query_bank=not no_query_bank)) as opened:
         result = opened.query(request)  # what ix.search runs, as a QueryResult
     if html_out is not None:
         from engine.query.gallery import write_gallery
@@ -154,6 +157,8 @@ def serve_command(
                                          "the model thread only)."),
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP +
                                                    " Uploads over it are answered 413."),
+    no_query_bank: bool = typer.Option(False, "--no-query-bank", help="Rank text queries by the plain cosine even "
+                                       "when the model has a query bank (engine query-bank)."),
     filter_timeout: float = typer.Option(DEFAULT_FILTER_BUDGET_S, "--filter-timeout",
                                          help=FILTER_TIMEOUT_HELP + " Over it: HTTP 400."),
 ) -> None:
@@ -182,7 +187,7 @@ def serve_command(
     try:
         engine = _open_engine(index, checkpoint=checkpoint, device=device, text_encoder=text_encoder,
                               shard_backend=shard_backend, ray_address=ray, batch=policy,
-                              filter_budget_s=filter_timeout)
+                              filter_budget_s=filter_timeout, query_bank=not no_query_bank)
     except BaseException:
         server.server_close()
         raise

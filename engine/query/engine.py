@@ -49,7 +49,8 @@ class QueryEngine:
 
     def __init__(self, index_dir: Path, checkpoint: str | None = None, device: str = "auto",
                  text_encoder: str = "eager", shard_backend: str = "local", ray_address: str = "auto",
-                 batch: BatchPolicy | None = None, filter_budget_s: float | None = None) -> None:
+                 batch: BatchPolicy | None = None, filter_budget_s: float | None = None,
+                 query_bank: bool = True) -> None:
         import encoders
         from engine.devices import resolve_device
         from engine.query.metadata import MetadataStore
@@ -86,6 +87,12 @@ class QueryEngine:
         self.transform = self.model.image_transform(train=False)
         self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
         self.store.filter_budget_s = filter_budget_s
+        # text->image scores minus each image's query-bank offset when the model has a bank (engine.query.bank_offsets)
+        self.bank_offsets = None
+        if query_bank and self.model.query_bank is not None:
+            from engine.query.bank_offsets import BankOffsets
+
+            self.bank_offsets = BankOffsets.compute(self.store, self.model.query_bank, self.store.image_ids())
         self._captions = None
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
@@ -296,9 +303,15 @@ class QueryEngine:
         depth = max(k, request.rerank_depth) if request.rerank != "none" else k
         began = time.perf_counter()
         if allowed is None:
-            first = search_index(self.loaded.index, vector, depth)
+            search = lambda count: search_index(self.loaded.index, vector, count)  # noqa: E731
         else:
-            first = search_subset(self.loaded.index, vector, depth, allowed, self.store)
+            search = lambda count: search_subset(self.loaded.index, vector, count, allowed, self.store)  # noqa: E731
+        if self.bank_offsets is not None and not request.is_image:
+            from engine.query.bank_offsets import normalised_top_k
+
+            first = normalised_top_k(search, depth, available, self.bank_offsets)
+        else:
+            first = search(depth)
         result.timings_ms["search"] = (time.perf_counter() - began) * 1000
         scores = first.scores.astype(np.float64)
         if request.rerank != "none" and len(first.ids):

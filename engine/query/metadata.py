@@ -75,6 +75,13 @@ class MetadataStore:
             budget_s = DEFAULT_FILTER_BUDGET_S if self.filter_budget_s is None else self.filter_budget_s
         return matching_ids(self, place, budget_s)
 
+    def image_ids(self) -> np.ndarray:
+        """Every image id of the index, ascending."""
+        if self.rows is not None:
+            return self.rows.sorted_ids.astype(np.int64)
+        return np.asarray([row[0] for row in self.cursor().execute(
+            "SELECT image_id FROM images ORDER BY image_id").fetchall()], np.int64)
+
     def embeddings_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, (n, D) float32 embeddings) of the given image ids, in id order."""
         if len(ids) == 0:

@@ -1,0 +1,175 @@
+"""Querybank normalisation: the offsets against a naive formula, the bank file's checks, the deep-enough search
+against brute force, and `engine query-bank` / `engine eval` / `engine query` end to end on a tiny index."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoders.query_bank import BANK_FILE, QueryBank, bank_offsets, read_bank, save_bank
+from engine.cli import main as engine_main
+from engine.errors import ConfigError
+from engine.query.bank_offsets import BankOffsets, normalised_top_k
+from engine.query.search import Neighbours
+from query_fixtures import build_query_index
+
+
+def _unit(rng, rows: int, dim: int) -> np.ndarray:
+    values = rng.normal(size=(rows, dim)).astype(np.float32)
+    return values / np.linalg.norm(values, axis=1, keepdims=True)
+
+
+def test_offsets_match_the_formula_across_bank_chunks():
+    rng = np.random.default_rng(0)
+    gallery, bank = _unit(rng, 7, 16), _unit(rng, 5000, 16)  # more than one 4,096-row chunk
+    weights = rng.integers(1, 6, size=len(bank)).astype(np.float64)
+    beta = 10.0
+    naive = np.array([np.log(np.sum(weights * np.exp(beta * (bank.astype(np.float64) @ g)))) / beta
+                      for g in gallery.astype(np.float64)])
+    np.testing.assert_allclose(bank_offsets(gallery, bank, beta, np.log(weights)), naive, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="beta"):
+        bank_offsets(gallery, bank, 0.0)  # noqa
+
+
+def test_normalised_top_k_is_exact_however_deep_it_must_search():
+    rng = np.random.default_rng(1)
+    gallery = _unit(rng, 500, 8)
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    # wide offsets: the normalised best are often far down the plain ranking, so the search has to go deeper
+    offsets = BankOffsets(ids, rng.uniform(-0.8, 0.8, size=len(ids)).astype(np.float32), {})
+    depths = []
+
+    def search_for(query):
+        def search(depth):
+            depths.append(depth)
+            scores = gallery @ query
+            order = np.lexsort((ids, -scores))[:depth]
+            return Neighbours(ids[order], scores[order].astype(np.float32), "faiss")
+        return search
+
+    for query in _unit(rng, 20, 8):
+        found = normalised_top_k(search_for(query), 10, len(ids), offsets)
+        truth = gallery @ query - offsets.of(ids)
+        expected = ids[np.lexsort((ids, -truth))[:10]]
+        assert found.ids.tolist() == expected.tolist()
+        np.testing.assert_allclose(found.scores, np.sort(truth)[::-1][:10], atol=1e-6)
+    assert max(depths) > min(depths)  # some queries needed a deeper search than the first one
+
+
+def _bank(dim: int = 4, fingerprint: str = "f" * 64) -> QueryBank:
+    rng = np.random.default_rng(2)
+    return QueryBank(_unit(rng, 6, dim), np.log(np.arange(1, 7, dtype=np.float64)), 10.0, fingerprint, "test")
+
+
+def test_bank_file_round_trip_and_refusals(tmp_path):
+    assert read_bank(tmp_path, "f" * 64, 4) is None  # no bank: plain cosine
+    save_bank(_bank(), tmp_path)
+    loaded = read_bank(tmp_path, "f" * 64, 4)
+    np.testing.assert_allclose(loaded.texts, _bank().texts, atol=1e-3)  # stored in float16
+    assert loaded.beta == 10.0 and loaded.digest() == read_bank(tmp_path, "f" * 64, 4).digest()
+    with pytest.raises(ConfigError, match="embedded by model ffffffffffffffff…, not this folder's model"):
+        read_bank(tmp_path, "0" * 64, 4)
+    with pytest.raises(ConfigError, match="does not fit a model of embedding width 8"):
+        read_bank(tmp_path, "f" * 64, 8)
+    (tmp_path / BANK_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="unreadable query bank"):
+        read_bank(tmp_path, "f" * 64, 4)
+
+
+@pytest.fixture(scope="module")
+def banked(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
+    """(index, model without a bank, the same model with one, data) over the shared tiny query index."""
+    index_dir, model_dir, data_dir = build_query_index(tmp_path_factory.getbasetemp() / "query-index")
+    copy = tmp_path_factory.mktemp("bank") / "model"
+    shutil.copytree(model_dir, copy)
+    assert engine_main(["query-bank", str(copy), str(data_dir), "--beta", "10"]) == 0
+    return index_dir, model_dir, copy, data_dir
+
+
+def test_query_bank_holds_the_train_captions_only(banked):
+    _, _, model_dir, data_dir = banked
+    import encoders
+
+    bank = encoders.load_model(model_dir).query_bank
+    entries = json.loads((data_dir / "dataset.json").read_text())["images"]
+    train = {s["raw"] for e in entries if e["split"] == "train" for s in e["sentences"]}
+    assert len(bank.texts) == len(train) and bank.beta == 10.0 and "train" in bank.sources
+
+
+def test_search_ranks_by_cosine_minus_offset(banked):
+    index_dir, plain_dir, model_dir, _ = banked
+    from engine.query.engine import QueryEngine
+    from engine.query.request import QueryRequest
+
+    engine = QueryEngine(index_dir, checkpoint=str(model_dir))
+    plain = QueryEngine(index_dir, checkpoint=str(model_dir), query_bank=False)
+    try:
+        ids = engine.store.image_ids()
+        found, stored = engine.store.embeddings_for(ids)
+        offsets = engine.model.query_bank.image_offsets(stored)
+        for text in ("a river tile", "a farm tile number 3"):
+            query = engine.encode_text(text, [])
+            truth = stored @ query - offsets
+            order = np.lexsort((found, -truth))[:5]
+            hits = engine.search(QueryRequest(text=text, k=5)).hits
+            assert [h.image_id for h in hits] == found[order].tolist()
+            np.testing.assert_allclose([h.score for h in hits], truth[order], atol=1e-5)
+            cosine = stored @ query
+            plain_hits = plain.search(QueryRequest(text=text, k=5)).hits
+            np.testing.assert_allclose([h.score for h in plain_hits], np.sort(cosine)[::-1][:5], atol=1e-5)
+        filtered = engine.search(QueryRequest(text="a river tile", k=3, where="split = 'test'")).hits
+        assert len(filtered) == 3  # the filtered (exact subset) path normalises too
+    finally:
+        engine.close()
+        plain.close()
+
+
+def test_eval_normalises_text_to_image_only(banked, tmp_path):
+    _, _, model_dir, data_dir = banked
+    outs = {}
+    for name, flags in (("bank", []), ("plain", ["--no-query-bank"])):
+        outs[name] = tmp_path / f"{name}.json"
+        assert engine_main(["eval", str(data_dir), "--split", "train", "--model", str(model_dir),
+                            "--out", str(outs[name]), *flags]) == 0
+    bank, plain = (json.loads(outs[name].read_text()) for name in ("bank", "plain"))
+    assert bank["settings"]["query_bank"]["beta"] == 10.0 and plain["settings"]["query_bank"] is None
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10"):
+        assert bank["recalls"][key] == plain["recalls"][key]
+    # the naive reference: each train caption's image rank under cosine − offset
+    import encoders
+    from engine.data import load_dataset
+    from engine.evaluation.embed import embed_split
+
+    model = encoders.load_model(model_dir)
+    emb = embed_split(model, load_dataset(data_dir).split("train"), batch_size=8)
+    scores = emb.texts @ emb.images.T - model.query_bank.image_offsets(emb.images)[None, :]
+    ranks = [int(np.sum(row > row[owner]) + np.sum(row[:owner] == row[owner]))
+             for row, owner in zip(scores, emb.text_to_image)]
+    for k in (1, 5, 10):
+        assert bank["recalls"][f"t2i_r{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k))
+
+
+@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions"])
+def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
+    _, plain_dir, _, data_dir = banked
+    model = tmp_path / "model"
+    shutil.copytree(plain_dir, model)
+    args, expected = [str(model), str(data_dir), "--beta", "10"], ""
+    if case == "beta":
+        args[-1], expected = "-1", "--beta must be a positive number"
+    elif case == "not-a-model":
+        args[0], expected = str(tmp_path), "not a model checkpoint folder"
+    else:
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        args[1], expected = str(empty), str(empty)
+    capsys.readouterr()
+    assert engine_main(["query-bank", *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and re.search(re.escape(expected), err), err
+    assert not (model / BANK_FILE).exists()
