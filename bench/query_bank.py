@@ -108,10 +108,11 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
                 if beta is None:
                     result = retrieval_recalls(part["images"], part["texts"], part["owner"])
                 else:
-                    text_offsets = (bank_offsets(part["texts"], image_bank, beta) if directions == "both"
+                    text_offsets = (bank_offsets(part["texts"], image_bank, beta) if directions in ("both", "i2t")
                                     else np.zeros(len(part["texts"])))
-                    result = normalised_recalls(part["images"], part["texts"], part["owner"],
-                                                bank_offsets(part["images"], text_bank, beta, text_weights),
+                    image_offsets = (bank_offsets(part["images"], text_bank, beta, text_weights)
+                                     if directions in ("both", "t2i") else np.zeros(len(part["images"])))
+                    result = normalised_recalls(part["images"], part["texts"], part["owner"], image_offsets,
                                                 text_offsets)
                 scores[key][f"{name}:{split}"] = round(result["mR"], 2)
         for split in ("val", "test"):
@@ -146,7 +147,7 @@ def render(entries: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-_DIRECTIONS = {"t2i": "text→image", "both": "both directions"}
+_DIRECTIONS = {"t2i": "text→image", "i2t": "image→text", "both": "both directions"}
 
 
 def _delta(entries: list[dict], key: str) -> str:
@@ -164,9 +165,9 @@ def main() -> None:
     parser.add_argument("--seed-runs", type=Path, nargs="*", default=[],
                         help="checkpoint folders that are seeds of one recipe (summarised together)")
     parser.add_argument("--betas", type=float, nargs="+", default=[5.0, 7.0, 10.0, 14.0, 20.0])
-    parser.add_argument("--directions", choices=("t2i", "both"), default="t2i",
-                        help="t2i: only text→image lists are normalised (image offsets from the caption bank: what "
-                             "search applies); both: image→text too (caption offsets from the image bank)")
+    parser.add_argument("--directions", choices=tuple(_DIRECTIONS), default="t2i",
+                        help="t2i: text→image lists normalised (image offsets from the caption bank); i2t: "
+                             "image→text lists (caption offsets from the image bank); both")
     parser.add_argument("--runs-file", type=Path, default=REPO / "docs" / "bench" / "query_bank_runs.json")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
     parser.add_argument("--block", default="query-bank")

@@ -1,19 +1,20 @@
 """Querybank normalisation (Bogolin et al., "Cross Modal Retrieval with Querybank Normalisation", CVPR 2022; the
-inverted-softmax form) of text→image search.
+inverted-softmax form) of cross-modal search.
 
-Some images sit close to very many captions ("hubs") and crowd the top of every result list. A bank of
-*training* captions measures that once per image:
+Some gallery items sit close to very many queries ("hubs") and crowd the top of every result list. A bank of
+*training* queries measures that once per gallery item:
 
     offset(g) = (1/β) log Σ_b w_b exp(β b·g)          score(q, g) = q·g − offset(g)
 
-(b: the bank's caption embeddings, w_b: how many training captions share that text). The offset is one number per
-gallery image, known before any query arrives: nothing is learnt from the queries being scored. The bank is
+For text→image search the bank is the training captions (b: their embeddings, w_b: how many training captions
+share that text) and g an image; for image→text search (``--target captions``) the bank is the training images and
+g a caption. The offset is one number per gallery item, known before any query arrives: nothing is learnt from the
+queries being scored. A bank may hold either part or both; each part normalises its own direction. The bank is
 stored beside the model (``query_bank.safetensors`` in its checkpoint folder) with the fingerprint of the model
 that embedded it, and a bank of another model is refused. It is built by ``engine query-bank``
 (``training.query_bank``); β is chosen on val (``bench/query_bank.py``, docs/ablations.md "Query bank").
 
-Only text→image lists are normalised (search, ``engine eval``'s text→image recalls); image→text lists, image→image
-search and zero-shot classification use the plain cosine.
+Image→image search and zero-shot classification use the plain cosine.
 """
 
 from __future__ import annotations
@@ -33,28 +34,60 @@ _CHUNK = 4096
 
 @dataclass(frozen=True)
 class QueryBank:
-    texts: np.ndarray  # (n, dim) float32: embeddings of the distinct training captions
-    log_weights: np.ndarray  # (n,) float64: log of how many training captions carry each text
+    texts: np.ndarray | None  # (n, dim) float32: embeddings of the distinct training captions (text→image)
+    log_weights: np.ndarray | None  # (n,) float64: log of how many training captions carry each text
+    images: np.ndarray | None  # (m, dim) float32: embeddings of the training images (image→text)
     beta: float
     model_fingerprint: str  # the one-view fingerprint of the model that embedded the bank
     sources: str  # what the bank was built from, for records
 
+    @property
+    def text_to_image(self) -> bool:
+        return self.texts is not None
+
+    @property
+    def image_to_text(self) -> bool:
+        return self.images is not None
+
     def image_offsets(self, images: np.ndarray) -> np.ndarray:
-        """The amount each image's text→image score drops by, (num_images,) float32."""
+        """The amount each image's text→image score drops by, (num_images,) float32 (zeros without captions)."""
+        if self.texts is None:
+            return np.zeros(len(images), np.float32)
         return bank_offsets(images, self.texts, self.beta, self.log_weights)
 
+    def text_offsets(self, texts: np.ndarray) -> np.ndarray:
+        """The amount each caption's image→text score drops by, (num_texts,) float32 (zeros without images)."""
+        if self.images is None:
+            return np.zeros(len(texts), np.float32)
+        return bank_offsets(texts, self.images, self.beta)
+
     def digest(self) -> str:
-        """Identity of the bank's content (an index caches its offsets under it)."""
+        """Identity of the bank's content."""
         digest = hashlib.sha256()
-        for array in (self.texts.astype(np.float32), self.log_weights.astype(np.float64)):
-            digest.update(np.ascontiguousarray(array).tobytes())
+        for array in (self.texts, self.log_weights, self.images):
+            digest.update(b"-" if array is None else np.ascontiguousarray(array, np.float64).tobytes())
         digest.update(f"{self.beta!r}|{self.model_fingerprint}".encode())
         return digest.hexdigest()[:16]
 
     def describe(self) -> dict:
-        return {"beta": self.beta, "texts": int(len(self.texts)),
-                "captions": int(round(float(np.exp(self.log_weights).sum()))), "sources": self.sources,
-                "digest": self.digest()}
+        return {"beta": self.beta, "directions": [name for name, on in (("text→image", self.text_to_image),
+                                                                          ("image→text", self.image_to_text)) if on],
+                "texts": int(len(self.texts)) if self.texts is not None else 0,
+                "captions": int(round(float(np.exp(self.log_weights).sum()))) if self.texts is not None else 0,
+                "images": int(len(self.images)) if self.images is not None else 0,
+                "sources": self.sources, "digest": self.digest()}
+
+
+def with_offset_columns(images: np.ndarray, texts: np.ndarray, bank: "QueryBank | None"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Image rows [g, −offset(g), 1] and text rows [t, 1, −offset(t)]: every image·text inner product becomes
+    cosine − the gallery item's offset + a constant of the query, so exact search over these rows ranks both
+    directions normalised (a direction the bank does not hold gets zero offsets). No bank: the rows as they are."""
+    if bank is None:
+        return images, texts
+    image_rows = np.hstack([images, -bank.image_offsets(images)[:, None], np.ones((len(images), 1))])
+    text_rows = np.hstack([texts, np.ones((len(texts), 1)), -bank.text_offsets(texts)[:, None]])
+    return image_rows.astype(np.float32), text_rows.astype(np.float32)
 
 
 def bank_offsets(gallery: np.ndarray, bank: np.ndarray, beta: float, log_weights: np.ndarray | None = None
@@ -83,8 +116,12 @@ def save_bank(bank: QueryBank, folder: Path) -> Path:
     from engine.atomic import replace_atomically
 
     path = Path(folder) / BANK_FILE
-    tensors = {"texts": torch.from_numpy(np.ascontiguousarray(bank.texts, np.float32)).half(),
-               "log_weights": torch.from_numpy(np.ascontiguousarray(bank.log_weights, np.float64))}
+    tensors = {}
+    if bank.texts is not None:
+        tensors["texts"] = torch.from_numpy(np.ascontiguousarray(bank.texts, np.float32)).half()
+        tensors["log_weights"] = torch.from_numpy(np.ascontiguousarray(bank.log_weights, np.float64))
+    if bank.images is not None:
+        tensors["images"] = torch.from_numpy(np.ascontiguousarray(bank.images, np.float32)).half()
     metadata = {"beta": repr(float(bank.beta)), "model_fingerprint": bank.model_fingerprint, "sources": bank.sources}
     replace_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
     return path
@@ -101,18 +138,26 @@ def read_bank(folder: Path, model_fingerprint: str, dim: int) -> QueryBank | Non
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            texts = handle.get_tensor("texts").float().numpy()
-            log_weights = handle.get_tensor("log_weights").double().numpy()
+            names = set(handle.keys())
+            texts = handle.get_tensor("texts").float().numpy() if "texts" in names else None
+            log_weights = handle.get_tensor("log_weights").double().numpy() if "texts" in names else None
+            images = handle.get_tensor("images").float().numpy() if "images" in names else None
         beta = float(metadata["beta"])
         fingerprint = metadata["model_fingerprint"]
     except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
         raise ConfigError(f"{path}: unreadable query bank ({error}); rebuild it with `engine query-bank`") from None
-    if texts.ndim != 2 or texts.shape[1] != dim or log_weights.shape != (len(texts),) or not len(texts):
-        raise ConfigError(f"{path}: query bank of shape {tuple(texts.shape)} with {log_weights.shape} weights does "
-                          f"not fit a model of embedding width {dim}; rebuild it with `engine query-bank`")
+    for name, part in (("texts", texts), ("images", images)):
+        if part is not None and (part.ndim != 2 or part.shape[1] != dim or not len(part)):
+            raise ConfigError(f"{path}: query bank {name} of shape {tuple(part.shape)} do not fit a model of "
+                              f"embedding width {dim}; rebuild it with `engine query-bank`")
+    if texts is None and images is None:
+        raise ConfigError(f"{path}: query bank holds neither texts nor images; rebuild it with `engine query-bank`")
+    if texts is not None and log_weights.shape != (len(texts),):
+        raise ConfigError(f"{path}: query bank has {len(texts)} texts but {log_weights.shape} weights; rebuild it "
+                          "with `engine query-bank`")
     if fingerprint != model_fingerprint:
         raise ConfigError(f"{path}: embedded by model {fingerprint[:16]}…, not this folder's model "
                           f"({model_fingerprint[:16]}…); rebuild it with `engine query-bank`")
     if not (beta > 0 and math.isfinite(beta)):
         raise ConfigError(f"{path}: beta must be a positive number, got {beta}")
-    return QueryBank(texts, log_weights, beta, fingerprint, metadata.get("sources", ""))
+    return QueryBank(texts, log_weights, images, beta, fingerprint, metadata.get("sources", ""))

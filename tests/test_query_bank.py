@@ -61,9 +61,10 @@ def test_normalised_top_k_is_exact_however_deep_it_must_search():
     assert max(depths) > min(depths)  # some queries needed a deeper search than the first one
 
 
-def _bank(dim: int = 4, fingerprint: str = "f" * 64) -> QueryBank:
+def _bank(dim: int = 4, fingerprint: str = "f" * 64, images: bool = True) -> QueryBank:
     rng = np.random.default_rng(2)
-    return QueryBank(_unit(rng, 6, dim), np.log(np.arange(1, 7, dtype=np.float64)), 10.0, fingerprint, "test")
+    return QueryBank(_unit(rng, 6, dim), np.log(np.arange(1, 7, dtype=np.float64)),
+                     _unit(rng, 5, dim) if images else None, 10.0, fingerprint, "test")
 
 
 def test_bank_file_round_trip_and_refusals(tmp_path):
@@ -71,11 +72,17 @@ def test_bank_file_round_trip_and_refusals(tmp_path):
     save_bank(_bank(), tmp_path)
     loaded = read_bank(tmp_path, "f" * 64, 4)
     np.testing.assert_allclose(loaded.texts, _bank().texts, atol=1e-3)  # stored in float16
+    np.testing.assert_allclose(loaded.images, _bank().images, atol=1e-3)
+    assert loaded.text_to_image and loaded.image_to_text
     assert loaded.beta == 10.0 and loaded.digest() == read_bank(tmp_path, "f" * 64, 4).digest()
     with pytest.raises(ConfigError, match="embedded by model ffffffffffffffff…, not this folder's model"):
         read_bank(tmp_path, "0" * 64, 4)
-    with pytest.raises(ConfigError, match="does not fit a model of embedding width 8"):
+    with pytest.raises(ConfigError, match="do not fit a model of embedding width 8"):
         read_bank(tmp_path, "f" * 64, 8)
+    save_bank(_bank(images=False), tmp_path)  # one direction only: the other's offsets are zero
+    captions_only = read_bank(tmp_path, "f" * 64, 4)
+    assert captions_only.text_to_image and not captions_only.image_to_text
+    assert not captions_only.text_offsets(_bank().images).any()
     (tmp_path / BANK_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match="unreadable query bank"):
         read_bank(tmp_path, "f" * 64, 4)
@@ -98,11 +105,15 @@ def test_query_bank_holds_the_train_captions_only(banked):
     bank = encoders.load_model(model_dir).query_bank
     entries = json.loads((data_dir / "dataset.json").read_text())["images"]
     train = {s["raw"] for e in entries if e["split"] == "train" for s in e["sentences"]}
-    assert len(bank.texts) == len(train) and bank.beta == 10.0 and "train" in bank.sources
+    train_images = sum(e["split"] == "train" for e in entries)
+    assert len(bank.texts) == len(train) and len(bank.images) == train_images
+    assert bank.beta == 10.0 and "train" in bank.sources
 
 
 def test_search_ranks_by_cosine_minus_offset(banked):
-    index_dir, plain_dir, model_dir, _ = banked
+    index_dir, plain_dir, model_dir, data_dir = banked
+    from PIL import Image
+
     from engine.query.engine import QueryEngine
     from engine.query.request import QueryRequest
 
@@ -124,12 +135,23 @@ def test_search_ranks_by_cosine_minus_offset(banked):
             np.testing.assert_allclose([h.score for h in plain_hits], np.sort(cosine)[::-1][:5], atol=1e-5)
         filtered = engine.search(QueryRequest(text="a river tile", k=3, where="split = 'test'")).hits
         assert len(filtered) == 3  # the filtered (exact subset) path normalises too
+        # image→text (--target captions): minus each caption's offset from the bank's images
+        caption_ids, _, _, matrix, _ = engine.caption_matrix()
+        caption_offsets = engine.model.query_bank.text_offsets(matrix)
+        assert np.ptp(caption_offsets) > 0
+        image = Image.open(next((data_dir / "images").iterdir())).convert("RGB")
+        vector = engine.encode_pixels(engine.transform(image).unsqueeze(0))[0]
+        truth = matrix @ vector - caption_offsets
+        order = np.lexsort((np.arange(len(truth)), -truth))[:5]
+        hits = engine.search(QueryRequest(image=image, target="captions", k=5)).hits
+        assert [h.caption_id for h in hits] == caption_ids[order].tolist()
+        np.testing.assert_allclose([h.score for h in hits], truth[order], atol=1e-5)
     finally:
         engine.close()
         plain.close()
 
 
-def test_eval_normalises_text_to_image_only(banked, tmp_path):
+def test_eval_normalises_both_directions(banked, tmp_path):
     _, _, model_dir, data_dir = banked
     outs = {}
     for name, flags in (("bank", []), ("plain", ["--no-query-bank"])):
@@ -138,23 +160,29 @@ def test_eval_normalises_text_to_image_only(banked, tmp_path):
                             "--out", str(outs[name]), *flags]) == 0
     bank, plain = (json.loads(outs[name].read_text()) for name in ("bank", "plain"))
     assert bank["settings"]["query_bank"]["beta"] == 10.0 and plain["settings"]["query_bank"] is None
-    for key in ("i2t_r1", "i2t_r5", "i2t_r10"):
-        assert bank["recalls"][key] == plain["recalls"][key]
-    # the naive reference: each train caption's image rank under cosine − offset
+    # the naive reference: ranks under cosine − the gallery item's offset, both ways (ties: the earlier item first)
     import encoders
     from engine.data import load_dataset
     from engine.evaluation.embed import embed_split
 
     model = encoders.load_model(model_dir)
     emb = embed_split(model, load_dataset(data_dir).split("train"), batch_size=8)
-    scores = emb.texts @ emb.images.T - model.query_bank.image_offsets(emb.images)[None, :]
-    ranks = [int(np.sum(row > row[owner]) + np.sum(row[:owner] == row[owner]))
-             for row, owner in zip(scores, emb.text_to_image)]
+    t2i = emb.texts @ emb.images.T - model.query_bank.image_offsets(emb.images)[None, :]
+    i2t = emb.images @ emb.texts.T - model.query_bank.text_offsets(emb.texts)[None, :]
+
+    def rank(row, target):
+        return int(np.sum(row > row[target]) + np.sum(row[:target] == row[target]))
+
+    t2i_ranks = np.array([rank(row, owner) for row, owner in zip(t2i, emb.text_to_image)])
+    i2t_ranks = np.array([min(rank(row, j) for j in np.flatnonzero(emb.text_to_image == image))
+                          for image, row in enumerate(i2t)])
     for k in (1, 5, 10):
-        assert bank["recalls"][f"t2i_r{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k))
+        assert bank["recalls"][f"t2i_r{k}"] == pytest.approx(100 * np.mean(t2i_ranks < k))
+        assert bank["recalls"][f"i2t_r{k}"] == pytest.approx(100 * np.mean(i2t_ranks < k))
+    assert bank["recalls"] != plain["recalls"]
 
 
-@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions"])
+@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions", "directions"])
 def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
     _, plain_dir, _, data_dir = banked
     model = tmp_path / "model"
@@ -164,6 +192,8 @@ def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
         args[-1], expected = "-1", "--beta must be a positive number"
     elif case == "not-a-model":
         args[0], expected = str(tmp_path), "not a model checkpoint folder"
+    elif case == "directions":
+        args, expected = [*args, "--directions", "sideways"], "--directions must be one of both, t2i, i2t"
     else:
         empty = tmp_path / "empty"
         empty.mkdir()

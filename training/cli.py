@@ -226,11 +226,17 @@ def query_bank_command(
                                "(bench/query_bank.py)."),
     images: Optional[Path] = typer.Option(None, "--images", help="image folder of a precomp DATA (see engine data "
                                           "check)"),
+    directions: str = typer.Option("both", "--directions", help="both | t2i (captions only: text→image) | i2t "
+                                   "(images only: image→text)"),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes for image decoding"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
-    """Store the model's query bank: its training captions' embeddings, used to normalise text→image scores
-    (querybank normalisation; `engine eval`, `engine query` and `engine serve` apply it when present)."""
+    """Store the model's query bank: its training captions' and images' embeddings, used to normalise cross-modal
+    scores (querybank normalisation; `engine eval`, `engine query` and `engine serve` apply it when present)."""
+    from engine import preflight
     from training.query_bank import build_bank
 
-    described = build_bank(model, data, beta, images=images)
+    preflight.check_device(device)
+    described = build_bank(model, data, beta, images=images, directions=directions, workers=workers, device=device)
     typer.echo(f"query bank written to {model}: {described['texts']} distinct captions ({described['captions']} "
-               f"in all), beta {described['beta']:g}, digest {described['digest']}")
+               f"in all), {described['images']} images, beta {described['beta']:g}, digest {described['digest']}")

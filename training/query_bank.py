@@ -1,9 +1,9 @@
-"""`engine query-bank`: embed the training captions of one or more datasets with a trained model and store them
-beside it as its query bank (``encoders.query_bank``: querybank normalisation of text→image search).
+"""`engine query-bank`: embed the training captions and/or images of one or more datasets with a trained model and
+store them beside it as its query bank (``encoders.query_bank``: querybank normalisation of cross-modal search).
 
 Only training splits feed the bank (a dataset without a published val split has its val carved out of train first,
-as everywhere), so a bank never holds a caption that val or test scores. Identical caption strings are embedded
-once and weighted by their count.
+as everywhere), so a bank never holds a caption or image that val or test scores. Identical caption strings are
+embedded once and weighted by their count; images are embedded as image queries are (the model's test-time views).
 """
 
 from __future__ import annotations
@@ -17,32 +17,49 @@ import numpy as np
 from engine.errors import ConfigError, DataError
 
 
+DIRECTIONS = ("both", "t2i", "i2t")
+
+
 def build_bank(model_dir: Path, data: list[Path], beta: float, images: Path | None = None,
-               batch_size: int = 256) -> dict:
-    """Write ``model_dir/query_bank.safetensors`` from the train captions of ``data``; returns its description."""
+               directions: str = "both", batch_size: int = 64, workers: int = 0, device: str = "auto") -> dict:
+    """Write ``model_dir/query_bank.safetensors`` from the train split of ``data``: captions (``t2i``), images
+    (``i2t``) or both; returns its description."""
     from encoders.checkpoint import CONFIG_FILE, load_model
-    from encoders.encode_stage import encode_captions
+    from encoders.encode_stage import encode_captions, encode_image_files
     from encoders.query_bank import QueryBank, save_bank
     from engine.data import load_dataset
 
     if not (beta > 0 and math.isfinite(beta)):
         raise ConfigError(f"--beta must be a positive number, got {beta}")
+    if directions not in DIRECTIONS:
+        raise ConfigError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
     if not (Path(model_dir) / CONFIG_FILE).is_file():
         raise ConfigError(f"{model_dir}: not a model checkpoint folder (the bank is written into it; a shipped "
                           "model is named by its folder, e.g. encoders/weights)")
     counts: Counter[str] = Counter()
+    paths: list[str] = []
     sources = []
     for path in data:
         dataset = load_dataset(path, images=images)
-        captions = [caption.text for caption in dataset.split("train").captions]
+        train = dataset.split("train")
+        captions = [caption.text for caption in train.captions]
         if not captions:
             raise DataError(f"{path}: its train split has no captions to put in a query bank")
         counts.update(captions)
-        sources.append(f"{dataset.name} train ({len(captions)} captions)")
-    model = load_model(model_dir)
+        paths.extend(image.path for image in train.images)
+        sources.append(f"{dataset.name} train ({len(train.images)} images, {len(captions)} captions)")
+    from engine.devices import resolve_device
+
+    target = resolve_device(device)
+    model = load_model(model_dir).to(target)
     texts = list(counts)
-    embeddings = encode_captions(model, texts, batch_size)
-    bank = QueryBank(np.asarray(embeddings, np.float32), np.log(np.asarray([counts[t] for t in texts], np.float64)),
-                     float(beta), model.fingerprint(one_view=True), "; ".join(sources))
+    text_rows = weights = image_rows = None
+    if directions in ("both", "t2i"):
+        text_rows = np.asarray(encode_captions(model, texts, batch_size * 4), np.float32)
+        weights = np.log(np.asarray([counts[t] for t in texts], np.float64))
+    if directions in ("both", "i2t"):
+        image_rows = np.asarray(encode_image_files(model, paths, batch_size, workers, target), np.float32)
+    bank = QueryBank(text_rows, weights, image_rows, float(beta), model.fingerprint(one_view=True),
+                     "; ".join(sources))
     save_bank(bank, Path(model_dir))
     return bank.describe()

@@ -134,9 +134,8 @@ def evaluate(
     if not subset.images:
         raise DataError(f"{dataset.annotation_file or root}: no images in split {split!r}")
 
-    import numpy as np
-
     import encoders
+    from encoders.query_bank import with_offset_columns
     from engine.evaluation.embed import embed_split
     from engine.metrics import retrieval_recalls
 
@@ -159,17 +158,14 @@ def evaluate(
         model.set_test_time_views(test_time_views)
     embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
     bank = model.query_bank if query_bank else None
-    image_rows, text_rows = embeddings.images, embeddings.texts
-    if bank is not None:  # one more column: q·g − offset(g) for text→image, image→text rankings unchanged
-        image_rows = np.hstack([image_rows, -bank.image_offsets(image_rows)[:, None]]).astype(np.float32)
-        text_rows = np.hstack([text_rows, np.ones((len(text_rows), 1), np.float32)])
+    image_rows, text_rows = with_offset_columns(embeddings.images, embeddings.texts, bank)
     recalls = retrieval_recalls(image_rows, text_rows, embeddings.text_to_image)
     pessimistic = retrieval_recalls(image_rows, text_rows, embeddings.text_to_image, ties="pessimistic")
     return EvalResult(
         dataset=_dataset_record(dataset, root, split, subset),
         model={"spec": checkpoint or "shipped-default", "fingerprint": model.fingerprint()},
         search={"mode": "exact", "similarity": "dot product of L2-normalised embeddings" + (
-            "; text→image minus each image's query-bank offset" if bank is not None else "")},
+            "; minus each gallery item's query-bank offset (encoders.query_bank)" if bank is not None else "")},
         recalls=recalls,
         recalls_pessimistic=pessimistic,
         settings={"batch_size": batch_size, "device": device, "label": label,
@@ -284,7 +280,8 @@ def _title(result: EvalResult) -> str:
         how += f", {views} dihedral image views averaged"
     bank = result.settings.get("query_bank")
     if bank:
-        how += f", text→image query-bank normalised (β {bank['beta']:g}, {bank['texts']} bank captions)"
+        how += (f", query-bank normalised {' and '.join(bank.get('directions', ['text→image']))} (β {bank['beta']:g}, "
+                f"{bank['texts']} bank captions, {bank.get('images', 0)} bank images)")
     return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, {how}"
 
 

@@ -110,8 +110,12 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                            "queries_filling_cache": int(run.cold.sum()), "images_encoded": run.images_encoded,
                            "notes": run.notes}
         recalls, pessimistic = {}, {}
+        from encoders.query_bank import with_offset_columns
+
+        bank = engine.query_bank
+        image_rows, text_rows = with_offset_columns(emb.images, emb.texts, bank)  # image→text as engine query does
         for ties, out in (("index", recalls), ("pessimistic", pessimistic)):
-            exact = retrieval_ranks(emb.images, emb.texts, emb.text_to_image, ties=ties)
+            exact = retrieval_ranks(image_rows, text_rows, emb.text_to_image, ties=ties)
             ranks = RetrievalRanks(image_to_text=exact.image_to_text,
                                    text_to_image=target_ranks(lists, owners, pessimistic=ties == "pessimistic"))
             out.update(recalls_from_ranks(ranks, options.ks))
@@ -122,8 +126,8 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                   "t2i_short_lists": int((returned < min(options.depth, len(split.index_ids))).sum()),
                   "i2t": "exact over the caption embeddings stored in the index",
                   "similarity": "inner product of the stored L2-normalised embeddings" + (
-                      "; text→image minus each image's query-bank offset" if engine.bank_offsets is not None else ""),
-                  "query_bank": engine.bank_offsets.description if engine.bank_offsets is not None else None,
+                      "; minus each gallery item's query-bank offset" if engine.query_bank is not None else ""),
+                  "query_bank": engine.query_bank.describe() if engine.query_bank is not None else None,
                   "rerank": rerank_info}
         return IndexEvaluation(recalls, pessimistic, search, engine.fingerprint)
     finally:

@@ -87,12 +87,14 @@ class QueryEngine:
         self.transform = self.model.image_transform(train=False)
         self.store = MetadataStore(self.loaded.catalog, self.loaded.config)
         self.store.filter_budget_s = filter_budget_s
-        # text->image scores minus each image's query-bank offset when the model has a bank (engine.query.bank_offsets)
+        # cross-modal scores minus each gallery item's query-bank offset when the model has a bank
+        # (encoders.query_bank): images' offsets now (engine.query.bank_offsets), captions' with the caption matrix
+        self.query_bank = self.model.query_bank if query_bank else None
         self.bank_offsets = None
-        if query_bank and self.model.query_bank is not None:
+        if self.query_bank is not None and self.query_bank.text_to_image:
             from engine.query.bank_offsets import BankOffsets
 
-            self.bank_offsets = BankOffsets.compute(self.store, self.model.query_bank, self.store.image_ids())
+            self.bank_offsets = BankOffsets.compute(self.store, self.query_bank, self.store.image_ids())
         self._captions = None
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
@@ -332,14 +334,17 @@ class QueryEngine:
                                    row.path, row.split, row.label, row.captions))
 
     def _search_captions(self, vector: np.ndarray, request: QueryRequest, allowed, result: QueryResult) -> None:
-        caption_ids, image_ids, texts, matrix = self.caption_matrix()
+        caption_ids, image_ids, texts, matrix, offsets = self.caption_matrix()
         rows = np.arange(len(caption_ids))
         if allowed is not None:
             rows = rows[np.isin(image_ids, allowed)]
         what = "captions" if allowed is None else "captions of images matching --where"
         k = self._clamped_k(request, len(rows), what, result)
         began = time.perf_counter()
-        best: Neighbours = top_k(rows, matrix[rows] @ vector, k, "exact-captions")
+        scores = matrix[rows] @ vector
+        if offsets is not None and request.is_image:  # image→text: minus each caption's query-bank offset
+            scores = scores - offsets[rows]
+        best: Neighbours = top_k(rows, scores, k, "exact-captions")
         result.timings_ms["search"] = (time.perf_counter() - began) * 1000
         metadata = self.store.rows_for(sorted({int(image_ids[row]) for row in best.ids}))
         for rank, (row, score) in enumerate(zip(best.ids, best.scores), start=1):
@@ -348,9 +353,13 @@ class QueryEngine:
                                    meta.label, meta.captions, caption_id=int(caption_ids[row]), text=texts[row]))
 
     def caption_matrix(self):
+        """(caption ids, image ids, texts, embeddings, query-bank offsets or None), loaded on first use."""
         with self._captions_lock:
             if self._captions is None:
-                self._captions = self.store.caption_matrix()
+                caption_ids, image_ids, texts, matrix = self.store.caption_matrix()
+                offsets = (self.query_bank.text_offsets(matrix)
+                           if self.query_bank is not None and self.query_bank.image_to_text else None)
+                self._captions = (caption_ids, image_ids, texts, matrix, offsets)
             return self._captions
 
     def attention_cache(self, layer: int):
