@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def save_bank(bank: QueryBank, folder: Path) -> Path:
         tensors["images"] = torch.from_numpy(np.ascontiguousarray(bank.images, np.float32)).half()
     metadata = {"beta": repr(float(bank.beta)), "model_fingerprint": bank.model_fingerprint, "sources": bank.sources}
     replace_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
+    umask = os.umask(0)  # safetensors writes 0600; a bank shipped in the package must load for every user
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
     return path
 
 

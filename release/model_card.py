@@ -46,10 +46,15 @@ def _views(result: dict) -> str:
     return f"{views} view" + ("s" if views > 1 else "")
 
 
+def _scoring(result: dict) -> str:
+    bank = result.get("settings", {}).get("query_bank")
+    return f", query bank (β {bank['beta']:g})" if bank else ", plain cosine"
+
+
 def _split_row(result: dict) -> str:
     data = result["dataset"]
     return _row(f"{data['name']} {data['split']} ({data['images']} images / {data['captions']} captions), "
-                f"{_views(result)}", result)
+                f"{_views(result)}{_scoring(result)}", result)
 
 
 def _start_line(config: dict, start_fingerprint: str | None) -> str:
@@ -100,7 +105,7 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | N
         HEADERS,
         *(_split_row(result) for result in vals),
         *(_split_row(result) for result in tests),
-        *(_row(f"{test['dataset']['name']} test, {_views(test)}, pessimistic ties",
+        *(_row(f"{test['dataset']['name']} test, {_views(test)}{_scoring(test)}, pessimistic ties",
                {"recalls": test["recalls_pessimistic"]}) for test in tests),
         *(_split_row(result) for result in also),
         "",

@@ -4,6 +4,7 @@ against brute force, and `engine query-bank` / `engine eval` / `engine query` en
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -70,6 +71,9 @@ def _bank(dim: int = 4, fingerprint: str = "f" * 64, images: bool = True) -> Que
 def test_bank_file_round_trip_and_refusals(tmp_path):
     assert read_bank(tmp_path, "f" * 64, 4) is None  # no bank: plain cosine
     save_bank(_bank(), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / BANK_FILE).stat().st_mode & 0o777 == 0o666 & ~umask  # the usual modes, not safetensors' 0600
     loaded = read_bank(tmp_path, "f" * 64, 4)
     np.testing.assert_allclose(loaded.texts, _bank().texts, atol=1e-3)  # stored in float16
     np.testing.assert_allclose(loaded.images, _bank().images, atol=1e-3)
@@ -182,7 +186,7 @@ def test_eval_normalises_both_directions(banked, tmp_path):
     assert bank["recalls"] != plain["recalls"]
 
 
-@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions", "directions"])
+@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions", "directions", "views"])
 def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
     _, plain_dir, _, data_dir = banked
     model = tmp_path / "model"
@@ -192,6 +196,8 @@ def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
         args[-1], expected = "-1", "--beta must be a positive number"
     elif case == "not-a-model":
         args[0], expected = str(tmp_path), "not a model checkpoint folder"
+    elif case == "views":
+        args, expected = [*args, "--test-time-views", "0"], "--test-time-views must be 1..8, got 0"
     elif case == "directions":
         args, expected = [*args, "--directions", "sideways"], "--directions must be one of both, t2i, i2t"
     else:

@@ -49,6 +49,19 @@ def test_one_view_results_are_of_the_same_weights(shipped) -> None:
         shipped.set_test_time_views(shipped_views)
 
 
+def test_results_name_the_shipped_query_bank(shipped) -> None:
+    """The fingerprint covers the weights, not the query bank beside them: the default result files record the
+    bank's digest (a rebuilt bank without re-run evals fails here), the ``-plain`` ones none."""
+    expected = shipped.query_bank.describe()["digest"] if shipped.query_bank is not None else None
+    for name in ("shipped-val.json", "shipped-test.json", "shipped-rsicd-test.json", "shipped-val-1view.json",
+                 "shipped-test-1view.json", "shipped-rsicd-val-1view.json", "shipped-rsicd-test-1view.json"):
+        recorded = json.loads((RESULTS / name).read_text())["settings"].get("query_bank") or {}
+        assert recorded.get("digest") == expected, f"{name} scored another query bank: re-run engine eval"
+        plain = name.replace(".json", "-plain.json")
+        assert _fingerprint(plain) == _fingerprint(name)
+        assert not json.loads((RESULTS / plain).read_text())["settings"].get("query_bank"), plain
+
+
 def test_model_card_names_the_shipped_fingerprint(shipped) -> None:
     card = (REPO / "docs" / "MODEL_CARD.md").read_text()
     assert f"model fingerprint `{shipped.fingerprint()[:16]}" in card

@@ -230,6 +230,7 @@ def query_bank_command(
                                    "(images only: image→text)"),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes for image decoding"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    test_time_views: int = typer.Option(1, "--test-time-views", help="dihedral views per bank image (1-8)"),
 ) -> None:
     """Store the model's query bank: its training captions' and images' embeddings, used to normalise cross-modal
     scores (querybank normalisation; `engine eval`, `engine query` and `engine serve` apply it when present)."""
@@ -237,6 +238,7 @@ def query_bank_command(
     from training.query_bank import build_bank
 
     preflight.check_device(device)
-    described = build_bank(model, data, beta, images=images, directions=directions, workers=workers, device=device)
+    described = build_bank(model, data, beta, images=images, directions=directions, workers=workers, device=device,
+                           image_views=test_time_views)
     typer.echo(f"query bank written to {model}: {described['texts']} distinct captions ({described['captions']} "
                f"in all), {described['images']} images, beta {described['beta']:g}, digest {described['digest']}")

@@ -3,7 +3,8 @@ store them beside it as its query bank (``encoders.query_bank``: querybank norma
 
 Only training splits feed the bank (a dataset without a published val split has its val carved out of train first,
 as everywhere), so a bank never holds a caption or image that val or test scores. Identical caption strings are
-embedded once and weighted by their count; images are embedded as image queries are (the model's test-time views).
+embedded once and weighted by their count; images are embedded with one view unless asked otherwise (a bank
+stands for the queries' distribution, and one view costs a quarter of the shipped four).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ DIRECTIONS = ("both", "t2i", "i2t")
 
 
 def build_bank(model_dir: Path, data: list[Path], beta: float, images: Path | None = None,
-               directions: str = "both", batch_size: int = 64, workers: int = 0, device: str = "auto") -> dict:
+               directions: str = "both", batch_size: int = 64, workers: int = 0, device: str = "auto",
+               image_views: int = 1) -> dict:
     """Write ``model_dir/query_bank.safetensors`` from the train split of ``data``: captions (``t2i``), images
-    (``i2t``) or both; returns its description."""
+    (``i2t``) or both, the images with ``image_views`` test-time views; returns its description."""
     from encoders.checkpoint import CONFIG_FILE, load_model
     from encoders.encode_stage import encode_captions, encode_image_files
     from encoders.query_bank import QueryBank, save_bank
@@ -31,6 +33,10 @@ def build_bank(model_dir: Path, data: list[Path], beta: float, images: Path | No
 
     if not (beta > 0 and math.isfinite(beta)):
         raise ConfigError(f"--beta must be a positive number, got {beta}")
+    from encoders.views import VIEW_NAMES
+
+    if not 1 <= image_views <= len(VIEW_NAMES):
+        raise ConfigError(f"--test-time-views must be 1..{len(VIEW_NAMES)}, got {image_views}")
     if directions not in DIRECTIONS:
         raise ConfigError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
     if not (Path(model_dir) / CONFIG_FILE).is_file():
@@ -52,6 +58,8 @@ def build_bank(model_dir: Path, data: list[Path], beta: float, images: Path | No
 
     target = resolve_device(device)
     model = load_model(model_dir).to(target)
+    fingerprint = model.fingerprint(one_view=True)
+    model.set_test_time_views(image_views)  # validated there (1-8)
     texts = list(counts)
     text_rows = weights = image_rows = None
     if directions in ("both", "t2i"):
@@ -59,7 +67,9 @@ def build_bank(model_dir: Path, data: list[Path], beta: float, images: Path | No
         weights = np.log(np.asarray([counts[t] for t in texts], np.float64))
     if directions in ("both", "i2t"):
         image_rows = np.asarray(encode_image_files(model, paths, batch_size, workers, target), np.float32)
-    bank = QueryBank(text_rows, weights, image_rows, float(beta), model.fingerprint(one_view=True),
-                     "; ".join(sources))
+    views = f"; images at {image_views} view" + ("s" if image_views > 1 else "") if image_rows is not None else ""
+    bank = QueryBank(text_rows, weights, image_rows, float(beta), fingerprint, "; ".join(sources) + views)
     save_bank(bank, Path(model_dir))
-    return bank.describe()
+    from encoders.query_bank import read_bank
+
+    return read_bank(Path(model_dir), fingerprint, model.config.head.embed_dim).describe()  # as stored (float16)
