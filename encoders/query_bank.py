@@ -30,7 +30,7 @@ import numpy as np
 from engine.errors import ConfigError
 
 BANK_FILE = "query_bank.safetensors"
-_CHUNK = 4096
+_CHUNK_ELEMENTS = 1 << 25  # scores held at once by bank_offsets (32 M float32 = 128 MB)
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,25 @@ def with_offset_columns(images: np.ndarray, texts: np.ndarray, bank: "QueryBank 
 
 def bank_offsets(gallery: np.ndarray, bank: np.ndarray, beta: float, log_weights: np.ndarray | None = None
                  ) -> np.ndarray:
-    """(1/β) log Σ_b w_b exp(β b·g) for every gallery row g, computed in bank chunks (stable log-sum-exp)."""
+    """(1/β) log Σ_b w_b exp(β b·g) for every gallery row g: float32 log-sum-exp over the whole bank, the gallery
+    taken in chunks (a chunk's score matrix stays near 128 MB whatever the bank size)."""
     import torch
 
     if beta <= 0 or not math.isfinite(beta):
         raise ConfigError(f"query bank: beta must be a positive number, got {beta}")
+    bank_t = torch.from_numpy(np.require(bank, np.float32, ["C", "W"]))
+    weights = (torch.from_numpy(np.require(log_weights, np.float32, ["C", "W"]))[None, :]
+               if log_weights is not None else None)
     rows = torch.from_numpy(np.require(gallery, np.float32, ["C", "W"]))
-    total = torch.full((len(rows),), -torch.inf, dtype=torch.float64)
-    for start in range(0, len(bank), _CHUNK):
-        scores = (torch.from_numpy(np.ascontiguousarray(bank[start:start + _CHUNK], dtype=np.float32)) @ rows.T)
-        scores = beta * scores.double()
-        if log_weights is not None:
-            scores = scores + torch.from_numpy(np.asarray(log_weights[start:start + _CHUNK], np.float64))[:, None]
-        total = torch.logaddexp(total, torch.logsumexp(scores, 0))
-    return (total / beta).numpy().astype(np.float32)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, len(bank)))
+    out = torch.empty(len(rows), dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(0, len(rows), chunk):
+            scores = (rows[start:start + chunk] @ bank_t.T).mul_(beta)
+            if weights is not None:
+                scores.add_(weights)
+            out[start:start + chunk] = torch.logsumexp(scores, dim=1) / beta
+    return out.numpy()
 
 
 def save_bank(bank: QueryBank, folder: Path) -> Path:

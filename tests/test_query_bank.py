@@ -209,3 +209,31 @@ def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and re.search(re.escape(expected), err), err
     assert not (model / BANK_FILE).exists()
+
+
+def test_offsets_are_kept_in_the_index_folder_per_bank(banked, tmp_path, monkeypatch):
+    index_dir, _, model_dir, data_dir = banked
+    from engine.query.engine import QueryEngine
+    from indexing.layout import BANK_OFFSETS_FILE
+
+    index_copy = tmp_path / "index"
+    shutil.copytree(index_dir, index_copy)
+    (index_copy / BANK_OFFSETS_FILE).unlink(missing_ok=True)
+    first = QueryEngine(index_copy, checkpoint=str(model_dir))
+    first.close()
+    assert (index_copy / BANK_OFFSETS_FILE).is_file()
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("recomputed although the kept offsets fit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BankOffsets, "compute", classmethod(no_compute))
+        again = QueryEngine(index_copy, checkpoint=str(model_dir))
+        np.testing.assert_array_equal(again.bank_offsets.values, first.bank_offsets.values)
+        again.close()
+    other = tmp_path / "other-bank"  # another bank (β) for the same model: the kept offsets do not fit
+    shutil.copytree(model_dir, other)
+    assert engine_main(["query-bank", str(other), str(data_dir), "--beta", "5"]) == 0
+    rebuilt = QueryEngine(index_copy, checkpoint=str(other))
+    assert not np.allclose(rebuilt.bank_offsets.values, first.bank_offsets.values)
+    rebuilt.close()

@@ -1,7 +1,9 @@
 """Querybank normalisation at search time: every indexed image's offset (``encoders.query_bank``), and a
 text→image top-k under ``q·g − offset(g)`` that stays exact over an index searched by the plain inner product.
 
-The offsets are computed once when the engine starts, from the index's stored embeddings (one pass, in chunks).
+The offsets are computed when the engine first opens the index under a bank, from the index's stored embeddings
+(one pass, in chunks), and kept in the index folder (``query_bank_offsets.npz``, keyed by the bank's digest and the
+shards' signature, so a rebuilt bank or an ``--append`` recomputes them; a read-only index folder just recomputes).
 The index is searched by the plain inner product, deeper than k: no image outside the first ``depth`` can beat
 ``s_depth − min offset`` (``s_depth``: the depth-th inner product), so once the k-th normalised score among the
 candidates is above that bound the answer is the exact one; otherwise the depth grows and the search repeats.
@@ -9,6 +11,9 @@ candidates is above that bound the answer is the exact one; otherwise the depth 
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -39,6 +44,34 @@ class BankOffsets:
             values.append(bank.image_offsets(matrix) if len(found) else np.zeros(0, np.float32))
         return cls(np.concatenate(found_ids) if found_ids else np.zeros(0, np.int64),
                    np.concatenate(values) if values else np.zeros(0, np.float32), bank.describe())
+
+    @classmethod
+    def load_or_compute(cls, index_dir: Path, store, bank) -> "BankOffsets":
+        """The offsets kept in ``index_dir`` when they are of this bank and these shards, else computed (and kept
+        when the folder is writable)."""
+        from engine.atomic import AtomicWriteError, replace_atomically
+        from indexing.layout import BANK_OFFSETS_FILE
+        from indexing.row_store import shard_signature
+
+        path = Path(index_dir) / BANK_OFFSETS_FILE
+        key = json.dumps([bank.digest(), shard_signature(Path(index_dir))])
+        try:
+            with np.load(path, allow_pickle=False) as kept:
+                if str(kept["key"]) == key:
+                    return cls(kept["ids"], kept["values"], bank.describe())
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # absent, stale format or damaged: recompute
+        offsets = cls.compute(store, bank, store.image_ids())
+
+        def write(temp: Path) -> None:
+            with open(temp, "wb") as handle:
+                np.savez(handle, key=np.array(key), ids=offsets.ids, values=offsets.values)
+
+        try:
+            replace_atomically(path, write, durable=False)
+        except AtomicWriteError:
+            pass  # a read-only index folder: the offsets live in memory only
+        return offsets
 
     def of(self, ids: np.ndarray) -> np.ndarray:
         slots = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))

@@ -94,7 +94,7 @@ class QueryEngine:
         if self.query_bank is not None and self.query_bank.text_to_image:
             from engine.query.bank_offsets import BankOffsets
 
-            self.bank_offsets = BankOffsets.compute(self.store, self.query_bank, self.store.image_ids())
+            self.bank_offsets = BankOffsets.load_or_compute(self.root, self.store, self.query_bank)
         self._captions = None
         self._captions_lock = threading.Lock()
         self._caches: dict[int, object] = {}
