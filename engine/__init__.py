@@ -15,7 +15,7 @@ __all__ = ["EngineError", "Index", "load_model", "open"]
 
 
 def open(index=None, *, model=None, device="auto", text_encoder="eager", batch=False,  # noqa: A001
-         filter_timeout=None):
+         filter_timeout=None, query_bank=True):
     """Open an index folder for searching: an ``engine.Index`` (a context manager; ``close()`` releases it).
 
     ``index``: the folder (None: this project's last index, else the default one, named on stderr);
@@ -23,11 +23,12 @@ def open(index=None, *, model=None, device="auto", text_encoder="eager", batch=F
     auto | cpu | cuda; ``text_encoder``: eager, or a compiled kind of ``engine serve --text-encoder`` (a few
     seconds more to open, less per query); ``batch``: encode queries from concurrent threads together;
     ``filter_timeout``: seconds a ``where`` filter may run (``engine query --filter-timeout``; None: its
-    default, 0: no limit)."""
+    default, 0: no limit); ``query_bank``: False ranks by the plain cosine even when the model has a query bank
+    (``engine query --no-query-bank``)."""
     from engine.query.api import open_index
 
     return open_index(index, model=model, device=device, text_encoder=text_encoder, batch=batch,
-                      filter_timeout=filter_timeout)
+                      filter_timeout=filter_timeout, query_bank=query_bank)
 
 
 def load_model(name=None):

@@ -237,3 +237,16 @@ def test_offsets_are_kept_in_the_index_folder_per_bank(banked, tmp_path, monkeyp
     rebuilt = QueryEngine(index_copy, checkpoint=str(other))
     assert not np.allclose(rebuilt.bank_offsets.values, first.bank_offsets.values)
     rebuilt.close()
+
+
+def test_python_api_takes_query_bank(banked):
+    index_dir, _, model_dir, _ = banked
+    import engine
+
+    with pytest.raises(ConfigError, match="query_bank must be True or False, got 'no'"):
+        engine.open(index_dir, model=str(model_dir), query_bank="no")
+    with engine.open(index_dir, model=str(model_dir)) as banked_index, \
+            engine.open(index_dir, model=str(model_dir), query_bank=False) as plain_index:
+        with_bank = banked_index.search("a river tile", k=4).column("score").to_pylist()
+        without = plain_index.search("a river tile", k=4).column("score").to_pylist()
+    assert with_bank != pytest.approx(without)

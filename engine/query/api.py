@@ -65,6 +65,8 @@ def open_index(index: Path | str | None = None, *, model: str | None = None, dev
     if filter_timeout is not None and (isinstance(filter_timeout, bool) or not isinstance(filter_timeout, (int, float))
                                        or not filter_timeout >= 0):
         raise ConfigError(f"filter_timeout must be 0 (no limit) or a number of seconds, got {filter_timeout!r}")
+    if not isinstance(query_bank, bool):
+        raise ConfigError(f"query_bank must be True or False, got {query_bank!r}")
     policy = None
     if batch:
         from engine.query.batching import BatchPolicy
@@ -72,7 +74,7 @@ def open_index(index: Path | str | None = None, *, model: str | None = None, dev
         policy = BatchPolicy()
     return Index(open_engine(index, checkpoint=model, device=device, text_encoder=text_encoder, batch=policy,
                              filter_budget_s=None if filter_timeout is None else float(filter_timeout),
-                             query_bank=bool(query_bank)))
+                             query_bank=query_bank))
 
 
 def load_model(name: str | None = None):
