@@ -14,17 +14,9 @@ from encoders.checkpoint import SOUPED_FROM_FIELD, TRAINED_ON_FIELD, load_model
 from engine.cli import main as engine_main
 from engine.data import load_dataset
 from training.train import train
-from training.train_config import TrainConfig
-from training_fixtures import write_captioned_dataset
+from training_fixtures import tiny_cached_config as _config, write_captioned_dataset
 
 torch.set_num_threads(2)
-
-
-def _config(cache: Path, **changes) -> TrainConfig:
-    base = dict(model="tiny-test", epochs=1, batch_size=8, learning_rate=1e-3, eval_batch_size=16,
-                feature_cache=str(cache), seed=3)
-    base.update(changes)
-    return TrainConfig(**base)
 
 
 @pytest.fixture(scope="module")

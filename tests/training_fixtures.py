@@ -53,3 +53,13 @@ def write_scene_folders(root: Path, per_class: int = 6) -> Path:
             # draw one seed, or a captioned dataset's, and be dropped as near-duplicates of each other)
             _image(folder / f"{label}_{index + 1}.jpg", label, 1000 + 100 * CLASSES.index(label) + index)
     return root
+
+
+def tiny_cached_config(cache: Path, **changes):
+    """A quick TrainConfig: the tiny-test model, one epoch, a trunk-feature cache in ``cache``; ``changes`` override."""
+    from training.train_config import TrainConfig
+
+    base = dict(model="tiny-test", epochs=1, batch_size=8, learning_rate=1e-3, eval_batch_size=16,
+                feature_cache=str(cache), seed=3)
+    base.update(changes)
+    return TrainConfig(**base)
