@@ -250,3 +250,15 @@ def test_python_api_takes_query_bank(banked):
         with_bank = banked_index.search("a river tile", k=4).column("score").to_pylist()
         without = plain_index.search("a river tile", k=4).column("score").to_pylist()
     assert with_bank != pytest.approx(without)
+
+
+def test_eval_through_the_index_matches_exact_eval_with_the_bank(banked, tmp_path):
+    index_dir, _, model_dir, data_dir = banked
+    exact, through = tmp_path / "exact.json", tmp_path / "index.json"
+    assert engine_main(["eval", str(data_dir), "--split", "train", "--model", str(model_dir),
+                        "--out", str(exact)]) == 0
+    assert engine_main(["eval", str(data_dir), "--split", "train", "--model", str(model_dir), "--index",
+                        str(index_dir), "--out", str(through)]) == 0
+    exact_result, index_result = (json.loads(path.read_text()) for path in (exact, through))
+    assert index_result["search"]["query_bank"]["digest"] == exact_result["settings"]["query_bank"]["digest"]
+    assert index_result["recalls"] == pytest.approx(exact_result["recalls"])
