@@ -15,6 +15,7 @@
       build.lock               held while a build runs (indexing.lock)
       attention/layer<L>/      the query engine's attention-feature cache for reranking (engine.query.rerank.features)
       query_bank_offsets.npz   the images' query-bank offsets under one model's bank (engine.query.bank_offsets)
+      query_bank_caption_offsets.npz   the captions' (image→text) offsets, likewise
 
 Writers and readers take the names and paths from here; ``indexing.loader`` opens what ``indexing.build`` wrote.
 """
@@ -37,10 +38,12 @@ INDEX_JSON = "index.json"
 LOCK_FILE = "build.lock"
 ATTENTION_DIR = "attention"
 BANK_OFFSETS_FILE = "query_bank_offsets.npz"
+BANK_CAPTION_OFFSETS_FILE = "query_bank_caption_offsets.npz"
 
 # Everything an index folder may hold: `engine index --out` refuses a folder with anything else in it.
 OWN_ENTRIES = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR, MANIFEST_FILE, INDEX_JSON, FAISS_FILE, FAISS_SHARDS_DIR,
-               ATTENTION_DIR, ROWS_FILE, SKIPPED_FILE, LOCK_FILE, BANK_OFFSETS_FILE)
+               ATTENTION_DIR, ROWS_FILE, SKIPPED_FILE, LOCK_FILE, BANK_OFFSETS_FILE,
+               BANK_CAPTION_OFFSETS_FILE)
 # Folders whose hidden temporaries a resumed build sweeps (engine.atomic.sweep_temps), besides the root.
 WRITTEN_DIRS = (SHARDS_DIR, TEXT_SHARDS_DIR, PLAN_DIR)
 

@@ -219,17 +219,27 @@ def test_offsets_are_kept_in_the_index_folder_per_bank(banked, tmp_path, monkeyp
     index_copy = tmp_path / "index"
     shutil.copytree(index_dir, index_copy)
     (index_copy / BANK_OFFSETS_FILE).unlink(missing_ok=True)
+    from PIL import Image
+
+    from engine.query.request import QueryRequest
+    from indexing.layout import BANK_CAPTION_OFFSETS_FILE
+
+    image = Image.open(next((data_dir / "images").iterdir())).convert("RGB")
     first = QueryEngine(index_copy, checkpoint=str(model_dir))
+    captions_first = first.search(QueryRequest(image=image, target="captions", k=3)).hits
     first.close()
-    assert (index_copy / BANK_OFFSETS_FILE).is_file()
+    assert (index_copy / BANK_OFFSETS_FILE).is_file() and (index_copy / BANK_CAPTION_OFFSETS_FILE).is_file()
 
     def no_compute(*args, **kwargs):
         raise AssertionError("recomputed although the kept offsets fit")
 
     with monkeypatch.context() as patch:
         patch.setattr(BankOffsets, "compute", classmethod(no_compute))
+        patch.setattr(QueryBank, "text_offsets", no_compute)
         again = QueryEngine(index_copy, checkpoint=str(model_dir))
         np.testing.assert_array_equal(again.bank_offsets.values, first.bank_offsets.values)
+        captions_again = again.search(QueryRequest(image=image, target="captions", k=3)).hits
+        assert [(h.caption_id, h.score) for h in captions_again] == [(h.caption_id, h.score) for h in captions_first]
         again.close()
     other = tmp_path / "other-bank"  # another bank (β) for the same model: the kept offsets do not fit
     shutil.copytree(model_dir, other)

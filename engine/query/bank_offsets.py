@@ -4,6 +4,8 @@ text→image top-k under ``q·g − offset(g)`` that stays exact over an index s
 The offsets are computed when the engine first opens the index under a bank, from the index's stored embeddings
 (one pass, in chunks), and kept in the index folder (``query_bank_offsets.npz``, keyed by the bank's digest and the
 shards' signature, so a rebuilt bank or an ``--append`` recomputes them; a read-only index folder just recomputes).
+The captions' image→text offsets are computed with the caption matrix (the first ``--target captions`` query) and
+kept the same way (``query_bank_caption_offsets.npz``).
 The index is searched by the plain inner product, deeper than k: no image outside the first ``depth`` can beat
 ``s_depth − min offset`` (``s_depth``: the depth-th inner product), so once the k-th normalised score among the
 candidates is above that bound the answer is the exact one; otherwise the depth grows and the search repeats.
@@ -49,35 +51,60 @@ class BankOffsets:
     def load_or_compute(cls, index_dir: Path, store, bank) -> "BankOffsets":
         """The offsets kept in ``index_dir`` when they are of this bank and these shards, else computed (and kept
         when the folder is writable)."""
-        from engine.atomic import AtomicWriteError, replace_atomically
         from indexing.layout import BANK_OFFSETS_FILE
         from indexing.row_store import shard_signature
 
-        path = Path(index_dir) / BANK_OFFSETS_FILE
+        def compute() -> dict[str, np.ndarray]:
+            offsets = cls.compute(store, bank, store.image_ids())
+            return {"ids": offsets.ids, "values": offsets.values}
+
         key = json.dumps([bank.digest(), shard_signature(Path(index_dir))])
-        try:
-            with np.load(path, allow_pickle=False) as kept:
-                if str(kept["key"]) == key:
-                    return cls(kept["ids"], kept["values"], bank.describe())
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            pass  # absent, stale format or damaged: recompute
-        offsets = cls.compute(store, bank, store.image_ids())
-
-        def write(temp: Path) -> None:
-            with open(temp, "wb") as handle:
-                np.savez(handle, key=np.array(key), ids=offsets.ids, values=offsets.values)
-
-        try:
-            replace_atomically(path, write, durable=False)
-        except AtomicWriteError:
-            pass  # a read-only index folder: the offsets live in memory only
-        return offsets
+        kept = kept_arrays(Path(index_dir) / BANK_OFFSETS_FILE, key, compute)
+        return cls(kept["ids"], kept["values"], bank.describe())
 
     def of(self, ids: np.ndarray) -> np.ndarray:
         slots = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
         if len(ids) and not np.array_equal(self.ids[slots], ids):
             raise KeyError("an image id without a query-bank offset (the index changed under the engine)")
         return self.values[slots]
+
+
+def caption_offsets(index_dir: Path, bank, caption_ids: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Every indexed caption's image→text offset (``matrix``: their embeddings, in ``caption_ids`` order), kept in
+    the index folder like the images' (``query_bank_caption_offsets.npz``)."""
+    from indexing.layout import BANK_CAPTION_OFFSETS_FILE
+    from indexing.row_store import shard_signature
+
+    key = json.dumps([bank.digest(), shard_signature(Path(index_dir)), int(len(caption_ids))])
+    kept = kept_arrays(Path(index_dir) / BANK_CAPTION_OFFSETS_FILE, key,
+                       lambda: {"ids": caption_ids, "values": bank.text_offsets(matrix)})
+    if not np.array_equal(kept["ids"], caption_ids):  # the same count of other captions: recompute, keep in memory
+        return bank.text_offsets(matrix)
+    return kept["values"]
+
+
+def kept_arrays(path: Path, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays kept at ``path`` under ``key``, or ``compute()``'s, then kept there (atomically; a read-only
+    folder keeps nothing, and a missing, damaged or stale file is recomputed)."""
+    from engine.atomic import AtomicWriteError, replace_atomically
+
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            if str(kept["key"]) == key:
+                return {name: kept[name] for name in kept.files if name != "key"}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass
+    arrays = compute()
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            np.savez(handle, key=np.array(key), **arrays)
+
+    try:
+        replace_atomically(path, write, durable=False)
+    except AtomicWriteError:
+        pass
+    return arrays
 
 
 def normalised_top_k(search: Callable[[int], Neighbours], k: int, available: int, offsets: BankOffsets

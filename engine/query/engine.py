@@ -357,8 +357,11 @@ class QueryEngine:
         with self._captions_lock:
             if self._captions is None:
                 caption_ids, image_ids, texts, matrix = self.store.caption_matrix()
-                offsets = (self.query_bank.text_offsets(matrix)
-                           if self.query_bank is not None and self.query_bank.image_to_text else None)
+                offsets = None
+                if self.query_bank is not None and self.query_bank.image_to_text:
+                    from engine.query.bank_offsets import caption_offsets
+
+                    offsets = caption_offsets(self.root, self.query_bank, caption_ids, matrix)
                 self._captions = (caption_ids, image_ids, texts, matrix, offsets)
             return self._captions
 
