@@ -272,3 +272,10 @@ def test_eval_through_the_index_matches_exact_eval_with_the_bank(banked, tmp_pat
     exact_result, index_result = (json.loads(path.read_text()) for path in (exact, through))
     assert index_result["search"]["query_bank"]["digest"] == exact_result["settings"]["query_bank"]["digest"]
     assert index_result["recalls"] == pytest.approx(exact_result["recalls"])
+
+
+def test_an_id_without_an_offset_is_one_error_line():
+    offsets = BankOffsets(np.array([1, 2, 3]), np.zeros(3, np.float32), {})
+    np.testing.assert_array_equal(offsets.of(np.array([3, 1])), [0, 0])
+    with pytest.raises(ConfigError, match="image id 7 is in faiss.index but has no stored embedding"):
+        offsets.of(np.array([1, 7]))

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.errors import ConfigError
 from engine.query.search import Neighbours, top_k
 
 _CHUNK = 65536
@@ -65,7 +66,9 @@ class BankOffsets:
     def of(self, ids: np.ndarray) -> np.ndarray:
         slots = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
         if len(ids) and not np.array_equal(self.ids[slots], ids):
-            raise KeyError("an image id without a query-bank offset (the index changed under the engine)")
+            missing = int(ids[~np.isin(ids, self.ids)][0])
+            raise ConfigError(f"image id {missing} is in faiss.index but has no stored embedding to normalise; "
+                              "rebuild the index")
         return self.values[slots]
 
 
