@@ -278,7 +278,7 @@ def _title(result: EvalResult) -> str:
     views = result.settings.get("test_time_views") or search.get("test_time_views") or 1
     if views > 1:
         how += f", {views} dihedral image views averaged"
-    bank = result.settings.get("query_bank")
+    bank = result.settings.get("query_bank") or search.get("query_bank")
     if bank:
         how += (f", query-bank normalised {' and '.join(bank.get('directions', ['text→image']))} (β {bank['beta']:g}, "
                 f"{bank['texts']} bank captions, {bank.get('images', 0)} bank images)")
