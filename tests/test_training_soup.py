@@ -68,7 +68,7 @@ def test_members_may_differ_in_inference_settings(members, tmp_path):
     assert engine_main(["soup", str(members[0]), str(other), "--out", str(tmp_path / "soup")]) == 0
 
 
-@pytest.mark.parametrize("case", ["one", "unknown", "other-config", "out-exists"])
+@pytest.mark.parametrize("case", ["one", "unknown", "other-config", "out-exists", "out-under-a-file"])
 def test_bad_input_is_one_line_and_writes_nothing(members, tmp_path, capsys, case):
     out = tmp_path / "soup"
     models = [str(folder) for folder in members]
@@ -83,6 +83,9 @@ def test_bad_input_is_one_line_and_writes_nothing(members, tmp_path, capsys, cas
         meta["model"]["head"]["use_vir"] = not meta["model"]["head"]["use_vir"]
         (other / "config.json").write_text(json.dumps(meta))
         models, expected = [models[0], str(other)], "another model config than .* \\(differs in head\\)"
+    elif case == "out-under-a-file":
+        (tmp_path / "file").write_text("x")
+        out, expected = tmp_path / "file" / "soup", "file is not a folder"
     else:
         out.mkdir()
         expected = "already exists"

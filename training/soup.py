@@ -30,6 +30,9 @@ def soup(members: list[str], out: Path) -> dict:
         raise ConfigError(f"engine soup: needs at least {MIN_MEMBERS} models, got {len(members)}")
     if out.exists():
         raise ConfigError(f"--out {out}: already exists; a soup is written to a new folder")
+    from engine import preflight
+
+    preflight.check_output_file(out, "--out")  # its folder exists or can be created, writable
     folders = []
     for spec in members:
         try:
