@@ -84,7 +84,8 @@ def _embed_split(model, config, mix, source, split: str) -> dict[str, np.ndarray
             "owner": np.asarray(pairs.text_to_image)}
 
 
-def score_model(folder: Path, config, mix, betas: list[float], directions: str = "t2i") -> dict:
+def score_model(folder: Path, config, mix, betas: list[float], directions: str = "t2i",
+                weighting: str = "count") -> dict:
     import torch
 
     from encoders.checkpoint import load_model, read_checkpoint_meta
@@ -96,8 +97,14 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
     splits = {(source.name, split): _embed_split(model, config, mix, source, split)
               for source in mix.val_sources for split in ("train", "val", "test")}
     text_bank = np.concatenate([splits[(name, "train")]["distinct"] for name in names])
-    text_weights = np.log(np.concatenate([splits[(name, "train")]["counts"] for name in names]))
-    image_bank = np.concatenate([splits[(name, "train")]["images"] for name in names])
+    counts = [splits[(name, "train")]["counts"] for name in names]
+    images = [splits[(name, "train")]["images"] for name in names]
+    image_bank = np.concatenate(images)
+    image_weights = None
+    if weighting == "balanced":  # every dataset weighs the same in the bank, whatever its size
+        counts = [c / c.sum() for c in counts]
+        image_weights = np.log(np.concatenate([np.full(len(part), 1.0 / len(part)) for part in images]))
+    text_weights = np.log(np.concatenate(counts))
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for beta in [None, *betas]:
         key = NO_NORM if beta is None else f"{beta:g}"
@@ -108,7 +115,7 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
                 if beta is None:
                     result = retrieval_recalls(part["images"], part["texts"], part["owner"])
                 else:
-                    text_offsets = (bank_offsets(part["texts"], image_bank, beta) if directions in ("both", "i2t")
+                    text_offsets = (bank_offsets(part["texts"], image_bank, beta, image_weights) if directions in ("both", "i2t")
                                     else np.zeros(len(part["texts"])))
                     image_offsets = (bank_offsets(part["images"], text_bank, beta, text_weights)
                                      if directions in ("both", "t2i") else np.zeros(len(part["images"])))
@@ -120,8 +127,9 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
     chosen = max((key for key in scores if key != NO_NORM), key=lambda key: scores[key]["mean:val"])
     return {"model": str(folder.resolve().relative_to(REPO)) if folder.resolve().is_relative_to(REPO) else str(folder),
             "fingerprint": read_checkpoint_meta(folder)["fingerprint"], "datasets": names,
-            "bank": {"texts": int(len(text_bank)), "caption_rows": int(np.exp(text_weights).sum()),
-                     "images": int(len(image_bank))},
+            "bank": {"texts": int(len(text_bank)),
+                     "caption_rows": int(sum(len(splits[(n, "train")]["texts"]) for n in names)),
+                     "images": int(len(image_bank))}, "weighting": weighting,
             "directions": directions, "chosen_beta": chosen, "scores": scores}
 
 
@@ -135,10 +143,10 @@ def render(entries: list[dict], meta: dict) -> str:
              head, "|---|---|---|---|" + "---|" * len(names)]
     for entry in entries:
         none, best = entry["scores"][NO_NORM], entry["scores"][entry["chosen_beta"]]
-        lines.append(f"| `{entry['model']}` | {_DIRECTIONS[entry['directions']]} | {entry['chosen_beta']} | {none['mean:val']:.2f} → {best['mean:val']:.2f} | "
+        lines.append(f"| `{entry['model']}` | {_label(entry)} | {entry['chosen_beta']} | {none['mean:val']:.2f} → {best['mean:val']:.2f} | "
                      + " | ".join(f"{none[f'{n}:test']:.2f} → {best[f'{n}:test']:.2f}" for n in names) + " |")
-    for directions, label in _DIRECTIONS.items():
-        seeds = [e for e in entries if e.get("seed_run") and e["directions"] == directions]
+    for label in dict.fromkeys(_label(e) for e in entries):
+        seeds = [e for e in entries if e.get("seed_run") and _label(e) == label]
         if len(seeds) > 1:
             lines += ["", f"{label} normalised, change over the {len(seeds)} seed runs (mean ± sample std of with − "
                       "without): " + "; ".join(f"{n} test {_delta(seeds, f'{n}:test')}" for n in names)
@@ -148,6 +156,15 @@ def render(entries: list[dict], meta: dict) -> str:
 
 
 _DIRECTIONS = {"t2i": "text→image", "i2t": "image→text", "both": "both directions"}
+
+
+def _label(entry: dict) -> str:
+    weighting = entry.get("weighting", "count")
+    return _DIRECTIONS[entry["directions"]] + ("" if weighting == "count" else f", {weighting} bank")
+
+
+def _key(entry: dict) -> tuple:
+    return entry["model"], entry["directions"], entry.get("weighting", "count")
 
 
 def _delta(entries: list[dict], key: str) -> str:
@@ -168,6 +185,9 @@ def main() -> None:
     parser.add_argument("--directions", choices=tuple(_DIRECTIONS), default="t2i",
                         help="t2i: text→image lists normalised (image offsets from the caption bank); i2t: "
                              "image→text lists (caption offsets from the image bank); both")
+    parser.add_argument("--weighting", choices=("count", "balanced"), default="count",
+                        help="count: each training caption counts once (the bigger dataset dominates the bank); "
+                             "balanced: each dataset's captions and images weigh the same in all")
     parser.add_argument("--runs-file", type=Path, default=REPO / "docs" / "bench" / "query_bank_runs.json")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
     parser.add_argument("--block", default="query-bank")
@@ -186,10 +206,10 @@ def main() -> None:
         if args.render_only:
             break
         mix = mix or load_mix(read_mix_file(args.mix), True)
-        entry = score_model(folder, config, mix, args.betas, args.directions)
+        entry = score_model(folder, config, mix, args.betas, args.directions, args.weighting)
         entry["seed_run"] = seed_run
         entry["measured"] = f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}"
-        stored = [e for e in stored if (e["model"], e["directions"]) != (entry["model"], entry["directions"])] + [entry]
+        stored = [e for e in stored if _key(e) != _key(entry)] + [entry]
         write_json_atomic(args.runs_file, {"entries": stored}, indent=1)
         best = entry["scores"][entry["chosen_beta"]]
         print(f"{entry['model']}: β {entry['chosen_beta']}, " + ", ".join(
