@@ -41,6 +41,7 @@ class QueryBank:
     beta: float
     model_fingerprint: str  # the one-view fingerprint of the model that embedded the bank
     sources: str  # what the bank was built from, for records
+    image_log_weights: np.ndarray | None = None  # (m,) float64 log weight of each bank image; None: all equal
 
     @property
     def text_to_image(self) -> bool:
@@ -60,13 +61,15 @@ class QueryBank:
         """The amount each caption's image→text score drops by, (num_texts,) float32 (zeros without images)."""
         if self.images is None:
             return np.zeros(len(texts), np.float32)
-        return bank_offsets(texts, self.images, self.beta)
+        return bank_offsets(texts, self.images, self.beta, self.image_log_weights)
 
     def digest(self) -> str:
         """Identity of the bank's content."""
         digest = hashlib.sha256()
         for array in (self.texts, self.log_weights, self.images):
             digest.update(b"-" if array is None else np.ascontiguousarray(array, np.float64).tobytes())
+        if self.image_log_weights is not None:
+            digest.update(np.ascontiguousarray(self.image_log_weights, np.float64).tobytes())
         digest.update(f"{self.beta!r}|{self.model_fingerprint}".encode())
         return digest.hexdigest()[:16]
 
@@ -128,6 +131,8 @@ def save_bank(bank: QueryBank, folder: Path) -> Path:
         tensors["log_weights"] = torch.from_numpy(np.ascontiguousarray(bank.log_weights, np.float64))
     if bank.images is not None:
         tensors["images"] = torch.from_numpy(np.ascontiguousarray(bank.images, np.float32)).half()
+        if bank.image_log_weights is not None:
+            tensors["image_log_weights"] = torch.from_numpy(np.ascontiguousarray(bank.image_log_weights, np.float64))
     metadata = {"beta": repr(float(bank.beta)), "model_fingerprint": bank.model_fingerprint, "sources": bank.sources}
     replace_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
     umask = os.umask(0)  # safetensors writes 0600; a bank shipped in the package must load for every user
@@ -151,6 +156,8 @@ def read_bank(folder: Path, model_fingerprint: str, dim: int) -> QueryBank | Non
             texts = handle.get_tensor("texts").float().numpy() if "texts" in names else None
             log_weights = handle.get_tensor("log_weights").double().numpy() if "texts" in names else None
             images = handle.get_tensor("images").float().numpy() if "images" in names else None
+            image_weights = (handle.get_tensor("image_log_weights").double().numpy()
+                             if "image_log_weights" in names else None)
         beta = float(metadata["beta"])
         fingerprint = metadata["model_fingerprint"]
     except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
@@ -169,4 +176,7 @@ def read_bank(folder: Path, model_fingerprint: str, dim: int) -> QueryBank | Non
                           f"({model_fingerprint[:16]}…); rebuild it with `engine query-bank`")
     if not (beta > 0 and math.isfinite(beta)):
         raise ConfigError(f"{path}: beta must be a positive number, got {beta}")
-    return QueryBank(texts, log_weights, images, beta, fingerprint, metadata.get("sources", ""))
+    if image_weights is not None and (images is None or image_weights.shape != (len(images),)):
+        raise ConfigError(f"{path}: query bank image weights of shape {image_weights.shape} do not match its "
+                          "images; rebuild it with `engine query-bank`")
+    return QueryBank(texts, log_weights, images, beta, fingerprint, metadata.get("sources", ""), image_weights)

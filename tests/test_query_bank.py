@@ -186,7 +186,7 @@ def test_eval_normalises_both_directions(banked, tmp_path):
     assert bank["recalls"] != plain["recalls"]
 
 
-@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions", "directions", "views"])
+@pytest.mark.parametrize("case", ["beta", "not-a-model", "no-captions", "directions", "views", "weighting"])
 def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
     _, plain_dir, _, data_dir = banked
     model = tmp_path / "model"
@@ -196,6 +196,8 @@ def test_query_bank_bad_input_is_one_line(banked, tmp_path, capsys, case):
         args[-1], expected = "-1", "--beta must be a positive number"
     elif case == "not-a-model":
         args[0], expected = str(tmp_path), "not a model checkpoint folder"
+    elif case == "weighting":
+        args, expected = [*args, "--weighting", "heavy"], "--weighting must be one of count, balanced"
     elif case == "views":
         args, expected = [*args, "--test-time-views", "0"], "--test-time-views must be 1..8, got 0"
     elif case == "directions":
@@ -279,3 +281,28 @@ def test_an_id_without_an_offset_is_one_error_line():
     np.testing.assert_array_equal(offsets.of(np.array([3, 1])), [0, 0])
     with pytest.raises(ConfigError, match="image id 7 is in faiss.index but has no stored embedding"):
         offsets.of(np.array([1, 7]))
+
+
+def test_balanced_bank_gives_every_dataset_the_same_weight(banked, tmp_path):
+    _, plain_dir, _, data_dir = banked
+    from training_fixtures import write_captioned_dataset
+
+    import encoders
+
+    other = write_captioned_dataset(tmp_path / "other")  # other captions, other image count
+    model = tmp_path / "model"
+    shutil.copytree(plain_dir, model)
+    assert engine_main(["query-bank", str(model), str(data_dir), str(other), "--beta", "10",
+                        "--weighting", "balanced"]) == 0
+    bank = encoders.load_model(model).query_bank
+    assert np.exp(bank.log_weights).sum() == pytest.approx(2.0)  # two datasets, each summing to 1
+    assert np.exp(bank.image_log_weights).sum() == pytest.approx(2.0)
+    first_images = sum(e["split"] == "train" for e in json.loads((data_dir / "dataset.json").read_text())["images"])
+    assert np.exp(bank.image_log_weights[:first_images]) == pytest.approx(np.full(first_images, 1 / first_images))
+    assert "datasets weighted equally" in bank.sources
+    counted = tmp_path / "counted"
+    shutil.copytree(plain_dir, counted)
+    assert engine_main(["query-bank", str(counted), str(data_dir), str(other), "--beta", "10"]) == 0
+    plain_bank = encoders.load_model(counted).query_bank
+    assert plain_bank.image_log_weights is None and plain_bank.digest() != bank.digest()
+    assert not np.allclose(bank.text_offsets(bank.images), plain_bank.text_offsets(plain_bank.images))

@@ -231,6 +231,8 @@ def query_bank_command(
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes for image decoding"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     test_time_views: int = typer.Option(1, "--test-time-views", help="dihedral views per bank image (1-8)"),
+    weighting: str = typer.Option("count", "--weighting", help="count: every training caption and image once (the "
+                                  "biggest dataset dominates) | balanced: every DATA the same total weight"),
 ) -> None:
     """Store the model's query bank: its training captions' and images' embeddings, used to normalise cross-modal
     scores (querybank normalisation; `engine eval`, `engine query` and `engine serve` apply it when present)."""
@@ -239,6 +241,6 @@ def query_bank_command(
 
     preflight.check_device(device)
     described = build_bank(model, data, beta, images=images, directions=directions, workers=workers, device=device,
-                           image_views=test_time_views)
-    typer.echo(f"query bank written to {model}: {described['texts']} distinct captions ({described['captions']} "
-               f"in all), {described['images']} images, beta {described['beta']:g}, digest {described['digest']}")
+                           image_views=test_time_views, weighting=weighting)
+    typer.echo(f"query bank written to {model}: {described['texts']} distinct captions, {described['images']} "
+               f"images, beta {described['beta']:g}, weighting {weighting}, digest {described['digest']}")
