@@ -54,9 +54,8 @@ def normalised_recalls(images: np.ndarray, texts: np.ndarray, owner: np.ndarray,
 def _embed_split(model, config, mix, source, split: str) -> dict[str, np.ndarray]:
     import torch
 
-    from training import model_ops
     from training.distributed import DistInfo
-    from training.evaluate import FIRST_VIEW
+    from training.evaluate import embed_cached
     from training.loaders import cached_split_features
     from training.mix import relabelled_split
     from training.pairs import build_pairs
@@ -68,14 +67,9 @@ def _embed_split(model, config, mix, source, split: str) -> dict[str, np.ndarray
     for index, text in enumerate(pairs.texts):
         rows.setdefault(text, []).append(index)
     first = [indices[0] for indices in rows.values()]  # identical strings embed identically: each once
-    batch = config.eval_batch_size
-    with torch.no_grad():
-        images = torch.cat([model_ops.embed_images(model, {k: v[s:s + batch, FIRST_VIEW] for k, v in
-                                                           features.images.items()}, config.unfreeze_last)
-                            for s in range(0, len(pairs.image_ids), batch)]).float().numpy()
-        distinct = torch.cat([model_ops.embed_texts(model, {k: v[first[s:s + batch]] for k, v in
-                                                            features.texts.items()}, config.unfreeze_last)
-                              for s in range(0, len(first), batch)]).float().numpy()
+    images, distinct = (part.numpy() for part in embed_cached(
+        model, features, len(pairs.image_ids), first, config.eval_batch_size, torch.device("cpu"),
+        config.unfreeze_last))
     slot = np.empty(len(pairs.texts), np.int64)
     for position, indices in enumerate(rows.values()):
         slot[indices] = position

@@ -42,7 +42,7 @@ def test_normalised_top_k_is_exact_however_deep_it_must_search():
     gallery = _unit(rng, 500, 8)
     ids = np.arange(1000, 1500, dtype=np.int64)
     # wide offsets: the normalised best are often far down the plain ranking, so the search has to go deeper
-    offsets = BankOffsets(ids, rng.uniform(-0.8, 0.8, size=len(ids)).astype(np.float32), {})
+    offsets = BankOffsets(ids, rng.uniform(-0.8, 0.8, size=len(ids)).astype(np.float32))
     depths = []
 
     def search_for(query):
@@ -277,7 +277,7 @@ def test_eval_through_the_index_matches_exact_eval_with_the_bank(banked, tmp_pat
 
 
 def test_an_id_without_an_offset_is_one_error_line():
-    offsets = BankOffsets(np.array([1, 2, 3]), np.zeros(3, np.float32), {})
+    offsets = BankOffsets(np.array([1, 2, 3]), np.zeros(3, np.float32))
     np.testing.assert_array_equal(offsets.of(np.array([3, 1])), [0, 0])
     with pytest.raises(ConfigError, match="image id 7 is in faiss.index but has no stored embedding"):
         offsets.of(np.array([1, 7]))

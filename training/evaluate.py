@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -18,20 +20,32 @@ FIRST_VIEW = 0
 def evaluate_cached(model, pairs: PairSet, features: SplitFeatures, batch_size: int, device: torch.device,
                     ks: tuple[int, ...], tail: int = 0) -> dict[str, float]:
     """Recalls from cached backbone outputs (identity view), running only the heads (and trainable tails)."""
+    images, texts = embed_cached(model, features, len(pairs.image_ids), len(pairs.texts), batch_size, device, tail)
+    return _recalls(images, texts, pairs, ks)
+
+
+@torch.no_grad()
+def embed_cached(model, features: SplitFeatures, image_count: int, text_rows: int | Sequence[int], batch_size: int,
+                 device: torch.device, tail: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image embeddings, text embeddings) from cached backbone outputs (identity view), in eval mode, float32 on
+    the CPU: the first ``image_count`` images; the first ``text_rows`` texts, or those rows when it is a list."""
     was_training = model.training
     model.eval()
     try:
         image_rows = []
-        for start in range(0, len(pairs.image_ids), batch_size):
+        for start in range(0, image_count, batch_size):
             chunk = {k: v[start:start + batch_size, FIRST_VIEW].to(device) for k, v in features.images.items()}
             image_rows.append(model_ops.embed_images(model, chunk, tail).float().cpu())
-        text_rows = []
-        for start in range(0, len(pairs.texts), batch_size):
-            chunk = {k: v[start:start + batch_size].to(device) for k, v in features.texts.items()}
-            text_rows.append(model_ops.embed_texts(model, chunk, tail).float().cpu())
+        text_out = []
+        count = text_rows if isinstance(text_rows, int) else len(text_rows)
+        for start in range(0, count, batch_size):
+            wanted = (slice(start, start + batch_size) if isinstance(text_rows, int)
+                      else list(text_rows[start:start + batch_size]))
+            chunk = {k: v[wanted].to(device) for k, v in features.texts.items()}
+            text_out.append(model_ops.embed_texts(model, chunk, tail).float().cpu())
     finally:
         model.train(was_training)
-    return _recalls(torch.cat(image_rows), torch.cat(text_rows), pairs, ks)
+    return torch.cat(image_rows), torch.cat(text_out)
 
 
 @torch.no_grad()

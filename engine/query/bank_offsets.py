@@ -31,11 +31,10 @@ FIRST_DEPTH_MIN = 64
 class BankOffsets:
     """Offsets of every image of one index under one model's query bank."""
 
-    def __init__(self, ids: np.ndarray, values: np.ndarray, bank_description: dict) -> None:
+    def __init__(self, ids: np.ndarray, values: np.ndarray) -> None:
         order = np.argsort(ids, kind="stable")
         self.ids, self.values = ids[order].astype(np.int64), values[order].astype(np.float32)
         self.lowest = float(self.values.min()) if len(self.values) else 0.0
-        self.description = bank_description
 
     @classmethod
     def compute(cls, store, bank, ids: np.ndarray) -> "BankOffsets":
@@ -46,7 +45,7 @@ class BankOffsets:
             found_ids.append(found)
             values.append(bank.image_offsets(matrix) if len(found) else np.zeros(0, np.float32))
         return cls(np.concatenate(found_ids) if found_ids else np.zeros(0, np.int64),
-                   np.concatenate(values) if values else np.zeros(0, np.float32), bank.describe())
+                   np.concatenate(values) if values else np.zeros(0, np.float32))
 
     @classmethod
     def load_or_compute(cls, index_dir: Path, store, bank) -> "BankOffsets":
@@ -61,7 +60,7 @@ class BankOffsets:
 
         key = json.dumps([bank.digest(), shard_signature(Path(index_dir))])
         kept = kept_arrays(Path(index_dir) / BANK_OFFSETS_FILE, key, compute)
-        return cls(kept["ids"], kept["values"], bank.describe())
+        return cls(kept["ids"], kept["values"])
 
     def of(self, ids: np.ndarray) -> np.ndarray:
         slots = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
