@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "r-12ep+8": ("a trained model (--init-from; the default shipped 2026-12-07: r-12ep seed 1) trained 8 more "
                  "epochs from a warm restart at half the learning rate; the row's seed is the continuation's",
                  {**_BASE, "epochs": 8, "learning_rate": 2.5e-4}),
+    "r-12ep+8-hn5": ("r-12ep+8 with hard negatives (HN-NCE, β = 5): the same start, schedule and seeds",
+                     {**_BASE, "epochs": 8, "learning_rate": 2.5e-4, "hard_negative_beta": 5.0}),
     "r-tail2": ("r-once, the last two EfficientNet stages and MiniLM layers trained (--unfreeze-last 2)",
                 {**_BASE, "repeated_captions": "once", "unfreeze_last": 2}),
     "r-lite2": ("r-once on EfficientNet-Lite2 at 260 px (config offline-lite2; its own AID-trained tail)",
@@ -54,7 +56,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 # variants whose instruction weights differ from --instruction-weights: variant -> flag that names them
 INSTRUCTION_FLAGS = {"r-lite2": "--lite2-instruction"}
 # variants that start from a trained model (--init-from) instead of the AID-trained tail
-CONTINUATIONS = {"r-12ep+8"}
+CONTINUATIONS = {"r-12ep+8", "r-12ep+8-hn5"}
 
 
 def variant_config(base, name: str, seed: int, instruction: dict[str, Path | None], init_from: str | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ def test_continuation_starts_from_the_trained_model_without_instruction_weights(
     assert (config.epochs, config.learning_rate) == (8, 2.5e-4)
     with pytest.raises(SystemExit, match="--init-from"):
         variant_config(BASE, "r-12ep+8", 1, INSTRUCTION)
+
+
+def test_hard_negative_continuation_differs_from_the_continuation_only_in_hard_negatives() -> None:
+    plain = variant_config(BASE, "r-12ep+8", 3, INSTRUCTION, init_from="runs/start-r12ep")
+    hard = variant_config(BASE, "r-12ep+8-hn5", 3, INSTRUCTION, init_from="runs/start-r12ep")
+    assert (plain.hard_negative_beta, hard.hard_negative_beta) == (0.0, 5.0)
+    assert hard == dataclasses.replace(plain, hard_negative_beta=5.0)
 
 
 def test_other_variants_need_their_instruction_weights_and_ignore_init_from() -> None:
