@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -130,7 +131,8 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
 def render(entries: list[dict], meta: dict) -> str:
     names = entries[0]["datasets"]
     head = "| model | normalised | β (chosen on val) | mean val mR | " + " | ".join(f"{n} test mR" for n in names) + " |"
-    lines = [f"Measured {meta['date']} on {meta['machine']}, commit `{meta['commit'][:7]}`; 1 view, exact search, "
+    measured = ", ".join(f"`{m}`" for m in dict.fromkeys(e.get("measured", meta["date"]) for e in entries))
+    lines = [f"Measured on {meta['machine']} (date, commit of each entry: {measured}); 1 view, exact search, "
              f"cached trunk. Bank: {entries[0]['bank']['texts']:,} distinct training captions "
              f"({entries[0]['bank']['caption_rows']:,} rows) and {entries[0]['bank']['images']:,} training images of "
              f"{', '.join(names)}. Cells: without → with the normalisation.", "",
@@ -139,10 +141,12 @@ def render(entries: list[dict], meta: dict) -> str:
         none, best = entry["scores"][NO_NORM], entry["scores"][entry["chosen_beta"]]
         lines.append(f"| `{entry['model']}` | {_label(entry)} | {entry['chosen_beta']} | {none['mean:val']:.2f} → {best['mean:val']:.2f} | "
                      + " | ".join(f"{none[f'{n}:test']:.2f} → {best[f'{n}:test']:.2f}" for n in names) + " |")
-    for label in dict.fromkeys(_label(e) for e in entries):
-        seeds = [e for e in entries if e.get("seed_run") and _label(e) == label]
+    seed_runs = [e for e in entries if e.get("seed_run")]
+    for recipe, label in dict.fromkeys((_recipe(e), _label(e)) for e in seed_runs):
+        seeds = [e for e in seed_runs if (_recipe(e), _label(e)) == (recipe, label)]
         if len(seeds) > 1:
-            lines += ["", f"{label} normalised, change over the {len(seeds)} seed runs (mean ± sample std of with − "
+            lines += ["", f"{recipe}, {label} normalised, change over the {len(seeds)} seed runs (mean ± sample std "
+                      "of with − "
                       "without): " + "; ".join(f"{n} test {_delta(seeds, f'{n}:test')}" for n in names)
                       + f"; mean val {_delta(seeds, 'mean:val')}."]
     lines += ["", f"Command (entries accumulate in `{meta['runs_file']}`): `{meta['command']}`"]
@@ -155,6 +159,16 @@ _DIRECTIONS = {"t2i": "text→image", "i2t": "image→text", "both": "both direc
 def _label(entry: dict) -> str:
     weighting = entry.get("weighting", "count")
     return _DIRECTIONS[entry["directions"]] + ("" if weighting == "count" else f", {weighting} bank")
+
+
+def _recipe(entry: dict) -> str:
+    """The recipe a seed run belongs to: its run folder's name without ``-seedN``
+    (``runs/mix-ablation/r-12ep+8-seed2/best`` -> ``r-12ep+8``); seeds of different recipes are never pooled."""
+    for part in reversed(Path(entry["model"]).parts):
+        match = re.fullmatch(r"(.+)-seed\d+", part)
+        if match:
+            return match.group(1)
+    return entry["model"]
 
 
 def _key(entry: dict) -> tuple:
