@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -184,11 +183,11 @@ def save_model(
 def _make_readable(folder: Path) -> None:
     """mkdtemp makes a 0700 folder and safetensors a 0600 file: give the checkpoint the usual umask modes instead,
     so a model saved by one user (or shipped in the package) loads for another."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    from engine.atomic import make_readable
+
+    make_readable(folder)
     for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+        make_readable(path)
 
 
 def load_weights(model: PIRModel, folder: Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def save_bank(bank: QueryBank, folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from engine.atomic import replace_atomically
+    from engine.atomic import make_readable, replace_atomically
 
     path = Path(folder) / BANK_FILE
     tensors = {}
@@ -135,9 +134,7 @@ def save_bank(bank: QueryBank, folder: Path) -> Path:
             tensors["image_log_weights"] = torch.from_numpy(np.ascontiguousarray(bank.image_log_weights, np.float64))
     metadata = {"beta": repr(float(bank.beta)), "model_fingerprint": bank.model_fingerprint, "sources": bank.sources}
     replace_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
-    umask = os.umask(0)  # safetensors writes 0600; a bank shipped in the package must load for every user
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    make_readable(path)  # safetensors writes 0600; a bank shipped in the package must load for every user
     return path
 
 

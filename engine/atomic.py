@@ -7,7 +7,7 @@ and ``sweep_temps`` removes what a killed process left. An ``OSError`` becomes o
 line naming the file (and the temporary is removed); any other exception removes the temporary and propagates.
 
 Thin wrappers, all path first: :func:`write_text_atomic`, :func:`write_json_atomic`, :func:`write_table_atomic`
-(Parquet; pyarrow is imported only when called).
+(Parquet; pyarrow is imported only when called). :func:`make_readable` undoes a writer's private file modes.
 """
 
 from __future__ import annotations
@@ -81,6 +81,14 @@ def write_table_atomic(path: Path, table) -> None:
     import pyarrow.parquet as pq
 
     replace_atomically(path, lambda temp: pq.write_table(table, temp))
+
+
+def make_readable(path: Path) -> None:
+    """Give ``path`` the modes the process umask gives new files (0666) or folders (0777), where a writer made it
+    private (mkdtemp 0700, safetensors 0600), so what one user saved loads for another."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def sweep_temps(folder: Path) -> int:
