@@ -110,8 +110,8 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
                 if beta is None:
                     result = retrieval_recalls(part["images"], part["texts"], part["owner"])
                 else:
-                    text_offsets = (bank_offsets(part["texts"], image_bank, beta, image_weights) if directions in ("both", "i2t")
-                                    else np.zeros(len(part["texts"])))
+                    text_offsets = (bank_offsets(part["texts"], image_bank, beta, image_weights)
+                                    if directions in ("both", "i2t") else np.zeros(len(part["texts"])))
                     image_offsets = (bank_offsets(part["images"], text_bank, beta, text_weights)
                                      if directions in ("both", "t2i") else np.zeros(len(part["images"])))
                     result = normalised_recalls(part["images"], part["texts"], part["owner"], image_offsets,
@@ -141,13 +141,14 @@ def render(entries: list[dict], meta: dict) -> str:
         none, best = entry["scores"][NO_NORM], entry["scores"][entry["chosen_beta"]]
         lines.append(f"| `{entry['model']}` | {_label(entry)} | {entry['chosen_beta']} | {none['mean:val']:.2f} → {best['mean:val']:.2f} | "
                      + " | ".join(f"{none[f'{n}:test']:.2f} → {best[f'{n}:test']:.2f}" for n in names) + " |")
-    seed_runs = [e for e in entries if e.get("seed_run")]
-    for recipe, label in dict.fromkeys((_recipe(e), _label(e)) for e in seed_runs):
-        seeds = [e for e in seed_runs if (_recipe(e), _label(e)) == (recipe, label)]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for entry in entries:
+        if entry.get("seed_run"):
+            groups.setdefault((_recipe(entry), _label(entry)), []).append(entry)
+    for (recipe, label), seeds in groups.items():
         if len(seeds) > 1:
             lines += ["", f"{recipe}, {label} normalised, change over the {len(seeds)} seed runs (mean ± sample std "
-                      "of with − "
-                      "without): " + "; ".join(f"{n} test {_delta(seeds, f'{n}:test')}" for n in names)
+                      "of with − without): " + "; ".join(f"{n} test {_delta(seeds, f'{n}:test')}" for n in names)
                       + f"; mean val {_delta(seeds, 'mean:val')}."]
     lines += ["", f"Command (entries accumulate in `{meta['runs_file']}`): `{meta['command']}`"]
     return "\n".join(lines) + "\n"
