@@ -67,7 +67,7 @@ def build_bank(model_dir: Path, data: list[Path], beta: float, images: Path | No
     target = resolve_device(device)
     model = load_model(model_dir).to(target)
     fingerprint = model.fingerprint(one_view=True)
-    model.set_test_time_views(image_views)  # validated there (1-8)
+    model.set_test_time_views(image_views)  # checked above, before the model loaded
     texts = list(counts)
     text_rows = weights = image_rows = None
     if directions in ("both", "t2i"):
