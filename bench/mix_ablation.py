@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                  {**_BASE, "epochs": 8, "learning_rate": 2.5e-4}),
     "r-12ep+8-hn5": ("r-12ep+8 with hard negatives (HN-NCE, β = 5): the same start, schedule and seeds",
                      {**_BASE, "epochs": 8, "learning_rate": 2.5e-4, "hard_negative_beta": 5.0}),
+    "r-12ep+8-once": ("r-12ep+8 with an image's repeated identical captions as one pair (--repeated-captions once): "
+                      "the same start, schedule and seeds",
+                      {**_BASE, "epochs": 8, "learning_rate": 2.5e-4, "repeated_captions": "once"}),
     "r-tail2": ("r-once, the last two EfficientNet stages and MiniLM layers trained (--unfreeze-last 2)",
                 {**_BASE, "repeated_captions": "once", "unfreeze_last": 2}),
     "r-lite2": ("r-once on EfficientNet-Lite2 at 260 px (config offline-lite2; its own AID-trained tail)",
@@ -56,7 +59,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 # variants whose instruction weights differ from --instruction-weights: variant -> flag that names them
 INSTRUCTION_FLAGS = {"r-lite2": "--lite2-instruction"}
 # variants that start from a trained model (--init-from) instead of the AID-trained tail
-CONTINUATIONS = {"r-12ep+8", "r-12ep+8-hn5"}
+CONTINUATIONS = {"r-12ep+8", "r-12ep+8-hn5", "r-12ep+8-once"}
 
 
 def variant_config(base, name: str, seed: int, instruction: dict[str, Path | None], init_from: str | None = None):

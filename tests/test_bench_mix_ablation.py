@@ -29,6 +29,13 @@ def test_hard_negative_continuation_differs_from_the_continuation_only_in_hard_n
     assert hard == dataclasses.replace(plain, hard_negative_beta=5.0)
 
 
+def test_repeated_caption_continuation_differs_from_the_continuation_only_in_repeated_captions() -> None:
+    plain = variant_config(BASE, "r-12ep+8", 2, INSTRUCTION, init_from="runs/start-r12ep")
+    once = variant_config(BASE, "r-12ep+8-once", 2, INSTRUCTION, init_from="runs/start-r12ep")
+    assert (plain.repeated_captions, once.repeated_captions) == ("keep", "once")
+    assert once == dataclasses.replace(plain, repeated_captions="once")
+
+
 def test_other_variants_need_their_instruction_weights_and_ignore_init_from() -> None:
     for name in set(VARIANTS) - CONTINUATIONS - {"r-lite2"}:
         config = variant_config(BASE, name, 1, INSTRUCTION, init_from="runs/start-r12ep")
