@@ -32,6 +32,8 @@ KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 # the shipped recipe's training settings (docs/MODEL_CARD.md): full PIR, last EfficientNet stage and last MiniLM
 # layer trained from a cached trunk at lr x0.1, the tail starting from its AID scene-classification training
 _BASE = {"use_vir": True, "use_lca": True, "use_affiliation": True, "unfreeze_last": 1, "backbone_lr_scale": 0.1}
+# a continuation's schedule: 8 more epochs from a warm restart at half the learning rate
+_CONTINUATION = {**_BASE, "epochs": 8, "learning_rate": 2.5e-4}
 # name -> (description, TrainConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "r-base": ("the shipped recipe (full PIR, last stage/layer trained, AID-trained tail) on the mix", _BASE),
@@ -45,12 +47,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                {**_BASE, "epochs": 12}),
     "r-12ep+8": ("a trained model (--init-from; the default shipped 2026-12-07: r-12ep seed 1) trained 8 more "
                  "epochs from a warm restart at half the learning rate; the row's seed is the continuation's",
-                 {**_BASE, "epochs": 8, "learning_rate": 2.5e-4}),
+                 _CONTINUATION),
     "r-12ep+8-hn5": ("r-12ep+8 with hard negatives (HN-NCE, β = 5): the same start, schedule and seeds",
-                     {**_BASE, "epochs": 8, "learning_rate": 2.5e-4, "hard_negative_beta": 5.0}),
+                     {**_CONTINUATION, "hard_negative_beta": 5.0}),
     "r-12ep+8-once": ("r-12ep+8 with an image's repeated identical captions as one pair (--repeated-captions once): "
                       "the same start, schedule and seeds",
-                      {**_BASE, "epochs": 8, "learning_rate": 2.5e-4, "repeated_captions": "once"}),
+                      {**_CONTINUATION, "repeated_captions": "once"}),
     "r-tail2": ("r-once, the last two EfficientNet stages and MiniLM layers trained (--unfreeze-last 2)",
                 {**_BASE, "repeated_captions": "once", "unfreeze_last": 2}),
     "r-lite2": ("r-once on EfficientNet-Lite2 at 260 px (config offline-lite2; its own AID-trained tail)",
