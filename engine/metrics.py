@@ -110,3 +110,59 @@ def retrieval_recalls(
 ) -> dict[str, float]:
     """Exact i2t/t2i Recall@K and mR (percent). ``text_to_image[j]`` = row of caption j's image."""
     return recalls_from_ranks(retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size, ties), ks)
+
+
+def _image_hits(ranks: RetrievalRanks, text_to_image, ks: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Per image: whether it is an i2t query, its i2t hits at each K, its captions, their t2i hits at each K."""
+    owner = np.asarray(text_to_image, dtype=np.int64)
+    num_images = ranks.image_to_text.shape[0]
+    if owner.shape != ranks.text_to_image.shape:
+        raise ValueError(f"text_to_image must have one entry per text rank ({ranks.text_to_image.shape[0]}), "
+                         f"got {owner.shape}")
+    is_query = ranks.image_to_text >= 0
+    i2t = np.stack([is_query & (ranks.image_to_text < k) for k in ks]).astype(np.float64)  # (K, images)
+    captions = np.bincount(owner, minlength=num_images).astype(np.float64)
+    t2i = np.stack([np.bincount(owner, weights=(ranks.text_to_image < k).astype(np.float64), minlength=num_images)
+                    for k in ks])
+    return is_query.astype(np.float64), i2t, captions, t2i
+
+
+def bootstrap_recalls(ranks: RetrievalRanks, text_to_image, draws: int = 1000, seed: int = 0,
+                      ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Recall@K and mR (percent) of ``draws`` resamples of the split's images, each image with all its captions.
+
+    The gallery stays the whole split (the ranks are not recomputed): this measures how much the score depends
+    on which images happened to be in the test split, the uncertainty a reader of a table needs when two models
+    differ by less than a point. Images, not queries, are the unit because an image's captions are not
+    independent queries (RSICD repeats one sentence five times for many images).
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    is_query, i2t, captions, t2i = _image_hits(ranks, text_to_image, ks)
+    num_images = is_query.shape[0]
+    rng = np.random.default_rng(seed)
+    columns: dict[str, list[np.ndarray]] = {f"{d}_r{k}": [] for d in ("i2t", "t2i") for k in ks}
+    for start in range(0, draws, chunk):
+        size = min(chunk, draws - start)
+        counts = rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=size).astype(np.float64)
+        for hits, total, direction in ((i2t, counts @ is_query, "i2t"), (t2i, counts @ captions, "t2i")):
+            found = counts @ hits.T  # (size, K)
+            share = np.divide(found, total[:, None], out=np.zeros_like(found), where=total[:, None] > 0) * 100
+            for column, k in enumerate(ks):
+                columns[f"{direction}_r{k}"].append(share[:, column])
+    result = {key: np.concatenate(parts) for key, parts in columns.items()}
+    result["mR"] = np.mean(np.stack(list(result.values())), axis=0)
+    return result
+
+
+def recall_intervals(ranks: RetrievalRanks, text_to_image, draws: int = 1000, level: float = 95.0,
+                     seed: int = 0, ks: tuple[int, ...] = DEFAULT_KS) -> dict:
+    """Percentile bootstrap intervals of every Recall@K and mR (``bootstrap_recalls``), ready for a result file."""
+    if not 0 < level < 100:
+        raise ValueError(f"level must be between 0 and 100 (percent), got {level}")
+    samples = bootstrap_recalls(ranks, text_to_image, draws, seed, ks)
+    tail = (100 - level) / 2
+    bounds = {key: [round(float(np.percentile(values, tail)), 2), round(float(np.percentile(values, 100 - tail)), 2)]
+              for key, values in samples.items()}
+    return {"level": level, "draws": draws, "seed": seed, "resampled": "images of the split, each with all its "
+            "captions (the gallery stays the whole split)", "bounds": bounds}

@@ -206,5 +206,13 @@ def test_index_and_eval_read_a_precomp_folder_with_its_images_elsewhere(tmp_path
                  "test", "--out", str(result)]) == 0
     record = json.loads(result.read_text())
     assert record["dataset"]["images"] == 6 and record["dataset"]["captions"] == 30
+    low, high = record["recalls_interval"]["bounds"]["mR"]  # 1000 image-bootstrap draws by default
+    assert record["recalls_interval"]["draws"] == 1000 and low <= round(record["recalls"]["mR"], 2) <= high
+    assert "mR 95% interval" in capsys.readouterr().out
+    assert main(["eval", str(root), "--images", str(tmp_path / "pictures"), "--model", str(model), "--bootstrap",
+                 "0", "--out", str(result)]) == 0
+    assert json.loads(result.read_text())["recalls_interval"] == {}
+    assert main(["eval", str(root), "--images", str(tmp_path / "pictures"), "--bootstrap", "-1"]) == 2
+    assert "--bootstrap must be 0" in capsys.readouterr().err
     assert main(["eval", str(root), "--model", str(model)]) == 2  # images not beside the captions: one line
     assert capsys.readouterr().err.count("error:") == 1

@@ -73,6 +73,8 @@ def test_flat_index_matches_exact_evaluation(setup) -> None:
         assert indexed["recalls"][key] == pytest.approx(value, abs=1e-9), key
     for key, value in exact["recalls_pessimistic"].items():
         assert indexed["recalls_pessimistic"][key] == pytest.approx(value, abs=1e-9), key
+    assert indexed["recalls_interval"] == exact["recalls_interval"]  # same ranks, same seeded draws
+    assert exact["recalls_interval"]["bounds"]["mR"][0] < exact["recalls_interval"]["bounds"]["mR"][1]
 
 
 @pytest.mark.parametrize("factory, param", [("HNSW8", "efSearch"), ("IVF2,Flat", "nprobe")])

@@ -101,3 +101,66 @@ def test_shape_errors() -> None:
         retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 3)), [0, 2])
     with pytest.raises(ValueError, match="ties must be"):
         retrieval_ranks(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1], ties="random")
+
+
+def _naive_resample(ranks, owner: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """Rebuild the resampled split image by image (repeats included) and score it with recalls_from_ranks."""
+    from engine.metrics import RetrievalRanks, recalls_from_ranks
+
+    drawn = np.repeat(np.arange(len(counts)), counts)
+    i2t = ranks.image_to_text[drawn]
+    t2i = np.concatenate([ranks.text_to_image[owner == image] for image in drawn])
+    return recalls_from_ranks(RetrievalRanks(image_to_text=i2t, text_to_image=t2i))
+
+
+def test_bootstrap_equals_naive_resampling_of_images_with_their_captions() -> None:
+    from engine.metrics import bootstrap_recalls
+
+    rng = np.random.default_rng(3)
+    num_images = 23
+    owner = np.concatenate([np.repeat(np.arange(num_images - 2), 5), [0, 4, 4]])  # uneven captions; 2 without
+    images = rng.normal(size=(num_images, 8)).astype(np.float32)
+    texts = images[owner] + rng.normal(scale=1.2, size=(len(owner), 8)).astype(np.float32)
+    ranks = retrieval_ranks(images, texts, owner)
+    samples = bootstrap_recalls(ranks, owner, draws=40, seed=11)
+    draws = np.random.default_rng(11).multinomial(num_images, np.full(num_images, 1 / num_images), size=40)
+    for row, counts in enumerate(draws):
+        expected = _naive_resample(ranks, owner, counts)
+        for key, value in expected.items():
+            assert samples[key][row] == pytest.approx(value), (row, key)
+
+
+def test_intervals_hold_the_point_estimate_and_narrow_with_more_images() -> None:
+    from engine.metrics import recall_intervals, recalls_from_ranks
+
+    def split(num_images: int, seed: int):
+        rng = np.random.default_rng(seed)
+        owner = np.repeat(np.arange(num_images), 5)
+        images = rng.normal(size=(num_images, 16)).astype(np.float32)
+        texts = images[owner] + rng.normal(scale=2.0, size=(len(owner), 16)).astype(np.float32)
+        return retrieval_ranks(images, texts, owner), owner
+
+    widths = []
+    for num_images in (60, 600):
+        ranks, owner = split(num_images, 5)
+        point = recalls_from_ranks(ranks)
+        interval = recall_intervals(ranks, owner, draws=300)
+        for key, (low, high) in interval["bounds"].items():
+            assert low <= round(point[key], 2) <= high, key
+        widths.append(interval["bounds"]["mR"][1] - interval["bounds"]["mR"][0])
+    assert widths[1] < widths[0] / 2  # ten times the images: about a third of the width
+    assert recall_intervals(*split(60, 5), draws=50) == recall_intervals(*split(60, 5), draws=50)  # seeded
+
+
+def test_bootstrap_refuses_bad_arguments() -> None:
+    from engine.metrics import recall_intervals
+
+    images = np.eye(3, dtype=np.float32)
+    owner = np.array([0, 1, 2])
+    ranks = retrieval_ranks(images, images, owner)
+    with pytest.raises(ValueError, match="draws"):
+        recall_intervals(ranks, owner, draws=0)
+    with pytest.raises(ValueError, match="level"):
+        recall_intervals(ranks, owner, level=100)
+    with pytest.raises(ValueError, match="one entry per text"):
+        recall_intervals(ranks, owner[:2])

@@ -45,7 +45,9 @@ def test_compare_json_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 @pytest.mark.parametrize(
     ("content", "message"),
     [("{not json", "not valid JSON"), ('{"format": "other"}', "not an engine eval result"),
-     ('{"format": "engine-eval/1", "recalls": {"mR": 1}}', "recalls lacks")],
+     ('{"format": "engine-eval/1", "recalls": {"mR": 1}}', "recalls lacks"),
+     ('{"format": "engine-eval/1", "recalls": {"i2t_r1": 1, "i2t_r5": 1, "i2t_r10": 1, "t2i_r1": 1, "t2i_r5": 1, '
+      '"t2i_r10": 1, "mR": 1}, "recalls_interval": {"level": 95, "bounds": {"mR": [1]}}}', "recalls_interval")],
 )
 def test_bad_result_files_give_one_line(tmp_path: Path, capsys, content: str, message: str) -> None:
     path = tmp_path / "bad.json"
@@ -63,3 +65,16 @@ def test_missing_result_file(tmp_path: Path, capsys) -> None:
 def test_bad_split_is_a_clear_error(capsys) -> None:
     assert main(["eval", "/nonexistent", "--split", "dev"]) == 2
     assert "--split must be train, val or test" in capsys.readouterr().err
+
+
+def test_compare_shows_the_interval_of_files_that_have_one(tmp_path: Path, capsys) -> None:
+    with_interval, without = _result(24.07, "shipped"), _result(24.46, "paper")
+    with_interval.recalls_interval = {"level": 95.0, "draws": 1000, "bounds": {"mR": [22.81, 25.33]}}
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    write_result(with_interval, first)
+    write_result(without, second)
+    assert main(["eval", "--compare", str(first), str(second)]) == 0
+    output = capsys.readouterr().out
+    assert "mR 95% interval" in output and "22.81–25.33" in output
+    paper_row = next(line for line in output.splitlines() if "paper" in line)
+    assert paper_row.rstrip(" │|").endswith("-")

@@ -55,6 +55,8 @@ def eval_command(
     max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", help=MAX_PIXELS_HELP),
     no_query_bank: bool = typer.Option(False, "--no-query-bank", help="score text→image by the plain cosine even "
                                        "when the model has a query bank (the protocol of the papers' tables)"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="draws of the 95% interval of every recall (the split's "
+                                  "images resampled with their captions; fixed seed); 0: no interval"),
 ) -> None:
     """Evaluate image↔text retrieval exactly (PIR's protocol), or compare saved results side by side."""
     paths = list(paths or [])
@@ -80,11 +82,13 @@ def eval_command(
     if index is not None and test_time_views is not None:
         raise ConfigError("--test-time-views re-encodes images; with --index the index's own setting applies "
                           "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be 0 (no interval) or a number of draws, got {bootstrap}")
     split = split or "test"
     _preflight(paths[0] if paths else None, split, checkpoint, device, out, index, model_flag)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
                       index=index, rerank=rerank, rerank_depth=rerank_depth, test_time_views=test_time_views,
-                      images=images, query_bank=not no_query_bank)
+                      images=images, query_bank=not no_query_bank, bootstrap=bootstrap)
     if out is not None:
         write_result(result, out)
     if json_output:
@@ -92,6 +96,8 @@ def eval_command(
     else:
         _print_table([(label or "model", {"recalls": result.recalls}),
                       ("  ties pessimistic", {"recalls": result.recalls_pessimistic})], title=_title(result))
+        if result.recalls_interval:
+            typer.echo(_interval_line(result.recalls_interval))
         if out is not None:
             typer.echo(f"result written to {out}")
 
@@ -118,7 +124,7 @@ def _preflight(data_dir: Path | None, split: str, checkpoint: str | None, device
 def evaluate(
     data_dir: Path | None, split: str, checkpoint: str | None, batch_size: int, workers: int, device: str,
     label: str | None = None, index: Path | None = None, rerank: str = "none", rerank_depth: int = 50,
-    test_time_views: int | None = None, images: Path | None = None, query_bank: bool = True,
+    test_time_views: int | None = None, images: Path | None = None, query_bank: bool = True, bootstrap: int = 0,
 ) -> EvalResult:
     """Load data and model, encode the split and score it exactly, or (``index``) score what the index holds."""
     from engine.data import default_dataset_path, load_dataset
@@ -137,19 +143,20 @@ def evaluate(
     import encoders
     from encoders.query_bank import with_offset_columns
     from engine.evaluation.embed import embed_split
-    from engine.metrics import retrieval_recalls
+    from engine.metrics import recall_intervals, recalls_from_ranks, retrieval_ranks, retrieval_recalls
 
     started = time.perf_counter()
     if index is not None:
         from engine.evaluation.index_eval import IndexEvalOptions, evaluate_on_index
 
         options = IndexEvalOptions(index_dir=Path(index), rerank=rerank, rerank_depth=rerank_depth,
-                                   query_bank=query_bank)
+                                   query_bank=query_bank, bootstrap=bootstrap)
         scored = evaluate_on_index(subset, checkpoint, options, device)
         return EvalResult(
             dataset=_dataset_record(dataset, root, split, subset),
             model={"spec": checkpoint or "shipped-default", "fingerprint": scored.fingerprint},
             search=scored.search, recalls=scored.recalls, recalls_pessimistic=scored.recalls_pessimistic,
+            recalls_interval=scored.interval,
             settings={"device": device, "label": label, "rerank": rerank, "rerank_depth": rerank_depth},
             git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             seconds=round(time.perf_counter() - started, 2))
@@ -159,7 +166,9 @@ def evaluate(
     embeddings = embed_split(model, subset, batch_size=batch_size, workers=workers, device=device)
     bank = model.query_bank if query_bank else None
     image_rows, text_rows = with_offset_columns(embeddings.images, embeddings.texts, bank)
-    recalls = retrieval_recalls(image_rows, text_rows, embeddings.text_to_image)
+    ranks = retrieval_ranks(image_rows, text_rows, embeddings.text_to_image)
+    recalls = recalls_from_ranks(ranks)
+    interval = recall_intervals(ranks, embeddings.text_to_image, bootstrap) if bootstrap else {}
     pessimistic = retrieval_recalls(image_rows, text_rows, embeddings.text_to_image, ties="pessimistic")
     return EvalResult(
         dataset=_dataset_record(dataset, root, split, subset),
@@ -168,6 +177,7 @@ def evaluate(
             "; minus each gallery item's query-bank offset (encoders.query_bank)" if bank is not None else "")},
         recalls=recalls,
         recalls_pessimistic=pessimistic,
+        recalls_interval=interval,
         settings={"batch_size": batch_size, "device": device, "label": label,
                   "test_time_views": model.config.vision.test_time_views,
                   "query_bank": bank.describe() if bank is not None else None},
@@ -285,11 +295,24 @@ def _title(result: EvalResult) -> str:
     return f"{data['name']} {data['split']}: {data['images']} images, {data['captions']} captions, {how}"
 
 
+def _interval_line(interval: dict) -> str:
+    low, high = interval["bounds"]["mR"]
+    return (f"mR {interval['level']:g}% interval {low:.2f}–{high:.2f} ({interval['draws']} draws of the split's images, "
+            "each with its captions; a smaller difference between two models on this split is not one to trust)")
+
+
 def _print_table(rows: list[tuple[str, dict]], title: str) -> None:
     table = Table(title=title)
     table.add_column("run")
     for header in HEADERS:
         table.add_column(header, justify="right")
-    for label, data in rows:
-        table.add_row(label, *(f"{data['recalls'][key]:.2f}" for key in RECALL_KEYS))
+    intervals = [data.get("recalls_interval") or {} for _, data in rows]
+    if any(intervals):
+        level = next(interval["level"] for interval in intervals if interval)
+        table.add_column(f"mR {level:g}% interval", justify="right")
+    for (label, data), interval in zip(rows, intervals):
+        cells = [f"{data['recalls'][key]:.2f}" for key in RECALL_KEYS]
+        if any(intervals):
+            cells.append("{:.2f}–{:.2f}".format(*interval["bounds"]["mR"]) if interval else "-")
+        table.add_row(label, *cells)
     table_console().print(table)

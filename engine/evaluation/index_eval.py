@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.data.model import Dataset
 from engine.errors import ConfigError
-from engine.metrics import DEFAULT_KS, RetrievalRanks, recalls_from_ranks, retrieval_ranks
+from engine.metrics import DEFAULT_KS, RetrievalRanks, recall_intervals, recalls_from_ranks, retrieval_ranks
 from engine.query.request import DEFAULT_RERANK_DEPTH, MAX_RERANK_DEPTH, RERANKERS, RerankOptions
 
 DEFAULT_MODEL_SPEC = "default"  # QueryEngine's name for the shipped model
@@ -32,10 +32,13 @@ class IndexEvalOptions:
     rerank_options: RerankOptions = field(default_factory=RerankOptions)
     ks: tuple[int, ...] = DEFAULT_KS
     query_bank: bool = True  # apply the model's query bank to text→image, as engine query does
+    bootstrap: int = 0  # image-bootstrap draws for the recalls' intervals (engine.metrics.recall_intervals); 0: none
 
     def validate(self) -> "IndexEvalOptions":
         if self.rerank not in RERANKERS:
             raise ConfigError(f"--rerank: expected one of {', '.join(RERANKERS)}, got {self.rerank!r}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"--bootstrap must be 0 (no interval) or a number of draws, got {self.bootstrap}")
         if not 1 <= self.rerank_depth <= MAX_RERANK_DEPTH:
             raise ConfigError(f"--rerank-depth must be within 1..{MAX_RERANK_DEPTH}, got {self.rerank_depth}")
         self.rerank_options.validate()
@@ -53,6 +56,7 @@ class IndexEvaluation:
     recalls_pessimistic: dict[str, float]
     search: dict
     fingerprint: str
+    interval: dict = field(default_factory=dict)  # of ``recalls`` (engine.metrics.recall_intervals)
 
 
 def open_engine(index_dir: Path, checkpoint: str | None, device: str, query_bank: bool = True):
@@ -109,7 +113,7 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                            "latency_warm_queries": latency_summary(run.latencies_ms[~run.cold]),
                            "queries_filling_cache": int(run.cold.sum()), "images_encoded": run.images_encoded,
                            "notes": run.notes}
-        recalls, pessimistic = {}, {}
+        recalls, pessimistic, interval = {}, {}, {}
         from encoders.query_bank import with_offset_columns
 
         bank = engine.query_bank
@@ -119,6 +123,8 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
             ranks = RetrievalRanks(image_to_text=exact.image_to_text,
                                    text_to_image=target_ranks(lists, owners, pessimistic=ties == "pessimistic"))
             out.update(recalls_from_ranks(ranks, options.ks))
+            if ties == "index" and options.bootstrap:
+                interval = recall_intervals(ranks, emb.text_to_image, options.bootstrap, ks=options.ks)
         returned = np.array([len(found.ids) for found in first])
         search = {"mode": "index", **index_description(engine), "depth": options.depth,
                   "t2i": "faiss search of the index restricted to the split's images; a caption whose image is "
@@ -129,6 +135,6 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                       "; minus each gallery item's query-bank offset" if engine.query_bank is not None else ""),
                   "query_bank": engine.query_bank.describe() if engine.query_bank is not None else None,
                   "rerank": rerank_info}
-        return IndexEvaluation(recalls, pessimistic, search, engine.fingerprint)
+        return IndexEvaluation(recalls, pessimistic, search, engine.fingerprint, interval)
     finally:
         engine.close()

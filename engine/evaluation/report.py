@@ -23,6 +23,8 @@ class EvalResult:
     search: dict
     recalls: dict[str, float]
     recalls_pessimistic: dict[str, float] = field(default_factory=dict)
+    # percentile image-bootstrap intervals of ``recalls`` (engine.metrics.recall_intervals); empty when not drawn
+    recalls_interval: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     git_commit: str = "unknown"
     created: str = ""
@@ -75,7 +77,20 @@ def read_result(path: Path) -> dict:
     missing = [key for key in RECALL_KEYS if key not in data.get("recalls", {})]
     if missing:
         raise DataError(f"{path}: field recalls lacks {', '.join(missing)}")
+    interval = data.get("recalls_interval")
+    if interval and not _is_interval(interval):
+        raise DataError(f"{path}: field recalls_interval must hold a level (percent) and bounds.mR = [low, high]")
     return data
+
+
+def _is_interval(interval) -> bool:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    bounds = interval.get("bounds") if isinstance(interval, dict) else None
+    low_high = bounds.get("mR") if isinstance(bounds, dict) else None
+    return (number(interval.get("level")) and isinstance(low_high, list) and len(low_high) == 2
+            and all(map(number, low_high)))
 
 
 def result_label(path: Path, data: dict) -> str:
