@@ -128,7 +128,7 @@ def _image_hits(ranks: RetrievalRanks, text_to_image, ks: tuple[int, ...]) -> tu
 
 
 def bootstrap_recalls(ranks: RetrievalRanks, text_to_image, draws: int = 1000, seed: int = 0,
-                      ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 256) -> dict[str, np.ndarray]:
+                      ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, np.ndarray]:
     """Recall@K and mR (percent) of ``draws`` resamples of the split's images, each image with all its captions.
 
     The gallery stays the whole split (the ranks are not recomputed): this measures how much the score depends
@@ -136,33 +136,63 @@ def bootstrap_recalls(ranks: RetrievalRanks, text_to_image, draws: int = 1000, s
     differ by less than a point. Images, not queries, are the unit because an image's captions are not
     independent queries (RSICD repeats one sentence five times for many images).
     """
+    return bootstrap_paired([ranks], text_to_image, draws, seed, ks)[0]
+
+
+def bootstrap_paired(rank_sets: list[RetrievalRanks], text_to_image, draws: int = 1000, seed: int = 0,
+                     ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 256) -> list[dict[str, np.ndarray]]:
+    """``bootstrap_recalls`` of several models scored on one split, every model on the same resamples.
+
+    Sharing the draws makes the models' differences paired: the image-to-image variation both models see
+    cancels, so a difference between two models is judged far more sharply than by their separate intervals.
+    """
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
-    is_query, i2t, captions, t2i = _image_hits(ranks, text_to_image, ks)
-    num_images = is_query.shape[0]
+    hit_sets = [_image_hits(ranks, text_to_image, ks) for ranks in rank_sets]
+    num_images = hit_sets[0][0].shape[0]
+    if any(hits[0].shape[0] != num_images for hits in hit_sets):
+        raise ValueError("paired bootstrap: the rank sets hold different numbers of images")
     rng = np.random.default_rng(seed)
-    columns: dict[str, list[np.ndarray]] = {f"{d}_r{k}": [] for d in ("i2t", "t2i") for k in ks}
+    columns = [{f"{d}_r{k}": [] for d in ("i2t", "t2i") for k in ks} for _ in rank_sets]
     for start in range(0, draws, chunk):
         size = min(chunk, draws - start)
         counts = rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=size).astype(np.float64)
-        for hits, total, direction in ((i2t, counts @ is_query, "i2t"), (t2i, counts @ captions, "t2i")):
-            found = counts @ hits.T  # (size, K)
-            share = np.divide(found, total[:, None], out=np.zeros_like(found), where=total[:, None] > 0) * 100
-            for column, k in enumerate(ks):
-                columns[f"{direction}_r{k}"].append(share[:, column])
-    result = {key: np.concatenate(parts) for key, parts in columns.items()}
-    result["mR"] = np.mean(np.stack(list(result.values())), axis=0)
-    return result
+        for (is_query, i2t, captions, t2i), out in zip(hit_sets, columns):
+            for hits, total, direction in ((i2t, counts @ is_query, "i2t"), (t2i, counts @ captions, "t2i")):
+                found = counts @ hits.T  # (size, K)
+                share = np.divide(found, total[:, None], out=np.zeros_like(found), where=total[:, None] > 0) * 100
+                for column, k in enumerate(ks):
+                    out[f"{direction}_r{k}"].append(share[:, column])
+    results = []
+    for out in columns:
+        result = {key: np.concatenate(parts) for key, parts in out.items()}
+        result["mR"] = np.mean(np.stack(list(result.values())), axis=0)
+        results.append(result)
+    return results
+
+
+def _percentile_bounds(values: np.ndarray, level: float) -> list[float]:
+    if not 0 < level < 100:
+        raise ValueError(f"level must be between 0 and 100 (percent), got {level}")
+    tail = (100 - level) / 2
+    return [round(float(np.percentile(values, tail)), 2), round(float(np.percentile(values, 100 - tail)), 2)]
 
 
 def recall_intervals(ranks: RetrievalRanks, text_to_image, draws: int = 1000, level: float = 95.0,
                      seed: int = 0, ks: tuple[int, ...] = DEFAULT_KS) -> dict:
     """Percentile bootstrap intervals of every Recall@K and mR (``bootstrap_recalls``), ready for a result file."""
-    if not 0 < level < 100:
-        raise ValueError(f"level must be between 0 and 100 (percent), got {level}")
+    _percentile_bounds(np.zeros(1), level)  # refuse a bad level before drawing
     samples = bootstrap_recalls(ranks, text_to_image, draws, seed, ks)
-    tail = (100 - level) / 2
-    bounds = {key: [round(float(np.percentile(values, tail)), 2), round(float(np.percentile(values, 100 - tail)), 2)]
-              for key, values in samples.items()}
+    bounds = {key: _percentile_bounds(values, level) for key, values in samples.items()}
     return {"level": level, "draws": draws, "seed": seed, "resampled": "images of the split, each with all its "
             "captions (the gallery stays the whole split)", "bounds": bounds}
+
+
+def paired_difference(first: RetrievalRanks, second: RetrievalRanks, text_to_image, draws: int = 1000,
+                      level: float = 95.0, seed: int = 0) -> dict:
+    """mR of ``second`` minus ``first`` on one split, with its paired bootstrap interval (``bootstrap_paired``)."""
+    _percentile_bounds(np.zeros(1), level)
+    one, two = bootstrap_paired([first, second], text_to_image, draws, seed)
+    point = recalls_from_ranks(second)["mR"] - recalls_from_ranks(first)["mR"]
+    return {"mR": round(point, 2), "bounds": _percentile_bounds(two["mR"] - one["mR"], level), "level": level,
+            "draws": draws, "share_above_zero": round(float(np.mean(two["mR"] > one["mR"])), 3)}

@@ -21,11 +21,16 @@ from engine.evaluation.report import RECALL_KEYS, read_result
 
 REPO = Path(__file__).resolve().parents[1]
 
-HEADERS = "| split | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mR |\n|---|---|---|---|---|---|---|---|"
+HEADERS = ("| split | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 | mR | mR 95% interval |\n"
+           "|---|---|---|---|---|---|---|---|---|")
 
 
 def _row(name: str, result: dict) -> str:
-    return f"| {name} | " + " | ".join(f"{result['recalls'][key]:.2f}" for key in RECALL_KEYS) + " |"
+    """One table row; the interval is ``engine eval``'s image bootstrap (— where the result file has none)."""
+    interval = (result.get("recalls_interval") or {}).get("bounds", {}).get("mR")
+    cells = [f"{result['recalls'][key]:.2f}" for key in RECALL_KEYS] + [
+        "{:.2f}–{:.2f}".format(*interval) if interval else "—"]
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def _instruction_recipe(settings: dict) -> str:
@@ -100,7 +105,9 @@ def render(run: Path, vals: list[dict], tests: list[dict], instruction: dict | N
     lines = [
         f"Evaluated with `engine eval` (exact search; ties by split order, pessimistic bound in the rows that say so), "
         f"commit `{first.get('git_commit', '?')}`, {first.get('created', '?')}; model fingerprint "
-        f"`{first['model']['fingerprint'][:16]}…`.",
+        f"`{first['model']['fingerprint'][:16]}…`. The interval is the spread of mR over resamples of the split's "
+        "images, each with its captions (`engine eval --bootstrap`, 2.5th–97.5th percentile): how precisely the split measures the model's "
+        "quality on such imagery; it is not a test between two models scored on the same split (that is paired).",
         "",
         HEADERS,
         *(_split_row(result) for result in vals),

@@ -75,6 +75,26 @@ def test_flat_index_matches_exact_evaluation(setup) -> None:
         assert indexed["recalls_pessimistic"][key] == pytest.approx(value, abs=1e-9), key
     assert indexed["recalls_interval"] == exact["recalls_interval"]  # same ranks, same seeded draws
     assert exact["recalls_interval"]["bounds"]["mR"][0] < exact["recalls_interval"]["bounds"]["mR"][1]
+    from engine.evaluation.report import decode_ranks
+
+    exact_ranks, owner = decode_ranks(Path("exact"), exact)
+    index_ranks, index_owner = decode_ranks(Path("flat"), indexed)  # a caption whose image is not returned:
+    depth = indexed["search"]["depth"]                                 # a rank past the search depth
+    assert (owner == index_owner).all() and (exact_ranks.image_to_text == index_ranks.image_to_text).all()
+    assert (np.minimum(exact_ranks.text_to_image, depth) == np.minimum(index_ranks.text_to_image, depth)).all()
+
+
+def test_compare_pairs_two_models_on_the_same_images(setup, capsys) -> None:
+    first = setup["base"] / "pair-a.json"
+    second = setup["base"] / "pair-b.json"
+    for model, out in ((setup["model"], first), (setup["base"] / "other-model", second)):
+        assert main(["eval", str(setup["data"]), "--model", str(model), "--out", str(out), "--label",
+                     out.stem]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--compare", str(first), str(second)]) == 0
+    line = next(text for text in capsys.readouterr().out.splitlines() if text.startswith("pair-b − pair-a"))
+    a, b = (json.loads(path.read_text())["recalls"]["mR"] for path in (first, second))
+    assert f"mR {b - a:+.2f}, paired 95% interval" in line and "20 images" in line
 
 
 @pytest.mark.parametrize("factory, param", [("HNSW8", "efSearch"), ("IVF2,Flat", "nprobe")])

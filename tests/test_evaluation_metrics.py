@@ -164,3 +164,27 @@ def test_bootstrap_refuses_bad_arguments() -> None:
         recall_intervals(ranks, owner, level=100)
     with pytest.raises(ValueError, match="one entry per text"):
         recall_intervals(ranks, owner[:2])
+
+
+def test_paired_difference_is_zero_for_one_model_and_sharper_than_separate_intervals() -> None:
+    from engine.metrics import RetrievalRanks, paired_difference, recall_intervals
+
+    rng = np.random.default_rng(8)
+    num_images = 300
+    owner = np.repeat(np.arange(num_images), 5)
+    images = rng.normal(size=(num_images, 16)).astype(np.float32)
+    texts = images[owner] + rng.normal(scale=2.0, size=(len(owner), 16)).astype(np.float32)
+    first = retrieval_ranks(images, texts, owner)
+    same = paired_difference(first, first, owner, draws=200)
+    assert same["mR"] == 0 and same["bounds"] == [0.0, 0.0]
+    # a second model that finds one more caption at rank 0 for a fifth of the images: a small, consistent gain
+    better_texts = first.text_to_image.copy()
+    better_texts[::25] = 0
+    second = RetrievalRanks(image_to_text=first.image_to_text, text_to_image=better_texts)
+    diff = paired_difference(first, second, owner, draws=500)
+    low, high = diff["bounds"]
+    assert 0 < low <= diff["mR"] <= high and diff["share_above_zero"] == 1.0
+    separate = recall_intervals(first, owner, draws=500)["bounds"]["mR"]
+    assert high - low < (separate[1] - separate[0]) / 3  # pairing cancels the images both models find hard
+    with pytest.raises(ValueError, match="different numbers of images"):
+        paired_difference(first, RetrievalRanks(first.image_to_text[:-1], first.text_to_image), owner)

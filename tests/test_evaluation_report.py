@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.cli import main
@@ -78,3 +79,54 @@ def test_compare_shows_the_interval_of_files_that_have_one(tmp_path: Path, capsy
     assert "mR 95% interval" in output and "22.81–25.33" in output
     paper_row = next(line for line in output.splitlines() if "paper" in line)
     assert paper_row.rstrip(" │|").endswith("-")
+
+
+def _ranked(label: str, image_ranks: list[int], text_ranks: list[int], owner: list[int]) -> EvalResult:
+    from engine.evaluation.report import encode_ranks
+    from engine.metrics import RetrievalRanks, recalls_from_ranks
+
+    ranks = RetrievalRanks(np.array(image_ranks), np.array(text_ranks))
+    result = _result(0.0, label)
+    result.recalls = recalls_from_ranks(ranks)
+    result.dataset = {"name": "ucm", "split": "test", "images": len(image_ranks), "captions": len(text_ranks)}
+    result.ranks = encode_ranks(ranks, np.array(owner))
+    return result
+
+
+def test_compare_pairs_files_that_hold_ranks(tmp_path: Path, capsys) -> None:
+    from engine.evaluation.report import decode_ranks
+
+    owner = [0, 0, 1, 1, 2, 2, 3, 3]
+    paths = [tmp_path / f"{name}.json" for name in ("a", "b", "c")]
+    write_result(_ranked("first", [0, 3, 5, 12], [0, 2, 7, 9, 11, 0, 4, 20], owner), paths[0])
+    write_result(_ranked("better", [0, 0, 5, 12], [0, 0, 0, 9, 11, 0, 0, 20], owner), paths[1])
+    write_result(_ranked("other-split", [0, 0, 5, 12], [0, 0, 0, 9, 11, 0, 0, 20], [0, 1, 1, 1, 2, 2, 3, 3]),
+                 paths[2])
+    ranks, decoded_owner = decode_ranks(paths[0], read_result(paths[0]))
+    assert ranks.text_to_image.tolist() == [0, 2, 7, 9, 11, 0, 4, 20] and decoded_owner.tolist() == owner
+    assert main(["eval", "--compare", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    paired = next(line for line in lines if line.startswith("better − first"))
+    assert "mR +" in paired and "paired 95% interval" in paired and "4 images" in paired
+    assert any(line.startswith("other-split: not paired with first") for line in lines)
+
+
+@pytest.mark.parametrize("damage", ["encoding", "bytes", "owner"])
+def test_damaged_ranks_give_one_line(tmp_path: Path, capsys, damage: str) -> None:
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        write_result(_ranked(path.stem, [0, 1], [0, 1, 1, 0], [0, 0, 1, 1]), path)
+    data = json.loads(paths[1].read_text())
+    if damage == "encoding":
+        data["ranks"]["encoding"] = "raw"
+    elif damage == "bytes":
+        data["ranks"]["text_to_image"] = "not base64!"
+    else:
+        from engine.evaluation.report import encode_ranks
+        from engine.metrics import RetrievalRanks
+
+        data["ranks"] = encode_ranks(RetrievalRanks(np.array([0, 1]), np.array([0, 1, 1, 0])), np.array([0, 0, 1, 5]))
+    paths[1].write_text(json.dumps(data))
+    assert main(["eval", "--compare", *map(str, paths)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "b.json: field ranks" in error[0]

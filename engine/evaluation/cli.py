@@ -17,6 +17,8 @@ from engine.errors import ConfigError, DataError
 from engine.evaluation.report import (
     RECALL_KEYS,
     EvalResult,
+    decode_ranks,
+    encode_ranks,
     git_commit,
     plot_comparison,
     read_result,
@@ -156,7 +158,7 @@ def evaluate(
             dataset=_dataset_record(dataset, root, split, subset),
             model={"spec": checkpoint or "shipped-default", "fingerprint": scored.fingerprint},
             search=scored.search, recalls=scored.recalls, recalls_pessimistic=scored.recalls_pessimistic,
-            recalls_interval=scored.interval,
+            recalls_interval=scored.interval, ranks=encode_ranks(scored.ranks, scored.text_to_image),
             settings={"device": device, "label": label, "rerank": rerank, "rerank_depth": rerank_depth},
             git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             seconds=round(time.perf_counter() - started, 2))
@@ -178,6 +180,7 @@ def evaluate(
         recalls=recalls,
         recalls_pessimistic=pessimistic,
         recalls_interval=interval,
+        ranks=encode_ranks(ranks, embeddings.text_to_image),
         settings={"batch_size": batch_size, "device": device, "label": label,
                   "test_time_views": model.config.vision.test_time_views,
                   "query_bank": bank.describe() if bank is not None else None},
@@ -244,15 +247,42 @@ def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> 
         raise ConfigError("--compare: mixes zero-shot and retrieval result files; compare each kind on its own")
     rows = [(result_label(path, data), data) for path, data in ((p, read_result(p)) for p in paths)]
     splits = {(data["dataset"].get("name"), data["dataset"].get("split")) for _, data in rows}
+    paired = _paired_lines(paths, rows) if len(splits) == 1 else []
     if json_output:
         typer.echo(json.dumps({label: data["recalls"] for label, data in rows}, indent=2))
     else:
         _print_table(rows, title="comparison")
+        for line in paired:
+            typer.echo(line)
         if len(splits) > 1:
             typer.echo(f"warning: results come from different datasets/splits: {sorted(map(str, splits))}", err=True)
     if plot is not None:
         plot_comparison(rows, plot)
         typer.echo(f"plot written to {plot}")
+
+
+def _paired_lines(paths: list[Path], rows: list[tuple[str, dict]]) -> list[str]:
+    """Each later run's mR minus the first's, with a paired image-bootstrap interval, where both files hold ranks."""
+    import numpy as np
+
+    from engine.metrics import paired_difference
+
+    stored = [(path, label, data) for path, (label, data) in zip(paths, rows) if data.get("ranks")]
+    if len(stored) < 2:
+        return []
+    decoded = [(label, *decode_ranks(path, data)) for path, label, data in stored]
+    base_label, base_ranks, base_owner = decoded[0]
+    lines = []
+    for label, ranks, owner in decoded[1:]:
+        if not np.array_equal(owner, base_owner):
+            lines.append(f"{label}: not paired with {base_label} (their captions belong to different images)")
+            continue
+        diff = paired_difference(base_ranks, ranks, owner)
+        low, high = diff["bounds"]
+        lines.append(f"{label} − {base_label}: mR {diff['mR']:+.2f}, paired {diff['level']:g}% interval "
+                     f"{low:+.2f} to {high:+.2f} ({diff['draws']} draws of the {len(base_ranks.image_to_text):,} "
+                     f"images; above zero in {100 * diff['share_above_zero']:.1f}% of them)")
+    return lines
 
 
 def _compare_zero_shot(paths: list[Path], json_output: bool) -> None:
@@ -298,7 +328,7 @@ def _title(result: EvalResult) -> str:
 def _interval_line(interval: dict) -> str:
     low, high = interval["bounds"]["mR"]
     return (f"mR {interval['level']:g}% interval {low:.2f}–{high:.2f} ({interval['draws']} draws of the split's images, "
-            "each with its captions; a smaller difference between two models on this split is not one to trust)")
+            "each with its captions: how precisely this split measures the model)")
 
 
 def _print_table(rows: list[tuple[str, dict]], title: str) -> None:

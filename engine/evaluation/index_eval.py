@@ -57,6 +57,8 @@ class IndexEvaluation:
     search: dict
     fingerprint: str
     interval: dict = field(default_factory=dict)  # of ``recalls`` (engine.metrics.recall_intervals)
+    ranks: RetrievalRanks | None = None  # behind ``recalls`` (split order ties)
+    text_to_image: np.ndarray | None = None  # the split position of each caption's image
 
 
 def open_engine(index_dir: Path, checkpoint: str | None, device: str, query_bank: bool = True):
@@ -123,8 +125,10 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
             ranks = RetrievalRanks(image_to_text=exact.image_to_text,
                                    text_to_image=target_ranks(lists, owners, pessimistic=ties == "pessimistic"))
             out.update(recalls_from_ranks(ranks, options.ks))
-            if ties == "index" and options.bootstrap:
-                interval = recall_intervals(ranks, emb.text_to_image, options.bootstrap, ks=options.ks)
+            if ties == "index":
+                kept = ranks
+                if options.bootstrap:
+                    interval = recall_intervals(ranks, emb.text_to_image, options.bootstrap, ks=options.ks)
         returned = np.array([len(found.ids) for found in first])
         search = {"mode": "index", **index_description(engine), "depth": options.depth,
                   "t2i": "faiss search of the index restricted to the split's images; a caption whose image is "
@@ -135,6 +139,6 @@ def evaluate_on_index(subset: Dataset, checkpoint: str | None, options: IndexEva
                       "; minus each gallery item's query-bank offset" if engine.query_bank is not None else ""),
                   "query_bank": engine.query_bank.describe() if engine.query_bank is not None else None,
                   "rerank": rerank_info}
-        return IndexEvaluation(recalls, pessimistic, search, engine.fingerprint, interval)
+        return IndexEvaluation(recalls, pessimistic, search, engine.fingerprint, interval, kept, emb.text_to_image)
     finally:
         engine.close()

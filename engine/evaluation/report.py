@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import subprocess
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from engine.atomic import write_text_atomic
 from engine.errors import DataError
@@ -25,6 +30,8 @@ class EvalResult:
     recalls_pessimistic: dict[str, float] = field(default_factory=dict)
     # percentile image-bootstrap intervals of ``recalls`` (engine.metrics.recall_intervals); empty when not drawn
     recalls_interval: dict = field(default_factory=dict)
+    # the ranks behind ``recalls`` (encode_ranks), so that --compare can pair two models on the same images
+    ranks: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     git_commit: str = "unknown"
     created: str = ""
@@ -81,6 +88,45 @@ def read_result(path: Path) -> dict:
     if interval and not _is_interval(interval):
         raise DataError(f"{path}: field recalls_interval must hold a level (percent) and bounds.mR = [low, high]")
     return data
+
+
+RANKS_ENCODING = "int32 little-endian, zlib, base64"
+
+
+def _pack(values) -> str:
+    return base64.b64encode(zlib.compress(np.asarray(values, dtype="<i4").tobytes(), 9)).decode("ascii")
+
+
+def _unpack(text: str) -> np.ndarray:
+    raw = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
+    if len(raw) % 4:
+        raise ValueError("byte count is not a multiple of 4")
+    return np.frombuffer(raw, dtype="<i4").astype(np.int64)
+
+
+def encode_ranks(ranks, text_to_image) -> dict:
+    """A result file's compact copy of a split's ranks (``engine.metrics.RetrievalRanks``) and caption owners."""
+    return {"encoding": RANKS_ENCODING, "image_to_text": _pack(ranks.image_to_text),
+            "text_to_image": _pack(ranks.text_to_image), "caption_image": _pack(text_to_image)}
+
+
+def decode_ranks(path: Path, data: dict):
+    """(RetrievalRanks, caption owners) from a result file's ``ranks``, or one DataError line naming the file."""
+    from engine.metrics import RetrievalRanks
+
+    stored = data.get("ranks")
+    problem = f"{path}: field ranks must be engine eval's encoded ranks ({RANKS_ENCODING})"
+    if not isinstance(stored, dict) or stored.get("encoding") != RANKS_ENCODING:
+        raise DataError(problem)
+    try:
+        image_ranks, text_ranks, owner = (_unpack(stored[key]) for key in ("image_to_text", "text_to_image",
+                                                                             "caption_image"))
+    except (KeyError, TypeError, ValueError, binascii.Error, zlib.error, UnicodeEncodeError):
+        raise DataError(problem) from None
+    if (text_ranks.shape != owner.shape or (owner.size and (owner.min() < 0 or owner.max() >= image_ranks.size))
+            or image_ranks.size != data.get("dataset", {}).get("images")):
+        raise DataError(f"{path}: field ranks does not fit the split it names (images, captions or their owners)")
+    return RetrievalRanks(image_to_text=image_ranks, text_to_image=text_ranks), owner
 
 
 def _is_interval(interval) -> bool:
