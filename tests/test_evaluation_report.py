@@ -109,6 +109,11 @@ def test_compare_pairs_files_that_hold_ranks(tmp_path: Path, capsys) -> None:
     paired = next(line for line in lines if line.startswith("better − first"))
     assert "mR +" in paired and "paired 95% interval" in paired and "4 images" in paired
     assert any(line.startswith("other-split: not paired with first") for line in lines)
+    write_result(_result(10.0, "old"), tmp_path / "old.json")  # a file without ranks: said, not silently skipped
+    assert main(["eval", "--compare", str(paths[0]), str(tmp_path / "old.json"), str(paths[1])]) == 0
+    output = capsys.readouterr().out
+    assert "no paired difference for old: the result file holds no ranks" in output
+    assert "better − first: mR +" in output  # the two files with ranks are still paired
 
 
 @pytest.mark.parametrize("damage", ["encoding", "bytes", "owner"])

@@ -268,11 +268,15 @@ def _paired_lines(paths: list[Path], rows: list[tuple[str, dict]]) -> list[str]:
     from engine.metrics import paired_difference
 
     stored = [(path, label, data) for path, (label, data) in zip(paths, rows) if data.get("ranks")]
+    lacking = [label for label, data in rows if not data.get("ranks")]
+    lines = []
+    if len(rows) > 1 and lacking:  # files written before engine eval kept ranks, or edited by hand
+        lines.append(f"no paired difference for {', '.join(lacking)}: the result file holds no ranks "
+                     "(re-run engine eval)")
     if len(stored) < 2:
-        return []
+        return lines
     decoded = [(label, *decode_ranks(path, data)) for path, label, data in stored]
     base_label, base_ranks, base_owner = decoded[0]
-    lines = []
     for label, ranks, owner in decoded[1:]:
         if not np.array_equal(owner, base_owner):
             lines.append(f"{label}: not paired with {base_label} (their captions belong to different images)")
