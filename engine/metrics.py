@@ -171,9 +171,13 @@ def bootstrap_paired(rank_sets: list[RetrievalRanks], text_to_image, draws: int 
     return results
 
 
-def _percentile_bounds(values: np.ndarray, level: float) -> list[float]:
+def _check_level(level: float) -> None:
     if not 0 < level < 100:
         raise ValueError(f"level must be between 0 and 100 (percent), got {level}")
+
+
+def _percentile_bounds(values: np.ndarray, level: float) -> list[float]:
+    _check_level(level)
     tail = (100 - level) / 2
     return [round(float(np.percentile(values, tail)), 2), round(float(np.percentile(values, 100 - tail)), 2)]
 
@@ -181,7 +185,7 @@ def _percentile_bounds(values: np.ndarray, level: float) -> list[float]:
 def recall_intervals(ranks: RetrievalRanks, text_to_image, draws: int = 1000, level: float = 95.0,
                      seed: int = 0, ks: tuple[int, ...] = DEFAULT_KS) -> dict:
     """Percentile bootstrap intervals of every Recall@K and mR (``bootstrap_recalls``), ready for a result file."""
-    _percentile_bounds(np.zeros(1), level)  # refuse a bad level before drawing
+    _check_level(level)  # before drawing
     samples = bootstrap_recalls(ranks, text_to_image, draws, seed, ks)
     bounds = {key: _percentile_bounds(values, level) for key, values in samples.items()}
     return {"level": level, "draws": draws, "seed": seed, "resampled": "images of the split, each with all its "
@@ -191,7 +195,7 @@ def recall_intervals(ranks: RetrievalRanks, text_to_image, draws: int = 1000, le
 def paired_difference(first: RetrievalRanks, second: RetrievalRanks, text_to_image, draws: int = 1000,
                       level: float = 95.0, seed: int = 0) -> dict:
     """mR of ``second`` minus ``first`` on one split, with its paired bootstrap interval (``bootstrap_paired``)."""
-    _percentile_bounds(np.zeros(1), level)
+    _check_level(level)
     one, two = bootstrap_paired([first, second], text_to_image, draws, seed)
     point = recalls_from_ranks(second)["mR"] - recalls_from_ranks(first)["mR"]
     return {"mR": round(point, 2), "bounds": _percentile_bounds(two["mR"] - one["mR"], level), "level": level,

@@ -341,12 +341,12 @@ def _print_table(rows: list[tuple[str, dict]], title: str) -> None:
     for header in HEADERS:
         table.add_column(header, justify="right")
     intervals = [data.get("recalls_interval") or {} for _, data in rows]
-    if any(intervals):
-        level = next(interval["level"] for interval in intervals if interval)
-        table.add_column(f"mR {level:g}% interval", justify="right")
+    shown = next((interval["level"] for interval in intervals if interval), None)  # the first file's level
+    if shown is not None:
+        table.add_column(f"mR {shown:g}% interval", justify="right")
     for (label, data), interval in zip(rows, intervals):
         cells = [f"{data['recalls'][key]:.2f}" for key in RECALL_KEYS]
-        if any(intervals):
+        if shown is not None:
             cells.append("{:.2f}–{:.2f}".format(*interval["bounds"]["mR"]) if interval else "-")
         table.add_row(label, *cells)
     table_console().print(table)
