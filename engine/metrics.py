@@ -200,3 +200,56 @@ def paired_difference(first: RetrievalRanks, second: RetrievalRanks, text_to_ima
     point = recalls_from_ranks(second)["mR"] - recalls_from_ranks(first)["mR"]
     return {"mR": round(point, 2), "bounds": _percentile_bounds(two["mR"] - one["mR"], level), "level": level,
             "draws": draws, "share_above_zero": round(float(np.mean(two["mR"] > one["mR"])), 3)}
+
+
+ACCURACY_KS = (1, 5)
+
+
+def bootstrap_accuracy(rank_sets: list[np.ndarray], labels, draws: int = 1000, seed: int = 0,
+                       ks: tuple[int, ...] = ACCURACY_KS, chunk: int = 256) -> list[dict[str, np.ndarray]]:
+    """Top-k accuracy and mean per-class top-1 (percent) of ``draws`` resamples of a classification split's images.
+
+    ``rank_sets`` holds, per model, each image's 0-based rank of its true class (zero-shot classification); every
+    model is scored on the same resamples, so differences between models are paired (``bootstrap_paired``). A class
+    that a resample happens to leave out is skipped in that draw's per-class mean, as an empty class is in the
+    point estimate.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    labels = np.asarray(labels, dtype=np.int64)
+    ranks = [np.asarray(r, dtype=np.int64) for r in rank_sets]
+    if any(r.shape != labels.shape for r in ranks) or not labels.size:
+        raise ValueError("bootstrap_accuracy: every rank set needs one rank per label, and at least one image")
+    num_images = labels.size
+    one_hot = (labels[:, None] == np.unique(labels)[None, :]).astype(np.float64)  # (images, classes)
+    rng = np.random.default_rng(seed)
+    columns = [{**{f"top{k}": [] for k in ks}, "mean_class_top1": []} for _ in ranks]
+    for start in range(0, draws, chunk):
+        size = min(chunk, draws - start)
+        counts = rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=size).astype(np.float64)
+        per_class = counts @ one_hot  # (size, classes): images of each class drawn
+        for model_ranks, out in zip(ranks, columns):
+            for k in ks:
+                out[f"top{k}"].append(counts @ (model_ranks < k) / num_images * 100)
+            right = counts @ (one_hot * (model_ranks == 0)[:, None])
+            share = np.divide(right, per_class, out=np.zeros_like(right), where=per_class > 0) * 100
+            out["mean_class_top1"].append(share.sum(axis=1) / (per_class > 0).sum(axis=1))
+    return [{key: np.concatenate(parts) for key, parts in out.items()} for out in columns]
+
+
+def accuracy_intervals(true_class_ranks, labels, draws: int = 1000, level: float = 95.0, seed: int = 0,
+                       ks: tuple[int, ...] = ACCURACY_KS) -> dict:
+    """Percentile bootstrap intervals of top-k accuracy and mean per-class top-1 (``bootstrap_accuracy``)."""
+    _check_level(level)
+    samples = bootstrap_accuracy([true_class_ranks], labels, draws, seed, ks)[0]
+    return {"level": level, "draws": draws, "seed": seed, "resampled": "images of the split",
+            "bounds": {key: _percentile_bounds(values, level) for key, values in samples.items()}}
+
+
+def paired_accuracy_difference(first, second, labels, draws: int = 1000, level: float = 95.0, seed: int = 0) -> dict:
+    """Top-1 accuracy of ``second`` minus ``first`` on one split, with its paired bootstrap interval."""
+    _check_level(level)
+    one, two = bootstrap_accuracy([first, second], labels, draws, seed, ks=(1,))
+    point = float((np.asarray(second) == 0).mean() - (np.asarray(first) == 0).mean()) * 100
+    return {"top1": round(point, 2), "bounds": _percentile_bounds(two["top1"] - one["top1"], level), "level": level,
+            "draws": draws, "share_above_zero": round(float(np.mean(two["top1"] > one["top1"])), 3)}

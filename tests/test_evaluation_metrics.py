@@ -188,3 +188,53 @@ def test_paired_difference_is_zero_for_one_model_and_sharper_than_separate_inter
     assert high - low < (separate[1] - separate[0]) / 3  # pairing cancels the images both models find hard
     with pytest.raises(ValueError, match="different numbers of images"):
         paired_difference(first, RetrievalRanks(first.image_to_text[:-1], first.text_to_image), owner)
+
+
+def _naive_accuracy(true_ranks: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """Rebuild the resampled classification split image by image and score it as zero_shot_metrics does."""
+    drawn = np.repeat(np.arange(len(counts)), counts)
+    ranks, classes = true_ranks[drawn], labels[drawn]
+    per_class = [float((ranks[classes == c] == 0).mean() * 100) for c in np.unique(classes)]
+    return {"top1": float((ranks < 1).mean() * 100), "top5": float((ranks < 5).mean() * 100),
+            "mean_class_top1": float(np.mean(per_class))}
+
+
+def test_accuracy_bootstrap_equals_naive_resampling_of_images() -> None:
+    from engine.metrics import bootstrap_accuracy
+
+    rng = np.random.default_rng(4)
+    labels = np.concatenate([np.repeat(np.arange(6), 7), [6, 6]])  # a class of 2 images is often left out
+    true_ranks = rng.integers(0, 7, size=labels.size)
+    true_ranks[::3] = 0
+    samples = bootstrap_accuracy([true_ranks], labels, draws=60, seed=9)[0]
+    draws = np.random.default_rng(9).multinomial(labels.size, np.full(labels.size, 1 / labels.size), size=60)
+    assert any(counts[-2:].sum() == 0 for counts in draws)  # the skipped-class case is exercised
+    for row, counts in enumerate(draws):
+        for key, value in _naive_accuracy(true_ranks, labels, counts).items():
+            assert samples[key][row] == pytest.approx(value), (row, key)
+
+
+def test_accuracy_intervals_and_paired_top1_difference() -> None:
+    from engine.metrics import accuracy_intervals, bootstrap_accuracy, paired_accuracy_difference
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, size=800)
+    first = np.where(rng.random(800) < 0.6, 0, rng.integers(1, 10, size=800))
+    interval = accuracy_intervals(first, labels, draws=300)
+    point = float((first == 0).mean() * 100)
+    low, high = interval["bounds"]["top1"]
+    assert low <= round(point, 2) <= high and set(interval["bounds"]) == {"top1", "top5", "mean_class_top1"}
+    assert accuracy_intervals(first, labels, draws=50) == accuracy_intervals(first, labels, draws=50)  # seeded
+    same = paired_accuracy_difference(first, first, labels, draws=100)
+    assert same["top1"] == 0 and same["bounds"] == [0.0, 0.0]
+    second = first.copy()
+    second[np.flatnonzero(first > 0)[::10]] = 0  # one wrong image in ten made right: a small, consistent gain
+    diff = paired_accuracy_difference(first, second, labels, draws=500)
+    assert 0 < diff["bounds"][0] <= diff["top1"] <= diff["bounds"][1] and diff["share_above_zero"] == 1.0
+    assert diff["bounds"][1] - diff["bounds"][0] < (high - low) / 2  # pairing cancels what both get wrong
+    with pytest.raises(ValueError, match="one rank per label"):
+        bootstrap_accuracy([first[:-1]], labels)
+    with pytest.raises(ValueError, match="draws"):
+        accuracy_intervals(first, labels, draws=0)
+    with pytest.raises(ValueError, match="level"):
+        paired_accuracy_difference(first, second, labels, level=0)

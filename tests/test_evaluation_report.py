@@ -114,6 +114,15 @@ def test_compare_pairs_files_that_hold_ranks(tmp_path: Path, capsys) -> None:
     output = capsys.readouterr().out
     assert "no paired difference for old: the result file holds no ranks" in output
     assert "better − first: mR +" in output  # the two files with ranks are still paired
+    assert main(["eval", "--compare", str(paths[0]), str(tmp_path / "old.json"), str(paths[1]), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["first"]["mR"] == read_result(paths[0])["recalls"]["mR"]
+    lacking, better = printed["paired differences"]
+    assert lacking == {"run": "old", "lacks_ranks": True}
+    assert better["run"] == "better" and better["base"] == "first" and better["mR"] > 0 and better["images"] == 4
+    write_result(_ranked("paired differences", [0, 0, 5, 12], [0, 0, 0, 9, 11, 0, 0, 20], owner), paths[2])
+    assert main(["eval", "--compare", str(paths[0]), str(paths[2]), "--json"]) == 2  # the label would be overwritten
+    assert "a run is labelled 'paired differences'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["encoding", "bytes", "owner"])

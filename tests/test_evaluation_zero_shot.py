@@ -130,3 +130,67 @@ def test_bad_inputs_give_one_error_line(tmp_path, tiny_model, capsys):
         err = capsys.readouterr().err
         assert code != 0 and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1
+
+
+def test_intervals_ranks_and_a_paired_compare(tmp_path, tiny_model, capsys):
+    from engine.evaluation.report import decode_class_ranks, encode_class_ranks
+
+    data = write_scene_folders(tmp_path / "scenes", per_class=8)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert engine_main(["eval", str(data), "--zero-shot", "--model", str(tiny_model), "--out", str(first),
+                        "--bootstrap", "200", "--label", "tiny"]) == 0
+    output = capsys.readouterr().out
+    assert "95% intervals: top-1 " in output and "200 draws of the split's images" in output
+    result = json.loads(first.read_text())
+    ranks, labels = decode_class_ranks(first, result)
+    assert ranks.size == labels.size == 24 and result["accuracy"]["top1"] == pytest.approx((ranks == 0).mean() * 100)
+    low, high = result["accuracy_interval"]["bounds"]["top1"]
+    assert low <= result["accuracy"]["top1"] <= high
+    # a second run that gets every third wrong image right: paired on the same images, the gain is seen as such
+    better = ranks.copy()
+    better[np.flatnonzero(ranks > 0)[::3]] = 0
+    result.update(ranks=encode_class_ranks(better, labels), settings={"label": "better"},
+                  accuracy={**result["accuracy"], "top1": float((better == 0).mean() * 100)})
+    second.write_text(json.dumps(result))
+    gain = round(float((better == 0).mean() - (ranks == 0).mean()) * 100, 2)
+    assert engine_main(["eval", "--compare", str(first), str(second)]) == 0
+    output = capsys.readouterr().out
+    assert f"better − tiny: top-1 {gain:+.2f}, paired 95% interval" in output and "of the 24 images" in output
+    assert "top-1 95% interval" in output  # the table's interval column
+    assert engine_main(["eval", "--compare", str(first), str(second), "--json"]) == 0
+    paired = json.loads(capsys.readouterr().out)["paired differences"]
+    assert paired[0]["run"] == "better" and paired[0]["top1"] == gain and paired[0]["bounds"][0] > 0
+    # without --bootstrap draws: no interval, the ranks are still kept
+    assert engine_main(["eval", str(data), "--zero-shot", "--model", str(tiny_model), "--out", str(first),
+                        "--bootstrap", "0"]) == 0
+    assert "95% intervals:" not in capsys.readouterr().out
+    assert json.loads(first.read_text())["accuracy_interval"] == {} and json.loads(first.read_text())["ranks"]
+
+
+@pytest.mark.parametrize("damage", ["ranks", "labels", "interval", "accuracy", "bootstrap"])
+def test_bad_zero_shot_result_files_and_flags_give_one_line(tmp_path, tiny_model, capsys, damage):
+    data = write_scene_folders(tmp_path / "scenes", per_class=4)
+    path = tmp_path / "zs.json"
+    assert engine_main(["eval", str(data), "--zero-shot", "--model", str(tiny_model), "--out", str(path),
+                        "--bootstrap", "20"]) == 0
+    capsys.readouterr()
+    result = json.loads(path.read_text())
+    if damage == "ranks":
+        result["ranks"]["true_class_rank"] = "not base64!"
+    elif damage == "labels":
+        from engine.evaluation.report import encode_class_ranks
+
+        result["ranks"] = encode_class_ranks(np.zeros(12, int), np.full(12, 7))  # class 7 of 3
+    elif damage == "interval":
+        result["accuracy_interval"] = {"level": 95, "bounds": {"top1": [1.0]}}
+    elif damage == "accuracy":
+        del result["accuracy"]["top5"]
+    path.write_text(json.dumps(result))
+    args = (["eval", str(data), "--zero-shot", "--model", str(tiny_model), "--bootstrap", "-1"]
+            if damage == "bootstrap" else ["eval", "--compare", str(path), str(path)])
+    assert engine_main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    expected = {"ranks": "zs.json: field ranks must be", "labels": "zs.json: field ranks does not fit",
+                "interval": "zs.json: field accuracy_interval", "accuracy": "zs.json: field accuracy lacks top5",
+                "bootstrap": "--bootstrap must be 0"}[damage]
+    assert len(error) == 1 and error[0].startswith("error:") and expected in error[0], error

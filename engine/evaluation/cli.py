@@ -71,21 +71,21 @@ def eval_command(
     if compare:
         compare_results(paths, plot, json_output)
         return
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be 0 (no interval) or a number of draws, got {bootstrap}")
     if len(paths) > 1:
         raise ConfigError("engine eval takes one DATA_DIR (use --compare to compare result files)")
     if zero_shot:  # --split defaults to what the model never trained on (engine.evaluation.zero_shot)
         if index is not None or rerank != "none":
             raise ConfigError("--zero-shot encodes the images itself: drop --index/--rerank")
         _zero_shot(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label, out, plot,
-                   json_output, test_time_views)
+                   json_output, test_time_views, bootstrap)
         return
     if index is None and rerank != "none":
         raise ConfigError("--rerank needs --index INDEX_DIR (reranking reads the index's attention-feature cache)")
     if index is not None and test_time_views is not None:
         raise ConfigError("--test-time-views re-encodes images; with --index the index's own setting applies "
                           "(index.json test_time_views): rebuild the index with `engine index --test-time-views`")
-    if bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be 0 (no interval) or a number of draws, got {bootstrap}")
     split = split or "test"
     _preflight(paths[0] if paths else None, split, checkpoint, device, out, index, model_flag)
     result = evaluate(paths[0] if paths else None, split, checkpoint, batch_size, workers, device, label,
@@ -192,14 +192,14 @@ def evaluate(
 
 def _zero_shot(data_dir: Path | None, split: str | None, checkpoint: str | None, batch_size: int, workers: int,
                device: str, label: str | None, out: Path | None, plot: Path | None, json_output: bool,
-               test_time_views: int | None) -> None:
+               test_time_views: int | None, bootstrap: int) -> None:
     from engine.data import default_dataset_path
     from engine.evaluation.zero_shot import evaluate_zero_shot, plot_confusion, write_zero_shot
 
     if split not in (None, "train", "val", "test", "all"):
         raise ConfigError(f"--split must be train, val, test or all, got {split!r}")
     root = Path(data_dir) if data_dir is not None else default_dataset_path()
-    result = evaluate_zero_shot(root, split, checkpoint, batch_size, workers, device, label, test_time_views)
+    result = evaluate_zero_shot(root, split, checkpoint, batch_size, workers, device, label, test_time_views, bootstrap)
     typer.echo(f"note: {result.dataset['split_rule']}", err=True)
     if out is not None:
         write_zero_shot(result, out)
@@ -220,6 +220,8 @@ def _zero_shot(data_dir: Path | None, split: str | None, checkpoint: str | None,
     table.add_row("all", str(result.dataset["images"]), f"{accuracy['top1']:.2f}", f"{accuracy['top5']:.2f}",
                   f"mean per class {accuracy['mean_class_top1']:.2f}")
     table_console().print(table)
+    if result.accuracy_interval:
+        typer.echo(_accuracy_interval_line(result.accuracy_interval))
     for path, what in ((out, "result"), (plot, "confusion matrix")):
         if path is not None:
             typer.echo(f"{what} written to {path}")
@@ -247,12 +249,12 @@ def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> 
         raise ConfigError("--compare: mixes zero-shot and retrieval result files; compare each kind on its own")
     rows = [(result_label(path, data), data) for path, data in ((p, read_result(p)) for p in paths)]
     splits = {(data["dataset"].get("name"), data["dataset"].get("split")) for _, data in rows}
-    paired = _paired_lines(paths, rows) if len(splits) == 1 else []
+    paired = _paired_retrieval(paths, rows) if len(splits) == 1 else []
     if json_output:
-        typer.echo(json.dumps({label: data["recalls"] for label, data in rows}, indent=2))
+        typer.echo(json.dumps(_with_paired({label: data["recalls"] for label, data in rows}, paired), indent=2))
     else:
         _print_table(rows, title="comparison")
-        for line in paired:
+        for line in _paired_text(paired, "mR", "mR"):
             typer.echo(line)
         if len(splits) > 1:
             typer.echo(f"warning: results come from different datasets/splits: {sorted(map(str, splits))}", err=True)
@@ -261,32 +263,58 @@ def compare_results(paths: list[Path], plot: Path | None, json_output: bool) -> 
         typer.echo(f"plot written to {plot}")
 
 
-def _paired_lines(paths: list[Path], rows: list[tuple[str, dict]]) -> list[str]:
+def _paired_retrieval(paths: list[Path], rows: list[tuple[str, dict]]) -> list[dict]:
     """Each later run's mR minus the first's, with a paired image-bootstrap interval, where both files hold ranks."""
     import numpy as np
 
     from engine.metrics import paired_difference
 
     stored = [(path, label, data) for path, (label, data) in zip(paths, rows) if data.get("ranks")]
-    lacking = [label for label, data in rows if not data.get("ranks")]
-    lines = []
-    if len(rows) > 1 and lacking:  # files written before engine eval kept ranks, or edited by hand
-        lines.append(f"no paired difference for {', '.join(lacking)}: the result file holds no ranks "
-                     "(re-run engine eval)")
+    out = [{"run": label, "lacks_ranks": True} for label, data in rows if not data.get("ranks")] if len(rows) > 1 else []
     if len(stored) < 2:
-        return lines
+        return out
     decoded = [(label, *decode_ranks(path, data)) for path, label, data in stored]
     base_label, base_ranks, base_owner = decoded[0]
     for label, ranks, owner in decoded[1:]:
         if not np.array_equal(owner, base_owner):
-            lines.append(f"{label}: not paired with {base_label} (their captions belong to different images)")
+            out.append({"run": label, "base": base_label, "not_paired": "their captions belong to different images"})
             continue
-        diff = paired_difference(base_ranks, ranks, owner)
-        low, high = diff["bounds"]
-        lines.append(f"{label} − {base_label}: mR {diff['mR']:+.2f}, paired {diff['level']:g}% interval "
-                     f"{low:+.2f} to {high:+.2f} ({diff['draws']} draws of the {len(base_ranks.image_to_text):,} "
-                     f"images; above zero in {100 * diff['share_above_zero']:.1f}% of them)")
+        out.append({"run": label, "base": base_label, "images": int(len(base_ranks.image_to_text)),
+                    **paired_difference(base_ranks, ranks, owner)})
+    return out
+
+
+def _paired_text(paired: list[dict], name: str, key: str) -> list[str]:
+    """The lines ``--compare`` prints for ``_paired_retrieval`` / ``_paired_zero_shot`` records."""
+    lacking = [record["run"] for record in paired if record.get("lacks_ranks")]
+    lines = [f"no paired difference for {', '.join(lacking)}: the result file holds no ranks (re-run engine eval)"
+             ] if lacking else []  # files written before engine eval kept ranks, or edited by hand
+    for record in paired:
+        if record.get("lacks_ranks"):
+            continue
+        if "not_paired" in record:
+            lines.append(f"{record['run']}: not paired with {record['base']} ({record['not_paired']})")
+            continue
+        low, high = record["bounds"]
+        lines.append(f"{record['run']} − {record['base']}: {name} {record[key]:+.2f}, paired {record['level']:g}% "
+                     f"interval {low:+.2f} to {high:+.2f} ({record['draws']} draws of the {record['images']:,} "
+                     f"images; above zero in {100 * record['share_above_zero']:.1f}% of them)")
     return lines
+
+
+PAIRED_KEY = "paired differences"  # where --compare --json puts them, beside one entry per run
+
+
+def _with_paired(by_label: dict, paired: list[dict]) -> dict:
+    if paired and PAIRED_KEY in by_label:
+        raise ConfigError(f"--compare --json: a run is labelled {PAIRED_KEY!r}, the key the paired differences use; "
+                          "rename its file or re-run it with another --label")
+    return {**by_label, PAIRED_KEY: paired} if paired else by_label
+
+
+def _split_of(data: dict) -> tuple:
+    dataset = data.get("dataset", {})
+    return dataset.get("name"), dataset.get("split"), dataset.get("images")
 
 
 def _compare_zero_shot(paths: list[Path], json_output: bool) -> None:
@@ -294,17 +322,51 @@ def _compare_zero_shot(paths: list[Path], json_output: bool) -> None:
 
     rows = [(str(data.get("settings", {}).get("label") or path.stem), data)
             for path, data in ((p, read_zero_shot(p)) for p in paths)]
+    paired = _paired_zero_shot(paths, rows)
     if json_output:
-        typer.echo(json.dumps({label: data["accuracy"] for label, data in rows}, indent=2))
+        typer.echo(json.dumps(_with_paired({label: data["accuracy"] for label, data in rows}, paired), indent=2))
         return
+    intervals = [data.get("accuracy_interval") or {} for _, data in rows]
+    shown = next((interval["level"] for interval in intervals if interval), None)
     table = Table(title="zero-shot comparison")
-    for header in ("run", "dataset", "images", "top-1", "top-5", "mean per class"):
+    headers = ["run", "dataset", "images", "top-1", "top-5", "mean per class"]
+    headers += [f"top-1 {shown:g}% interval"] if shown is not None else []
+    for header in headers:
         table.add_column(header, justify="left" if header in ("run", "dataset") else "right")
-    for label, data in rows:
+    for (label, data), interval in zip(rows, intervals):
         accuracy = data["accuracy"]
-        table.add_row(label, f"{data['dataset']['name']} {data['dataset']['split']}", str(data["dataset"]["images"]),
-                      f"{accuracy['top1']:.2f}", f"{accuracy['top5']:.2f}", f"{accuracy['mean_class_top1']:.2f}")
+        cells = [label, f"{data['dataset']['name']} {data['dataset']['split']}", str(data["dataset"]["images"]),
+                 f"{accuracy['top1']:.2f}", f"{accuracy['top5']:.2f}", f"{accuracy['mean_class_top1']:.2f}"]
+        if shown is not None:
+            cells.append("{:.2f}–{:.2f}".format(*interval["bounds"]["top1"]) if interval else "-")
+        table.add_row(*cells)
     table_console().print(table)
+    for line in _paired_text(paired, "top-1", "top1"):
+        typer.echo(line)
+
+
+def _paired_zero_shot(paths: list[Path], rows: list[tuple[str, dict]]) -> list[dict]:
+    """Each later run's top-1 minus the first's, paired on the same images, where both files hold class ranks."""
+    import numpy as np
+
+    from engine.evaluation.report import decode_class_ranks
+    from engine.metrics import paired_accuracy_difference
+
+    decoded = [(label, data, *decode_class_ranks(path, data)) for path, (label, data) in zip(paths, rows)
+               if data.get("ranks")]
+    out = [{"run": label, "lacks_ranks": True} for label, data in rows if not data.get("ranks")] if len(rows) > 1 else []
+    if len(decoded) < 2:
+        return out
+    base_label, base_data, base_ranks, base_labels = decoded[0]
+    for label, data, ranks, labels in decoded[1:]:
+        same = (np.array_equal(labels, base_labels) and _split_of(data) == _split_of(base_data)
+                and data["confusion"]["classes"] == base_data["confusion"]["classes"])
+        if not same:
+            out.append({"run": label, "base": base_label, "not_paired": "different images or classes"})
+            continue
+        out.append({"run": label, "base": base_label, "images": int(labels.size),
+                    **paired_accuracy_difference(base_ranks, ranks, labels)})
+    return out
 
 
 def _title(result: EvalResult) -> str:
@@ -333,6 +395,14 @@ def _interval_line(interval: dict) -> str:
     low, high = interval["bounds"]["mR"]
     return (f"mR {interval['level']:g}% interval {low:.2f}–{high:.2f} ({interval['draws']} draws of the split's images, "
             "each with its captions: how precisely this split measures the model)")
+
+
+def _accuracy_interval_line(interval: dict) -> str:
+    bounds = interval["bounds"]
+    parts = ", ".join(f"{name} {bounds[key][0]:.2f}–{bounds[key][1]:.2f}" for key, name in (
+        ("top1", "top-1"), ("top5", "top-5"), ("mean_class_top1", "mean per class")) if key in bounds)
+    return (f"{interval['level']:g}% intervals: {parts} ({interval['draws']} draws of the split's images: how precisely "
+            "this split measures the model)")
 
 
 def _print_table(rows: list[tuple[str, dict]], title: str) -> None:

@@ -85,7 +85,7 @@ def read_result(path: Path) -> dict:
     if missing:
         raise DataError(f"{path}: field recalls lacks {', '.join(missing)}")
     interval = data.get("recalls_interval")
-    if interval and not _is_interval(interval):
+    if interval and not is_interval(interval):
         raise DataError(f"{path}: field recalls_interval must hold a level (percent) and bounds.mR = [low, high]")
     return data
 
@@ -129,12 +129,36 @@ def decode_ranks(path: Path, data: dict):
     return RetrievalRanks(image_to_text=image_ranks, text_to_image=text_ranks), owner
 
 
-def _is_interval(interval) -> bool:
+def encode_class_ranks(true_class_ranks, labels) -> dict:
+    """A zero-shot result file's copy of each image's rank of its true class and its label (class position)."""
+    return {"encoding": RANKS_ENCODING, "true_class_rank": _pack(true_class_ranks), "label": _pack(labels)}
+
+
+def decode_class_ranks(path: Path, data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(true-class ranks, labels) from a zero-shot result file's ``ranks``, or one DataError line naming the file."""
+    stored = data.get("ranks")
+    problem = f"{path}: field ranks must be engine eval's encoded class ranks ({RANKS_ENCODING})"
+    if not isinstance(stored, dict) or stored.get("encoding") != RANKS_ENCODING:
+        raise DataError(problem)
+    try:
+        ranks, labels = (_unpack(stored[key]) for key in ("true_class_rank", "label"))
+    except (KeyError, TypeError, ValueError, binascii.Error, zlib.error, UnicodeEncodeError):
+        raise DataError(problem) from None
+    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
+    classes = dataset.get("classes")
+    fits = (ranks.shape == labels.shape and ranks.size == dataset.get("images") and isinstance(classes, int)
+            and all(((part >= 0) & (part < classes)).all() for part in (ranks, labels)))
+    if not fits:
+        raise DataError(f"{path}: field ranks does not fit the split it names (images or classes)")
+    return ranks, labels
+
+
+def is_interval(interval, key: str = "mR") -> bool:
     def number(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     bounds = interval.get("bounds") if isinstance(interval, dict) else None
-    low_high = bounds.get("mR") if isinstance(bounds, dict) else None
+    low_high = bounds.get(key) if isinstance(bounds, dict) else None
     return (number(interval.get("level")) and isinstance(low_high, list) and len(low_high) == 2
             and all(map(number, low_high)))
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.atomic import write_text_atomic
 from engine.errors import DataError
-from engine.evaluation.report import read_json_result
+from engine.evaluation.report import is_interval, read_json_result
 
 ZERO_SHOT_FORMAT = "engine-eval-zeroshot/1"
 ZERO_SHOT_KS = (1, 5)
@@ -36,8 +36,7 @@ def zero_shot_metrics(image_emb, class_emb, labels, class_names: list[str],
                       ks: tuple[int, ...] = ZERO_SHOT_KS) -> dict:
     """Top-k accuracy (%), mean per-class top-1, per-class rows and the top-1 confusion matrix."""
     labels = np.asarray(labels, dtype=np.int64)
-    scores = np.asarray(image_emb, dtype=np.float32) @ np.asarray(class_emb, dtype=np.float32).T
-    order = np.argsort(-scores, axis=1, kind="stable")
+    order = _class_order(image_emb, class_emb)
     ranks = np.argmax(order == labels[:, None], axis=1)
     predicted = order[:, 0]
     count = len(class_names)
@@ -61,6 +60,17 @@ def zero_shot_metrics(image_emb, class_emb, labels, class_names: list[str],
             "confusion": {"classes": list(class_names), "rows_true_columns_predicted": confusion.tolist()}}
 
 
+def _class_order(image_emb, class_emb) -> np.ndarray:
+    """Per image, the classes in descending score order (ties keep class order)."""
+    scores = np.asarray(image_emb, dtype=np.float32) @ np.asarray(class_emb, dtype=np.float32).T
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def true_class_ranks(image_emb, class_emb, labels) -> np.ndarray:
+    """Each image's 0-based rank of its true class, the ranking ``zero_shot_metrics`` scores."""
+    return np.argmax(_class_order(image_emb, class_emb) == np.asarray(labels, dtype=np.int64)[:, None], axis=1)
+
+
 @dataclass
 class ZeroShotResult:
     dataset: dict
@@ -69,6 +79,10 @@ class ZeroShotResult:
     accuracy: dict[str, float]
     per_class: list[dict]
     confusion: dict
+    # percentile image-bootstrap intervals of ``accuracy`` (engine.metrics.accuracy_intervals); empty when not drawn
+    accuracy_interval: dict = field(default_factory=dict)
+    # each image's rank of its true class and its label (report.encode_class_ranks), for a paired --compare
+    ranks: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     git_commit: str = "unknown"
     created: str = ""
@@ -121,16 +135,18 @@ def default_split(dataset, trained_on: list[dict]) -> tuple[str, str]:
 
 
 def evaluate_zero_shot(root: Path, split: str | None, checkpoint: str | None, batch_size: int, workers: int,
-                       device: str, label: str | None = None, test_time_views: int | None = None) -> ZeroShotResult:
+                       device: str, label: str | None = None, test_time_views: int | None = None,
+                       bootstrap: int = 0) -> ZeroShotResult:
     """Load a labelled dataset, encode the split's images (``None``: see ``default_split``) and the class prompts,
-    and score them."""
+    and score them; ``bootstrap`` draws give the accuracies' 95% intervals (0: none)."""
     import encoders
     from engine.data import load_dataset
     from engine.data.scene_names import scene_words
     from engine.data.splits import DEFAULT_SPLIT_SEED, DEFAULT_TRAIN_FRACTION, is_unsplit, split_part
     from engine.evaluation.embed import embed_images
-    from engine.evaluation.report import git_commit
+    from engine.evaluation.report import encode_class_ranks, git_commit
     from engine.evaluation.zero_shot_prompts import PROMPT_SET, PROMPTS
+    from engine.metrics import accuracy_intervals
 
     started = time.perf_counter()
     dataset = load_dataset(root)
@@ -160,6 +176,7 @@ def evaluate_zero_shot(root: Path, split: str | None, checkpoint: str | None, ba
     images = embed_images(model, [image.path for image in subset.images], batch_size, workers, device)
     classes = class_text_embeddings(model, class_names)
     metrics = zero_shot_metrics(images, classes, labels, class_names)
+    ranks = true_class_ranks(images, classes, labels)
     how_split = ("every image" if split == "all" else f"the dataset's own {split} split" if not is_unsplit(dataset) else
                  f"held-out part of the stratified split (train fraction {DEFAULT_TRAIN_FRACTION}, seed "
                  f"{DEFAULT_SPLIT_SEED}; engine.data.splits)" if split != "train" else
@@ -174,6 +191,8 @@ def evaluate_zero_shot(root: Path, split: str | None, checkpoint: str | None, ba
                  "class_phrases": {name: scene_words(name).name for name in class_names}},
         settings={"batch_size": batch_size, "device": device, "label": label,
                   "test_time_views": model.config.vision.test_time_views},
+        accuracy_interval=accuracy_intervals(ranks, labels, bootstrap) if bootstrap else {},
+        ranks=encode_class_ranks(ranks, labels),
         git_commit=git_commit(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 2), **metrics)
 
@@ -183,7 +202,14 @@ def write_zero_shot(result: ZeroShotResult, path: Path) -> None:
 
 
 def read_zero_shot(path: Path) -> dict:
-    return read_json_result(path, ZERO_SHOT_FORMAT, "a zero-shot result")
+    data = read_json_result(path, ZERO_SHOT_FORMAT, "a zero-shot result")
+    missing = [key for key in ("top1", "top5", "mean_class_top1") if key not in (data.get("accuracy") or {})]
+    if missing:
+        raise DataError(f"{path}: field accuracy lacks {', '.join(missing)}")
+    interval = data.get("accuracy_interval")
+    if interval and not is_interval(interval, "top1"):
+        raise DataError(f"{path}: field accuracy_interval must hold a level (percent) and bounds.top1 = [low, high]")
+    return data
 
 
 def is_zero_shot_file(path: Path) -> bool:
