@@ -157,6 +157,11 @@ def test_intervals_ranks_and_a_paired_compare(tmp_path, tiny_model, capsys):
     output = capsys.readouterr().out
     assert f"better − tiny: top-1 {gain:+.2f}, paired 95% interval" in output and "of the 24 images" in output
     assert "top-1 95% interval" in output  # the table's interval column
+    other = tmp_path / "c.json"  # other images (their labels differ): shown, not paired
+    result.update(ranks=encode_class_ranks(better, labels[::-1].copy()), settings={"label": "other"})
+    other.write_text(json.dumps(result))
+    assert engine_main(["eval", "--compare", str(first), str(other)]) == 0
+    assert "other: not paired with tiny (another split, other labels or classes)" in capsys.readouterr().out
     assert engine_main(["eval", "--compare", str(first), str(second), "--json"]) == 0
     paired = json.loads(capsys.readouterr().out)["paired differences"]
     assert paired[0]["run"] == "better" and paired[0]["top1"] == gain and paired[0]["bounds"][0] > 0

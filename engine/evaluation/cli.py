@@ -312,11 +312,6 @@ def _with_paired(by_label: dict, paired: list[dict]) -> dict:
     return {**by_label, PAIRED_KEY: paired} if paired else by_label
 
 
-def _split_of(data: dict) -> tuple:
-    dataset = data.get("dataset", {})
-    return dataset.get("name"), dataset.get("split"), dataset.get("images")
-
-
 def _compare_zero_shot(paths: list[Path], json_output: bool) -> None:
     from engine.evaluation.zero_shot import read_zero_shot
 
@@ -359,10 +354,11 @@ def _paired_zero_shot(paths: list[Path], rows: list[tuple[str, dict]]) -> list[d
         return out
     base_label, base_data, base_ranks, base_labels = decoded[0]
     for label, data, ranks, labels in decoded[1:]:
-        same = (np.array_equal(labels, base_labels) and _split_of(data) == _split_of(base_data)
+        # the same split's images in the same order, by label and class list (a dataset's resized copy pairs too)
+        same = (np.array_equal(labels, base_labels) and data["dataset"].get("split") == base_data["dataset"].get("split")
                 and data["confusion"]["classes"] == base_data["confusion"]["classes"])
         if not same:
-            out.append({"run": label, "base": base_label, "not_paired": "different images or classes"})
+            out.append({"run": label, "base": base_label, "not_paired": "another split, other labels or classes"})
             continue
         out.append({"run": label, "base": base_label, "images": int(labels.size),
                     **paired_accuracy_difference(base_ranks, ranks, labels)})
