@@ -213,6 +213,9 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
     parser.add_argument("--block", default="ensemble")
     parser.add_argument("--cost", action="store_true", help="also time image encoding of each member")
+    parser.add_argument("--shared-stages", type=int, default=2,
+                        help="with --cost: the members' backbones differ only in their last N stages (the rest is "
+                             "the frozen pretrained trunk both share)")
     args = parser.parse_args()
     if len(args.member) != 2:
         raise ConfigError(f"--member: give exactly two members, got {len(args.member)}")
@@ -232,7 +235,7 @@ def main() -> None:
                  datasets=names, base_val=round(base_val, 2), base_beta=args.base_beta,
                  measured=f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}")
     if args.cost:
-        entry["cost"] = encode_cost(*(Path(spec.split(",")[0]) for spec in args.member))
+        entry["cost"] = encode_cost(*(Path(spec.split(",")[0]) for spec in args.member), cut=args.shared_stages)
     stored = json.loads(args.runs_file.read_text())["entries"] if args.runs_file.is_file() else []
     stored = [e for e in stored if (e["first"], e["second"]) != (entry["first"], entry["second"])] + [entry]
     write_json_atomic(args.runs_file, {"entries": stored}, indent=1)
