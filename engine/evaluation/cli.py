@@ -356,13 +356,18 @@ def _paired_zero_shot(paths: list[Path], rows: list[tuple[str, dict]]) -> list[d
     for label, data, ranks, labels in decoded[1:]:
         # the same split's images in the same order, by label and class list (a dataset's resized copy pairs too)
         same = (np.array_equal(labels, base_labels) and data["dataset"].get("split") == base_data["dataset"].get("split")
-                and data["confusion"]["classes"] == base_data["confusion"]["classes"])
+                and _class_list(data) == _class_list(base_data))
         if not same:
             out.append({"run": label, "base": base_label, "not_paired": "another split, other labels or classes"})
             continue
         out.append({"run": label, "base": base_label, "images": int(labels.size),
                     **paired_accuracy_difference(base_ranks, ranks, labels)})
     return out
+
+
+def _class_list(data: dict) -> list | None:
+    confusion = data.get("confusion")
+    return confusion.get("classes") if isinstance(confusion, dict) else None
 
 
 def _title(result: EvalResult) -> str:
