@@ -82,9 +82,10 @@ def combined(first: dict, second: dict | None, weight: float, name: str, split: 
     return np.hstack([np.sqrt(weight) * first[key], np.sqrt(1 - weight) * second[key]]).astype(np.float32)
 
 
-def banked_ranks(first: dict, second: dict | None, weight: float, beta: float, names: list[str], name: str,
+def banked_ranks(first: dict, second: dict | None, weight: float, beta: float | None, names: list[str], name: str,
                  split: str):
-    """Ranks of ``name``'s ``split`` under the (ensemble's) balanced query bank of both directions."""
+    """Ranks of ``name``'s ``split`` under the (ensemble's) balanced query bank of both directions (``beta`` None:
+    the plain cosine, the papers' protocol)."""
     from encoders.query_bank import bank_offsets
     from engine.metrics import retrieval_ranks
 
@@ -98,6 +99,8 @@ def banked_ranks(first: dict, second: dict | None, weight: float, beta: float, n
     image_bank = np.concatenate(image_parts)
     image_weights = np.log(np.concatenate([np.full(len(p), 1.0 / len(p)) for p in image_parts]))
     images, texts, owner = (get(name, split, kind) for kind in ("images", "texts", "owner"))
+    if beta is None:
+        return retrieval_ranks(images, texts, owner), owner
     image_rows = np.hstack([images, -bank_offsets(images, text_bank, beta, text_weights)[:, None],
                             np.ones((len(images), 1))]).astype(np.float32)
     text_rows = np.hstack([texts, np.ones((len(texts), 1)),
@@ -105,8 +108,12 @@ def banked_ranks(first: dict, second: dict | None, weight: float, beta: float, n
     return retrieval_ranks(image_rows, text_rows, owner), owner
 
 
-def score_pair(first: dict, second: dict, names: list[str], weights: list[float], betas: list[float],
-               base_beta: float) -> dict:
+def _grid_key(weight: float, beta: float | None) -> str:
+    return f"{weight:g}|{'plain' if beta is None else f'{beta:g}'}"
+
+
+def score_pair(first: dict, second: dict, names: list[str], weights: list[float], betas: list[float | None],
+               base_beta: float | None) -> dict:
     from engine.metrics import paired_difference, recall_intervals, recalls_from_ranks
 
     grid = {}
@@ -114,9 +121,8 @@ def score_pair(first: dict, second: dict, names: list[str], weights: list[float]
         for beta in betas:
             val = [recalls_from_ranks(banked_ranks(first, second, weight, beta, names, n, "val")[0])["mR"]
                    for n in names]
-            grid[f"{weight:g}|{beta:g}"] = round(float(np.mean(val)), 2)
-    chosen = max(grid, key=grid.get)
-    weight, beta = map(float, chosen.split("|"))
+            grid[_grid_key(weight, beta)] = round(float(np.mean(val)), 2)
+    weight, beta = max(((w, b) for w in weights for b in betas), key=lambda pair: grid[_grid_key(*pair)])
     splits = {}
     for name in names:
         for split in ("val", "test"):
@@ -166,13 +172,16 @@ def encode_cost(first_dir: Path, second_dir: Path, batch: int = 32, repeats: int
 
 def render(entries: list[dict], meta: dict) -> str:
     lines = [f"Measured on {meta['machine']}; 1 view, exact search, cached trunks; both directions query-bank "
-             "normalised (balanced bank of the training splits, rebuilt on the ensemble's embeddings). w and β chosen "
-             "on the mean val mR; the first member alone keeps its own β. Cells: first member → ensemble (paired 95% "
-             "interval of the change, 1,000 draws of the split's images).", ""]
+             "normalised (balanced bank of the training splits, rebuilt on the ensemble's embeddings) unless an entry "
+             "says plain cosine (then neither has a bank). w and β chosen on the mean val mR; the first member alone "
+             "keeps its own β. Cells: first member → ensemble (paired 95% interval of the change, 1,000 draws of the "
+             "split's images).", ""]
     for entry in entries:
         names = entry["datasets"]
+        beta = entry["chosen"]["beta"]
+        how = "plain cosine, no query bank for either" if beta is None else f"β {beta:g}"
         lines += [f"`{entry['first']}` + `{entry['second']}` ({entry['measured']}): chosen w {entry['chosen']['weight']:g}, "
-                  f"β {entry['chosen']['beta']:g}, mean val {entry['base_val']:.2f} → {entry['grid'][_key(entry)]:.2f}", "",
+                  f"{how}, mean val {entry['base_val']:.2f} → {entry['grid'][_key(entry)]:.2f}", "",
                   "| split | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for split in ("val", "test"):
             cells = []
@@ -197,7 +206,7 @@ def render(entries: list[dict], meta: dict) -> str:
 
 
 def _key(entry: dict) -> str:
-    return f"{entry['chosen']['weight']:g}|{entry['chosen']['beta']:g}"
+    return _grid_key(entry["chosen"]["weight"], entry["chosen"]["beta"])
 
 
 def main() -> None:
@@ -212,6 +221,8 @@ def main() -> None:
     parser.add_argument("--runs-file", type=Path, default=REPO / "docs" / "bench" / "ensemble_runs.json")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "ablations.md")
     parser.add_argument("--block", default="ensemble")
+    parser.add_argument("--plain", action="store_true",
+                        help="no query bank for either (the plain cosine of the papers' tables); --betas ignored")
     parser.add_argument("--cost", action="store_true", help="also time image encoding of each member")
     parser.add_argument("--shared-stages", type=int, default=2,
                         help="with --cost: the members' backbones differ only in their last N stages (the rest is "
@@ -229,15 +240,17 @@ def main() -> None:
     mix = load_mix(read_mix_file(args.mix), True)
     names = [source.name for source in mix.val_sources]
     first, second = (member_embeddings(spec, mix, names, args.work) for spec in args.member)
-    entry = score_pair(first, second, names, args.weights, args.betas, args.base_beta)
+    betas, base_beta = ([None], None) if args.plain else (args.betas, args.base_beta)
+    entry = score_pair(first, second, names, args.weights, betas, base_beta)
     base_val = float(np.mean([entry["splits"][f"{n}:val"]["first"] for n in names]))
     entry.update(first=_rel(Path(args.member[0].split(",")[0])), second=_rel(Path(args.member[1].split(",")[0])),
-                 datasets=names, base_val=round(base_val, 2), base_beta=args.base_beta,
+                 datasets=names, base_val=round(base_val, 2), base_beta=base_beta,
                  measured=f"{time.strftime('%Y-%m-%d')}, {git_commit(REPO)[:7]}")
     if args.cost:
         entry["cost"] = encode_cost(*(Path(spec.split(",")[0]) for spec in args.member), cut=args.shared_stages)
     stored = json.loads(args.runs_file.read_text())["entries"] if args.runs_file.is_file() else []
-    stored = [e for e in stored if (e["first"], e["second"]) != (entry["first"], entry["second"])] + [entry]
+    same = (entry["first"], entry["second"], args.plain)
+    stored = [e for e in stored if (e["first"], e["second"], e["chosen"]["beta"] is None) != same] + [entry]
     write_json_atomic(args.runs_file, {"entries": stored}, indent=1)
     meta = {"machine": machine_text(), "command": command_line(), "runs_file": _rel(args.runs_file)}
     text = render(stored, meta)

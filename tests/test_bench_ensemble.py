@@ -59,3 +59,15 @@ def test_a_member_is_three_existing_paths(tmp_path) -> None:
         member_embeddings("runs/soup4", None, ["d"], tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         member_embeddings(f"{tmp_path}/no-model,{tmp_path},{tmp_path}", None, ["d"], tmp_path)
+
+
+def test_plain_scores_without_any_bank() -> None:
+    from engine.metrics import recalls_from_ranks, retrieval_ranks
+
+    first, second = _member(1, 0.9), _member(2, 0.9)
+    entry = score_pair(first, second, ["d"], weights=[0.5], betas=[None], base_beta=None)
+    assert entry["chosen"] == {"weight": 0.5, "beta": None} and set(entry["grid"]) == {"0.5|plain"}
+    images = combined(first, second, 0.5, "d", "test", "images")
+    texts = combined(first, second, 0.5, "d", "test", "texts")
+    plain = recalls_from_ranks(retrieval_ranks(images, texts, first["d:test:owner"]))["mR"]
+    assert entry["splits"]["d:test"]["ensemble"] == round(plain, 2)
