@@ -110,19 +110,24 @@ def encode_ranks(ranks, text_to_image) -> dict:
             "text_to_image": _pack(ranks.text_to_image), "caption_image": _pack(text_to_image)}
 
 
+def _stored_arrays(path: Path, data: dict, keys: tuple[str, ...], what: str) -> list[np.ndarray]:
+    """The arrays ``keys`` of a result file's ``ranks`` field, or one DataError line naming the file."""
+    stored = data.get("ranks")
+    problem = f"{path}: field ranks must be engine eval's encoded {what} ({RANKS_ENCODING})"
+    if not isinstance(stored, dict) or stored.get("encoding") != RANKS_ENCODING:
+        raise DataError(problem)
+    try:
+        return [_unpack(stored[key]) for key in keys]
+    except (KeyError, TypeError, ValueError, binascii.Error, zlib.error, UnicodeEncodeError):
+        raise DataError(problem) from None
+
+
 def decode_ranks(path: Path, data: dict):
     """(RetrievalRanks, caption owners) from a result file's ``ranks``, or one DataError line naming the file."""
     from engine.metrics import RetrievalRanks
 
-    stored = data.get("ranks")
-    problem = f"{path}: field ranks must be engine eval's encoded ranks ({RANKS_ENCODING})"
-    if not isinstance(stored, dict) or stored.get("encoding") != RANKS_ENCODING:
-        raise DataError(problem)
-    try:
-        image_ranks, text_ranks, owner = (_unpack(stored[key]) for key in ("image_to_text", "text_to_image",
-                                                                             "caption_image"))
-    except (KeyError, TypeError, ValueError, binascii.Error, zlib.error, UnicodeEncodeError):
-        raise DataError(problem) from None
+    image_ranks, text_ranks, owner = _stored_arrays(path, data, ("image_to_text", "text_to_image", "caption_image"),
+                                                    "ranks")
     if (text_ranks.shape != owner.shape or (owner.size and (owner.min() < 0 or owner.max() >= image_ranks.size))
             or image_ranks.size != data.get("dataset", {}).get("images")):
         raise DataError(f"{path}: field ranks does not fit the split it names (images, captions or their owners)")
@@ -136,14 +141,7 @@ def encode_class_ranks(true_class_ranks, labels) -> dict:
 
 def decode_class_ranks(path: Path, data: dict) -> tuple[np.ndarray, np.ndarray]:
     """(true-class ranks, labels) from a zero-shot result file's ``ranks``, or one DataError line naming the file."""
-    stored = data.get("ranks")
-    problem = f"{path}: field ranks must be engine eval's encoded class ranks ({RANKS_ENCODING})"
-    if not isinstance(stored, dict) or stored.get("encoding") != RANKS_ENCODING:
-        raise DataError(problem)
-    try:
-        ranks, labels = (_unpack(stored[key]) for key in ("true_class_rank", "label"))
-    except (KeyError, TypeError, ValueError, binascii.Error, zlib.error, UnicodeEncodeError):
-        raise DataError(problem) from None
+    ranks, labels = _stored_arrays(path, data, ("true_class_rank", "label"), "class ranks")
     dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
     classes = dataset.get("classes")
     fits = (ranks.shape == labels.shape and ranks.size == dataset.get("images") and isinstance(classes, int)

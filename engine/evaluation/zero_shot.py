@@ -37,7 +37,7 @@ def zero_shot_metrics(image_emb, class_emb, labels, class_names: list[str],
     """Top-k accuracy (%), mean per-class top-1, per-class rows and the top-1 confusion matrix."""
     labels = np.asarray(labels, dtype=np.int64)
     order = _class_order(image_emb, class_emb)
-    ranks = np.argmax(order == labels[:, None], axis=1)
+    ranks = _true_rank(order, labels)
     predicted = order[:, 0]
     count = len(class_names)
     confusion = np.zeros((count, count), dtype=np.int64)
@@ -66,9 +66,13 @@ def _class_order(image_emb, class_emb) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")
 
 
+def _true_rank(order: np.ndarray, labels) -> np.ndarray:
+    return np.argmax(order == np.asarray(labels, dtype=np.int64)[:, None], axis=1)
+
+
 def true_class_ranks(image_emb, class_emb, labels) -> np.ndarray:
     """Each image's 0-based rank of its true class, the ranking ``zero_shot_metrics`` scores."""
-    return np.argmax(_class_order(image_emb, class_emb) == np.asarray(labels, dtype=np.int64)[:, None], axis=1)
+    return _true_rank(_class_order(image_emb, class_emb), labels)
 
 
 @dataclass
