@@ -86,26 +86,21 @@ def banked_ranks(first: dict, second: dict | None, weight: float, beta: float | 
                  split: str):
     """Ranks of ``name``'s ``split`` under the (ensemble's) balanced query bank of both directions (``beta`` None:
     the plain cosine, the papers' protocol)."""
-    from encoders.query_bank import bank_offsets
+    from bench.query_bank import bank_parts
+    from encoders.query_bank import QueryBank, with_offset_columns
     from engine.metrics import retrieval_ranks
 
     def get(dataset: str, part: str, kind: str) -> np.ndarray:
         return combined(first, second, weight, dataset, part, kind)
 
-    counts = [get(n, "train", "counts") for n in names]
-    text_bank = np.concatenate([get(n, "train", "distinct") for n in names])
-    text_weights = np.log(np.concatenate([c / c.sum() for c in counts]))
-    image_parts = [get(n, "train", "images") for n in names]
-    image_bank = np.concatenate(image_parts)
-    image_weights = np.log(np.concatenate([np.full(len(p), 1.0 / len(p)) for p in image_parts]))
     images, texts, owner = (get(name, split, kind) for kind in ("images", "texts", "owner"))
     if beta is None:
         return retrieval_ranks(images, texts, owner), owner
-    image_rows = np.hstack([images, -bank_offsets(images, text_bank, beta, text_weights)[:, None],
-                            np.ones((len(images), 1))]).astype(np.float32)
-    text_rows = np.hstack([texts, np.ones((len(texts), 1)),
-                           -bank_offsets(texts, image_bank, beta, image_weights)[:, None]]).astype(np.float32)
-    return retrieval_ranks(image_rows, text_rows, owner), owner
+    text_bank, text_weights, image_bank, image_weights = bank_parts(
+        *([get(n, "train", kind) for n in names] for kind in ("distinct", "counts", "images")), "balanced")
+    bank = QueryBank(text_bank, text_weights, image_bank, beta, model_fingerprint="", sources="bench.ensemble",
+                     image_log_weights=image_weights)
+    return retrieval_ranks(*with_offset_columns(images, texts, bank), owner), owner
 
 
 def _grid_key(weight: float, beta: float | None) -> str:

@@ -79,6 +79,18 @@ def _embed_split(model, config, mix, source, split: str) -> dict[str, np.ndarray
             "owner": np.asarray(pairs.text_to_image)}
 
 
+def bank_parts(texts: list[np.ndarray], counts: list[np.ndarray], images: list[np.ndarray], weighting: str
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(text bank, its log weights, image bank, its log weights or None) from each dataset's distinct training
+    captions with their counts and its training images. ``count``: every caption counts once (the bigger dataset
+    dominates); ``balanced``: every dataset's captions and images weigh the same in all, whatever its size."""
+    image_weights = None
+    if weighting == "balanced":
+        counts = [c / c.sum() for c in counts]
+        image_weights = np.log(np.concatenate([np.full(len(part), 1.0 / len(part)) for part in images]))
+    return np.concatenate(texts), np.log(np.concatenate(counts)), np.concatenate(images), image_weights
+
+
 def score_model(folder: Path, config, mix, betas: list[float], directions: str = "t2i",
                 weighting: str = "count") -> dict:
     import torch
@@ -91,15 +103,9 @@ def score_model(folder: Path, config, mix, betas: list[float], directions: str =
     names = [source.name for source in mix.val_sources]
     splits = {(source.name, split): _embed_split(model, config, mix, source, split)
               for source in mix.val_sources for split in ("train", "val", "test")}
-    text_bank = np.concatenate([splits[(name, "train")]["distinct"] for name in names])
-    counts = [splits[(name, "train")]["counts"] for name in names]
-    images = [splits[(name, "train")]["images"] for name in names]
-    image_bank = np.concatenate(images)
-    image_weights = None
-    if weighting == "balanced":  # every dataset weighs the same in the bank, whatever its size
-        counts = [c / c.sum() for c in counts]
-        image_weights = np.log(np.concatenate([np.full(len(part), 1.0 / len(part)) for part in images]))
-    text_weights = np.log(np.concatenate(counts))
+    text_bank, text_weights, image_bank, image_weights = bank_parts(
+        [splits[(name, "train")]["distinct"] for name in names], [splits[(name, "train")]["counts"] for name in names],
+        [splits[(name, "train")]["images"] for name in names], weighting)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for beta in [None, *betas]:
         key = NO_NORM if beta is None else f"{beta:g}"
