@@ -270,7 +270,7 @@ def _paired_retrieval(paths: list[Path], rows: list[tuple[str, dict]]) -> list[d
     from engine.metrics import paired_difference
 
     stored = [(path, label, data) for path, (label, data) in zip(paths, rows) if data.get("ranks")]
-    out = [{"run": label, "lacks_ranks": True} for label, data in rows if not data.get("ranks")] if len(rows) > 1 else []
+    out = _lacking_ranks(rows)
     if len(stored) < 2:
         return out
     decoded = [(label, *decode_ranks(path, data)) for path, label, data in stored]
@@ -282,6 +282,11 @@ def _paired_retrieval(paths: list[Path], rows: list[tuple[str, dict]]) -> list[d
         out.append({"run": label, "base": base_label, "images": int(len(base_ranks.image_to_text)),
                     **paired_difference(base_ranks, ranks, owner)})
     return out
+
+
+def _lacking_ranks(rows: list[tuple[str, dict]]) -> list[dict]:
+    """The records of files without ranks (written before engine eval kept them), when there is anything to pair."""
+    return [{"run": label, "lacks_ranks": True} for label, data in rows if not data.get("ranks")] if len(rows) > 1 else []
 
 
 def _paired_text(paired: list[dict], name: str, key: str) -> list[str]:
@@ -349,7 +354,7 @@ def _paired_zero_shot(paths: list[Path], rows: list[tuple[str, dict]]) -> list[d
 
     decoded = [(label, data, *decode_class_ranks(path, data)) for path, (label, data) in zip(paths, rows)
                if data.get("ranks")]
-    out = [{"run": label, "lacks_ranks": True} for label, data in rows if not data.get("ranks")] if len(rows) > 1 else []
+    out = _lacking_ranks(rows)
     if len(decoded) < 2:
         return out
     base_label, base_data, base_ranks, base_labels = decoded[0]
